@@ -1,0 +1,3 @@
+from data2vec.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""The `data2vec` command: parse arguments, then call a task. User errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from data2vec.errors import Data2VecError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="data2vec", description="data2vec self-supervised pretraining")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("pretrain", help="pretrain from a recipe (name or YAML path) with key=value overrides")
+    p.add_argument("recipe", help="recipe name (e.g. image-tiny) or path to a YAML file")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-3 out=runs/x")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("probe", help="linear and kNN probe of a checkpoint's frozen features")
+    p.add_argument("checkpoint", help="checkpoint folder or run folder")
+    p.add_argument("--data", default=None, help="labelled data (folder with class sub-folders); default: the "
+                                                "checkpoint's data.eval_path or data.path")
+    p.add_argument("--out", default=None, help="folder for probe.json (default: the checkpoint folder)")
+
+    p = sub.add_parser("embed", help="pooled features of input files or folders, written to .npy")
+    p.add_argument("checkpoint")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--out", default="embeddings.npy", help="output .npy path (a .txt of input names goes beside it)")
+    p.add_argument("--batch-size", type=int, default=64)
+
+    p = sub.add_parser("demo", help="pretrain on built-in data, probe, and compare with random weights")
+    p.add_argument("modality", nargs="?", default="image", choices=["image"])
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the demo recipe")
+    p.add_argument("--out", default=None, help="run folder (default: runs/demo-MODALITY)")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("recipes", help="list the recipes that ship with the package")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "pretrain":
+        from data2vec.config import build_config
+        from data2vec.tasks.pretrain import pretrain
+
+        out = pretrain(build_config(args.recipe, args.overrides), progress=not args.no_progress)
+        print(f"run folder: {out}")
+    elif args.command == "probe":
+        from data2vec.tasks.probe import probe
+
+        result = probe(args.checkpoint, args.data, args.out)
+        print(f"linear probe top-1: {result['linear']:.4f}   kNN top-1: {result['knn']:.4f}")
+    elif args.command == "embed":
+        from data2vec.tasks.embed import embed
+
+        path = embed(args.checkpoint, args.inputs, args.out, args.batch_size)
+        print(f"embeddings: {path}")
+    elif args.command == "demo":
+        from data2vec.tasks.demo import demo
+
+        demo(args.modality, args.out or f"runs/demo-{args.modality}", args.overrides, progress=not args.no_progress)
+    elif args.command == "recipes":
+        from data2vec.config import recipe_names
+
+        print("\n".join(recipe_names()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from data2vec import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return run(args)
+    except Data2VecError as err:
+        print(f"data2vec: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("data2vec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

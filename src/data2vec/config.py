@@ -1,0 +1,264 @@
+"""Run configuration: plain dataclasses, filled from a YAML recipe and `key=value` overrides.
+
+A recipe is a YAML file whose nesting mirrors :class:`Config`. Recipes ship inside the package
+(``data2vec/recipes/NAME.yaml``) and are chosen by name, or by path for a user's own file. Every key and
+value is checked against the dataclass fields, so a typo fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from data2vec.errors import Data2VecError
+
+
+@dataclass
+class EncoderConfig:
+    """The Transformer shared by every modality (sizes and block variant)."""
+
+    dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    norm_first: bool = True  # pre-LN (ViT/BEiT) when true, post-LN (wav2vec 2.0, RoBERTa) when false
+    norm_eps: float = 1e-6
+    layer_scale: float = 0.0  # initial value of the per-channel layer scale; 0 turns it off
+    qkv_bias: Literal["all", "qv", "none"] = "qv"  # BEiT / HF Data2VecVision: key projection has no bias
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path: float = 0.0  # rate of the deepest block; earlier blocks get a linearly smaller rate
+    final_norm: bool = True  # layer norm after the last block (pre-LN encoders only)
+
+
+@dataclass
+class ImageConfig:
+    """The ViT front-end: patches, positions and the learned mask embedding."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    cls_token: bool = True
+    pos_embed: Literal["learned", "sincos", "none"] = "sincos"
+    rel_pos_bias: Literal["none", "shared", "per_layer"] = "none"
+    pool: Literal["mean", "cls"] = "mean"
+
+
+@dataclass
+class MaskingConfig:
+    """How the student's input is masked (block-wise for images)."""
+
+    ratio: float = 0.6
+    min_block: int = 16
+    min_aspect: float = 0.3
+
+
+@dataclass
+class ObjectiveConfig:
+    """What the student regresses and how the teacher follows it."""
+
+    top_k: int = 6
+    tap: Literal["block", "ffn"] = "block"  # block output (images) or FFN output before the last residual
+    per_layer_norm: Literal["layer", "instance", "none"] = "layer"
+    final_norm: Literal["layer", "instance", "none"] = "layer"
+    loss_beta: float = 2.0  # Smooth L1 beta; 0 means plain L2
+    loss_scale: Literal["inv_sqrt_dim", "mean", "none"] = "mean"
+    ema_start: float = 0.9998
+    ema_end: float = 0.9998
+    ema_anneal_steps: int = 0
+    ema_scope: Literal["all", "encoder"] = "all"  # "encoder": front-end shared with the student, not averaged
+
+
+@dataclass
+class DataConfig:
+    """Where samples come from and how they are augmented."""
+
+    path: str = "builtin:digits"
+    eval_path: Optional[str] = None  # labelled set for probing; defaults to path
+    crop_scale_min: float = 0.08
+    hflip: float = 0.5
+    num_workers: int = 2
+    strict: bool = False  # raise on an unreadable sample instead of skipping it
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping of the training loop."""
+
+    max_steps: int = 1000
+    batch_size: int = 256  # global batch, summed over processes and accumulation steps
+    accum_steps: int = 1
+    lr: float = 2e-3
+    min_lr: float = 1e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    clip_grad: float = 3.0  # 0 turns clipping off
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 500
+    keep_last: int = 2
+
+
+@dataclass
+class Config:
+    """Everything one run needs; saved beside every checkpoint."""
+
+    name: str = "custom"
+    modality: Literal["image"] = "image"
+    out: str = "runs/data2vec"
+    resume: Optional[str] = None  # "auto": newest complete checkpoint in `out`; or a checkpoint path
+    device: str = "auto"
+    model: EncoderConfig = field(default_factory=EncoderConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes that ship inside the package."""
+    folder = resources.files("data2vec") / "recipes"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(name_or_path: str) -> dict[str, Any]:
+    """Read a recipe by shipped name (``image-tiny``) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise Data2VecError(f"recipe file '{name_or_path}' does not exist; give a YAML path or one of: "
+                                f"{', '.join(recipe_names())}")
+        text = path.read_text()
+    else:
+        shipped = resources.files("data2vec") / "recipes" / f"{name_or_path}.yaml"
+        if not shipped.is_file():
+            raise Data2VecError(f"unknown recipe '{name_or_path}'; choose one of: {', '.join(recipe_names())} "
+                                "or give a path to a YAML file")
+        text = shipped.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise Data2VecError(f"recipe '{name_or_path}' is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise Data2VecError(f"recipe '{name_or_path}' must be a mapping of config sections, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["train.lr=1e-3", "out=runs/x"]`` into a nested dict, values parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise Data2VecError(f"override '{item}' is not of the form key=value (for example train.lr=1e-3)")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise Data2VecError(f"override '{item}' sets a field inside '{part}', which is not a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; values in `update` win."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(recipe: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Resolve a recipe plus command-line overrides into a validated :class:`Config`."""
+    data = load_recipe(recipe) if recipe else {}
+    if recipe and "name" not in data:
+        data["name"] = Path(recipe).stem
+    data = merge(data, parse_overrides(overrides or []))
+    return from_dict(Config, data)
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a dict, rejecting unknown keys and values of the wrong type."""
+    if not isinstance(data, dict):
+        raise Data2VecError(f"config section '{prefix.rstrip('.')}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in hints:
+            raise Data2VecError(f"unknown config key '{prefix}{key}'; valid keys"
+                                f"{' under ' + repr(prefix.rstrip('.')) if prefix else ''}: {', '.join(names)}")
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key + ".")
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(next(a for a in args if a is not type(None)), value, key)
+    if origin is Literal:
+        if value not in args:
+            raise Data2VecError(f"config key '{key}' must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise Data2VecError(f"config key '{key}' must be true or false; got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise Data2VecError(f"config key '{key}' must be an integer; got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise Data2VecError(f"config key '{key}' must be a number; got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise Data2VecError(f"config key '{key}' must be a string; got {value!r}")
+    raise TypeError(f"unsupported config type {hint} for {key}")  # a bug of ours, not the user's
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """The resolved config as plain data, ready for YAML or JSON."""
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def config_from_yaml_text(text: str) -> Config:
+    """Rebuild a config saved by :func:`save_config` (for example from a checkpoint)."""
+    return from_dict(Config, yaml.safe_load(text) or {})

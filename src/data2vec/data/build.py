@@ -1,0 +1,52 @@
+"""From a config to data: the pretraining loader and labelled sets for probing, per modality."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch.utils.data import DataLoader
+
+from data2vec.config import Config
+from data2vec.data.builtin import resolve_image_source
+from data2vec.data.image import ImageDataset, ImageTransform, collate_images
+from data2vec.data.sampler import StepBatchSampler
+from data2vec.masking import block_mask
+
+
+def _image_mask(generator: torch.Generator, cfg: Config) -> torch.Tensor:
+    side = cfg.image.image_size // cfg.image.patch_size
+    m = cfg.masking
+    return block_mask(1, (side, side), m.ratio, generator=generator, min_block=m.min_block, min_aspect=m.min_aspect)[0]
+
+
+def pretrain_dataset(cfg: Config) -> ImageDataset:
+    source = resolve_image_source(cfg.data.path, "train", cfg.data.strict)
+    transform = ImageTransform(size=cfg.image.image_size, train=True, scale=(cfg.data.crop_scale_min, 1.0),
+                               hflip=cfg.data.hflip)
+    return ImageDataset(source, transform, seed=cfg.train.seed, mask_fn=partial(_image_mask, cfg=cfg),
+                        strict=cfg.data.strict)
+
+
+def pretrain_loader(cfg: Config, start_step: int = 0, rank: int = 0, world_size: int = 1,
+                    pin_memory: bool = False) -> DataLoader:
+    """Yields one rank's share of each step's global batch, from `start_step` to `train.max_steps`."""
+    dataset = pretrain_dataset(cfg)
+    sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, start_step=start_step,
+                               max_steps=cfg.train.max_steps, rank=rank, world_size=world_size)
+    workers = cfg.data.num_workers
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_images, num_workers=workers,
+                      persistent_workers=workers > 0, pin_memory=pin_memory,
+                      prefetch_factor=4 if workers > 0 else None)
+
+
+def eval_dataset(cfg: Config, split: str, path: str | None = None) -> ImageDataset:
+    """Labelled, un-augmented samples for probing and embedding (centre crop, no mask)."""
+    source = resolve_image_source(path or cfg.data.eval_path or cfg.data.path, split, cfg.data.strict)
+    transform = ImageTransform(size=cfg.image.image_size, train=False)
+    return ImageDataset(source, transform, seed=cfg.train.seed, strict=cfg.data.strict)
+
+
+def eval_loader(dataset: ImageDataset, batch_size: int = 256, num_workers: int = 0) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_images,
+                      num_workers=num_workers)

@@ -1,0 +1,143 @@
+"""Data2Vec: a student encoder, its EMA teacher and a regression head; one v1 pretraining step.
+
+The encoder (:class:`Data2VecEncoder`) is a modality front-end plus the shared Transformer; it is what users
+load, embed with and fine-tune. :class:`Data2Vec` wraps two of them for pretraining and knows nothing about
+the modality beyond the number of prefix (CLS) tokens its front-end adds.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from data2vec.config import Config
+from data2vec.ema import ema_update
+from data2vec.losses import regression_loss
+from data2vec.nn.image import ImageFrontend
+from data2vec.nn.transformer import Encoder
+from data2vec.targets import build_targets
+
+FRONTENDS = {
+    "image": lambda cfg: ImageFrontend(cfg.image, cfg.model),
+}
+
+
+@dataclass
+class EncoderOutput:
+    """Named like Hugging Face outputs so `transformers` users feel at home.
+
+    hidden_states: the embedding output, then each block's output (depth + 1 tensors `[B, T, D]`).
+    layer_results: each block's FFN output before its last residual (the speech / text target tap).
+    """
+
+    last_hidden_state: Tensor
+    hidden_states: tuple[Tensor, ...]
+    layer_results: tuple[Tensor, ...]
+    padding_mask: Tensor | None = None
+
+
+class Data2VecEncoder(nn.Module):
+    """Front-end + Transformer. `forward` gives per-layer states, `embed` one pooled vector per input."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.frontend = FRONTENDS[cfg.modality](cfg)
+        self.encoder = Encoder(cfg.model)
+        self.apply(_init_linear_and_norm)
+        self.frontend._init_weights()
+        for depth, block in enumerate(self.encoder.blocks, start=1):  # BEiT: shrink deep residual branches
+            block.attn.proj.weight.data.div_((2.0 * depth) ** 0.5)
+            block.mlp.fc2.weight.data.div_((2.0 * depth) ** 0.5)
+
+    @property
+    def num_prefix(self) -> int:
+        return self.frontend.num_prefix
+
+    def forward(self, inputs: Tensor, mask: Tensor | None = None, padding_mask: Tensor | None = None) -> EncoderOutput:
+        """inputs: images `[B, 3, H, W]`; mask bool `[B, N]` over patches (True = replaced by the mask token)."""
+        x, attn_bias = self.frontend(inputs, mask)
+        last, outputs, taps = self.encoder(x, padding_mask=padding_mask, attn_bias=attn_bias)
+        return EncoderOutput(last, (x, *outputs), tuple(taps), padding_mask)
+
+    @torch.no_grad()
+    def embed(self, inputs: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """Pooled features `[B, D]` of the final layer (what the probe and `data2vec embed` use)."""
+        out = self(inputs, padding_mask=padding_mask)
+        return self.frontend.pool(out.last_hidden_state, out.padding_mask)
+
+
+def _init_linear_and_norm(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class Data2Vec(nn.Module):
+    """Student, EMA teacher and linear regression head for data2vec v1 pretraining."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.student = Data2VecEncoder(cfg)
+        self.teacher = copy.deepcopy(self.student)
+        self.teacher.requires_grad_(False)
+        self.head = nn.Linear(cfg.model.dim, cfg.model.dim)
+        _init_linear_and_norm(self.head)
+
+    def train(self, mode: bool = True) -> "Data2Vec":
+        super().train(mode)
+        self.teacher.eval()  # no dropout, drop path or layer drop in the teacher, ever
+        return self
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if not n.startswith("teacher.")]
+
+    def ema_groups(self) -> list[tuple[list[Tensor], list[Tensor], bool]]:
+        """(teacher tensors, student tensors, averaged?) groups. With `ema_scope="encoder"` the front-end is
+        shared: its teacher copy is overwritten with the student's instead of averaged."""
+        t = dict(self.teacher.named_parameters())
+        s = dict(self.student.named_parameters())
+        shared = self.cfg.objective.ema_scope == "encoder"
+        averaged = [n for n in t if not (shared and n.startswith("frontend."))]
+        copied = [n for n in t if shared and n.startswith("frontend.")]
+        return [([t[n] for n in averaged], [s[n] for n in averaged], True),
+                ([t[n] for n in copied], [s[n] for n in copied], False)]
+
+    @torch.no_grad()
+    def update_teacher(self, decay: float) -> None:
+        for teacher, student, averaged in self.ema_groups():
+            ema_update(teacher, student, decay if averaged else 0.0)
+
+    @torch.no_grad()
+    def targets(self, inputs: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """Teacher targets `[B, N, D]` (prefix tokens dropped) from one pass over the unmasked input."""
+        obj = self.cfg.objective
+        out = self.teacher(inputs, padding_mask=padding_mask)
+        layers = out.layer_results if obj.tap == "ffn" else out.hidden_states[1:]
+        p = self.teacher.num_prefix
+        layers = [layer[:, p:] for layer in layers]
+        frame_padding = out.padding_mask[:, p:] if out.padding_mask is not None else None
+        return build_targets(layers, obj.top_k, obj.per_layer_norm, obj.final_norm, frame_padding)
+
+    def forward(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """One v1 step's loss. mask bool `[B, N]` (True = masked, predicted). Returns tensors only (no host
+        sync): loss, and the target / prediction variance used to spot collapse."""
+        obj = self.cfg.objective
+        targets = self.targets(inputs, padding_mask)  # [B, N, D]
+        out = self.student(inputs, mask=mask, padding_mask=padding_mask)
+        hidden = out.last_hidden_state[:, self.student.num_prefix:]  # [B, N, D]
+        pred = self.head(hidden[mask])  # [M, D]
+        target = targets[mask]  # [M, D]
+        loss = regression_loss(pred, target, obj.loss_beta, obj.loss_scale)
+        with torch.no_grad():
+            target_var = target.float().var(dim=0).mean() if target.shape[0] > 1 else target.new_zeros(())
+            pred_var = pred.float().var(dim=0).mean() if pred.shape[0] > 1 else pred.new_zeros(())
+        return {"loss": loss, "target_var": target_var, "pred_var": pred_var}

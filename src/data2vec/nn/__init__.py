@@ -1,0 +1,1 @@
+"""Neural network building blocks: the shared Transformer and the modality front-ends."""

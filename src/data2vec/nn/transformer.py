@@ -1,0 +1,154 @@
+"""The Transformer encoder shared by every modality.
+
+One block class covers both layouts data2vec needs: pre-LN (ViT / BEiT, with optional layer scale) and post-LN
+(wav2vec 2.0, RoBERTa). Each block also hands back its FFN output before the last residual, which is the
+data2vec target tap for speech and text, so the teacher gets all taps in a single pass.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from data2vec.config import EncoderConfig
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a residual branch for whole samples during training."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+
+class LayerScale(nn.Module):
+    """Per-channel learned scale of a residual branch (CaiT / BEiT); starts small so deep nets train."""
+
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection, computed by SDPA.
+
+    `qkv_bias="qv"` keeps biases on queries and values only (the key bias cancels in softmax), which is the
+    BEiT / Hugging Face Data2VecVision layout.
+    """
+
+    def __init__(self, dim: int, heads: int, qkv_bias: str, attn_dropout: float, dropout: float) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"model.dim={dim} must be divisible by model.heads={heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias == "all")
+        if qkv_bias == "qv":
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.q_bias = self.v_bias = None
+        self.proj = nn.Linear(dim, dim)
+        self.attn_dropout = attn_dropout
+        self.proj_drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
+        """x `[B, T, D]`; attn_bias additive `[B or 1, H or 1, T, T]` (or a bool mask, True = attend)."""
+        B, T, D = x.shape
+        bias = None
+        if self.q_bias is not None:
+            bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+        qkv = F.linear(x, self.qkv.weight, bias if bias is not None else self.qkv.bias)
+        q, k, v = qkv.view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, Dh]
+        dropout = self.attn_dropout if self.training else 0.0
+        if attn_bias is not None and attn_bias.dtype != torch.bool:
+            attn_bias = attn_bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, T, D)))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.drop(F.gelu(self.fc1(x))))
+
+
+class Block(nn.Module):
+    """One Transformer block; returns (output, FFN output before the last residual)."""
+
+    def __init__(self, cfg: EncoderConfig, drop_path: float) -> None:
+        super().__init__()
+        self.norm_first = cfg.norm_first
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg.dim, cfg.heads, cfg.qkv_bias, cfg.attn_dropout, cfg.dropout)
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio), cfg.dropout)
+        use_scale = cfg.layer_scale > 0
+        self.ls1 = LayerScale(cfg.dim, cfg.layer_scale) if use_scale else nn.Identity()
+        self.ls2 = LayerScale(cfg.dim, cfg.layer_scale) if use_scale else nn.Identity()
+        self.drop_path = DropPath(drop_path)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.norm_first:
+            x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), attn_bias)))
+            ffn = self.ls2(self.mlp(self.norm2(x)))
+            return x + self.drop_path(self.drop(ffn)), ffn
+        x = self.norm1(x + self.drop_path(self.ls1(self.attn(x, attn_bias))))
+        ffn = self.ls2(self.mlp(x))
+        return self.norm2(x + self.drop_path(self.drop(ffn))), ffn
+
+
+def padding_bias(padding_mask: Tensor | None, attn_bias: Tensor | None) -> Tensor | None:
+    """Combine a key padding mask `[B, T]` (True = padding) with an additive bias into one SDPA mask."""
+    if padding_mask is None:
+        return attn_bias
+    keep = ~padding_mask[:, None, None, :]  # [B, 1, 1, T]
+    if attn_bias is None:
+        return keep
+    return attn_bias.masked_fill(~keep, float("-inf"))
+
+
+class Encoder(nn.Module):
+    """A stack of blocks; modality-agnostic (front-ends build the tokens and any attention bias)."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList(Block(cfg, rate) for rate in rates)
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.norm_first and cfg.final_norm else nn.Identity()
+
+    def forward(
+        self,
+        x: Tensor,
+        padding_mask: Tensor | None = None,
+        attn_bias: Tensor | list[Tensor] | None = None,
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """x `[B, T, D]` -> (final output, block outputs, FFN taps), lists bottom to top.
+
+        `attn_bias` is one additive bias for all blocks or one per block (per-layer relative positions).
+        """
+        outputs, taps = [], []
+        shared = attn_bias if not isinstance(attn_bias, list) else None
+        shared_mask = padding_bias(padding_mask, shared)
+        for i, block in enumerate(self.blocks):
+            mask = shared_mask if shared is not None or attn_bias is None else padding_bias(padding_mask, attn_bias[i])
+            x, ffn = block(x, mask)
+            outputs.append(x)
+            taps.append(ffn)
+        return self.norm(x), outputs, taps

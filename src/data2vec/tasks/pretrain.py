@@ -1,0 +1,78 @@
+"""`data2vec pretrain RECIPE [key=value ...]`: build model, optimiser and data, then run the loop."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from data2vec.config import Config, save_config
+from data2vec.data.build import pretrain_loader
+from data2vec.errors import Data2VecError
+from data2vec.model import Data2Vec
+from data2vec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from data2vec.train.device import resolve_device
+from data2vec.train.logging import MetricsLogger, setup_logging
+from data2vec.train.loop import rng_state, set_rng_state, train
+from data2vec.train.optim import build_optimizer
+
+log = logging.getLogger("data2vec")
+
+
+def _resume_path(cfg: Config) -> Path | None:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        return latest_checkpoint(cfg.out)  # nothing yet: a fresh start
+    path = Path(cfg.resume)
+    if not path.exists():
+        raise Data2VecError(f"resume='{cfg.resume}' does not exist; use resume=auto or a checkpoint folder")
+    return path
+
+
+def pretrain(cfg: Config, progress: bool = True) -> Path:
+    """Pretrain per `cfg`; returns the run folder. Resumes exactly when `cfg.resume` points at a checkpoint."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    setup_logging(out)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.train.seed)
+    if cfg.train.batch_size % cfg.train.accum_steps:
+        raise Data2VecError(f"train.batch_size={cfg.train.batch_size} must be divisible by "
+                            f"train.accum_steps={cfg.train.accum_steps}")
+    resume_from = _resume_path(cfg)
+    weights, state = None, None
+    if resume_from is not None:
+        weights, state, _ = load_checkpoint(resume_from)
+    start_step = state["step"] if state else 0
+    # Data first: a bad data path fails in a second, before a large model is built.
+    loader = pretrain_loader(cfg, start_step, pin_memory=device.type == "cuda")
+    model = Data2Vec(cfg).to(device)
+    optimizer = build_optimizer(model.trainable_parameters(), cfg.train)
+    scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
+    if state is not None:
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        log.info("resumed from %s at step %d", resume_from, start_step)
+    save_config(cfg, out / "config.yaml")
+    n_params = sum(p.numel() for _, p in model.trainable_parameters())
+    log.info("run %s: %s, %.2fM trainable parameters, device %s, %d steps", out, cfg.name, n_params / 1e6,
+             device, cfg.train.max_steps)
+
+    def save(step: int) -> None:
+        state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state()}
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
+        path = save_checkpoint(out, step, model.state_dict(), state, cfg, cfg.train.keep_last)
+        log.debug("saved %s", path)
+
+    logger = MetricsLogger(out, cfg.train.max_steps, start_step, progress=progress)
+    try:
+        train(model, optimizer, loader, cfg, device, start_step, save, logger, scaler)
+    finally:
+        logger.close()
+    return out

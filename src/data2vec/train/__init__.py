@@ -1,0 +1,1 @@
+"""Training machinery: optimiser and schedule, checkpoints, logging and the loop itself."""

@@ -1,0 +1,69 @@
+"""Where a run reports itself: a progress bar, `metrics.jsonl` and TensorBoard event files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+log = logging.getLogger("data2vec")
+
+
+def setup_logging(out: Path | None = None, level: int = logging.INFO) -> None:
+    """Log to stderr and, when a run folder is given, to `out/train.log`."""
+    logger = logging.getLogger("data2vec")
+    logger.setLevel(level)
+    if not any(isinstance(h, logging.StreamHandler) and getattr(h, "_d2v", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        handler._d2v = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    if out is not None:
+        path = str(Path(out) / "train.log")
+        if not any(getattr(h, "baseFilename", None) == path for h in logger.handlers):
+            file_handler = logging.FileHandler(path)
+            file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            logger.addHandler(file_handler)
+    logger.propagate = False
+
+
+class MetricsLogger:
+    """Appends one JSON object per logged step to `metrics.jsonl` and mirrors scalars to TensorBoard."""
+
+    def __init__(self, out: Path, total_steps: int, start_step: int, progress: bool = True,
+                 tensorboard: bool = True) -> None:
+        self.path = out / "metrics.jsonl"
+        self.file = open(self.path, "a")
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out / "tensorboard"))
+            except ImportError:  # tensorboard is a dependency, but keep training if a user removed it
+                log.warning("tensorboard is not installed; writing metrics.jsonl only")
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", unit="step",
+                        disable=not progress, dynamic_ncols=True, file=sys.stderr)
+
+    def step(self) -> None:
+        self.bar.update(1)
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"train/{key}", value, record["step"])
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                             ema=f"{record['ema_decay']:.5f}", sps=f"{record['samples_per_s']:.1f}")
+
+    def close(self) -> None:
+        self.bar.close()
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()

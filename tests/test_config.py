@@ -1,0 +1,59 @@
+import pytest
+
+from data2vec.config import Config, build_config, recipe_names
+from data2vec.errors import Data2VecError
+
+
+def test_shipped_recipes_load():
+    assert {"image-tiny", "image-base", "image-large"} <= set(recipe_names())
+    for name in recipe_names():
+        cfg = build_config(name)
+        assert isinstance(cfg, Config) and cfg.name == name
+
+
+def test_image_base_follows_the_paper():
+    cfg = build_config("image-base")
+    assert (cfg.model.dim, cfg.model.depth, cfg.objective.top_k) == (768, 12, 6)
+    assert cfg.objective.loss_beta == 2.0 and cfg.objective.ema_end == 0.9998
+    assert cfg.masking.ratio == 0.6
+
+
+def test_overrides_are_typed():
+    cfg = build_config("image-tiny", ["train.lr=3e-4", "train.max_steps=7", "model.norm_first=false", "out=x/y"])
+    assert cfg.train.lr == 3e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.train.max_steps == 7 and cfg.model.norm_first is False and cfg.out == "x/y"
+
+
+def test_unknown_key_names_key_and_choices():
+    with pytest.raises(Data2VecError) as err:
+        build_config("image-tiny", ["train.lrr=1"])
+    assert "train.lrr" in str(err.value) and "lr" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_section():
+    with pytest.raises(Data2VecError, match="unknown config key 'trian'"):
+        build_config("image-tiny", ["trian.lr=1"])
+
+
+def test_ill_typed_value_rejected():
+    with pytest.raises(Data2VecError, match="train.max_steps.*integer"):
+        build_config("image-tiny", ["train.max_steps=abc"])
+    with pytest.raises(Data2VecError, match="must be one of"):
+        build_config("image-tiny", ["objective.per_layer_norm=batch"])
+
+
+def test_unknown_recipe_lists_choices():
+    with pytest.raises(Data2VecError, match="image-tiny"):
+        build_config("imgae-tiny")
+
+
+def test_recipe_by_path(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("model:\n  depth: 2\ntrain:\n  lr: 0.5\n")
+    cfg = build_config(str(path))
+    assert cfg.model.depth == 2 and cfg.train.lr == 0.5 and cfg.name == "mine"
+
+
+def test_malformed_override():
+    with pytest.raises(Data2VecError, match="key=value"):
+        build_config("image-tiny", ["train.lr"])

@@ -1,0 +1,88 @@
+import math
+
+import torch
+import torch.nn.functional as F
+
+from data2vec.config import EncoderConfig
+from data2vec.nn.transformer import Attention, Block, Encoder
+
+
+def manual_attention(attn: Attention, x, bias=None):
+    """Attention written out with explicit softmax, float64."""
+    B, T, D = x.shape
+    H = attn.heads
+    w = attn.qkv.weight.double()
+    b = torch.cat([attn.q_bias, torch.zeros_like(attn.q_bias), attn.v_bias]).double()
+    qkv = x.double() @ w.T + b
+    q, k, v = qkv.split(D, dim=-1)
+    q, k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in (q, k, v))
+    scores = q @ k.transpose(-1, -2) / math.sqrt(D // H)
+    if bias is not None:
+        scores = scores + bias.double()
+    out = scores.softmax(-1) @ v
+    out = out.transpose(1, 2).reshape(B, T, D)
+    return out @ attn.proj.weight.double().T + attn.proj.bias.double()
+
+
+def test_attention_matches_explicit_softmax():
+    torch.manual_seed(0)
+    attn = Attention(16, 4, "qv", 0.0, 0.0)
+    torch.nn.init.normal_(attn.q_bias)
+    torch.nn.init.normal_(attn.v_bias)
+    x = torch.randn(2, 5, 16)
+    bias = torch.randn(1, 4, 5, 5)
+    torch.testing.assert_close(attn(x, bias).double(), manual_attention(attn, x, bias), atol=1e-5, rtol=1e-4)
+
+
+def test_padding_does_not_change_real_tokens():
+    torch.manual_seed(0)
+    enc = Encoder(EncoderConfig(dim=16, depth=2, heads=2, norm_first=False))
+    x = torch.randn(1, 4, 16)
+    padded = torch.cat([x, torch.randn(1, 3, 16) * 100], dim=1)
+    mask = torch.tensor([[False] * 4 + [True] * 3])
+    a, _, _ = enc(x)
+    b, _, _ = enc(padded, padding_mask=mask)
+    torch.testing.assert_close(a, b[:, :4], atol=1e-5, rtol=1e-5)
+
+
+def test_block_returns_ffn_before_last_residual():
+    torch.manual_seed(0)
+    for norm_first in (True, False):
+        cfg = EncoderConfig(dim=8, depth=1, heads=2, norm_first=norm_first, layer_scale=0.5 if norm_first else 0.0)
+        block = Block(cfg, 0.0).eval()
+        x = torch.randn(2, 3, 8)
+        out, ffn = block(x)
+        if norm_first:
+            mid = x + block.ls1(block.attn(block.norm1(x)))
+            torch.testing.assert_close(ffn, block.ls2(block.mlp(block.norm2(mid))))
+            torch.testing.assert_close(out, mid + ffn)
+        else:
+            mid = block.norm1(x + block.attn(x))
+            torch.testing.assert_close(ffn, block.mlp(mid))
+            torch.testing.assert_close(out, block.norm2(mid + ffn))
+
+
+def test_per_layer_bias_list_is_used_per_block():
+    torch.manual_seed(0)
+    enc = Encoder(EncoderConfig(dim=8, depth=2, heads=2)).eval()
+    x = torch.randn(1, 3, 8)
+    zero = torch.zeros(1, 2, 3, 3)
+    big = torch.zeros(1, 2, 3, 3)
+    big[..., 0] = 50.0  # every query attends to token 0 only
+    out_a, _, _ = enc(x, attn_bias=[zero, zero])
+    out_b, _, _ = enc(x, attn_bias=[zero, big])
+    out_c, _, _ = enc(x, attn_bias=zero)
+    torch.testing.assert_close(out_a, out_c)
+    assert not torch.allclose(out_a, out_b)
+
+
+def test_drop_path_only_in_training():
+    enc = Encoder(EncoderConfig(dim=8, depth=3, heads=2, drop_path=0.9))
+    x = torch.randn(4, 3, 8)
+    enc.eval()
+    torch.testing.assert_close(enc(x)[0], enc(x)[0])
+    enc.train()
+    torch.manual_seed(0)
+    a = enc(x)[0]
+    torch.manual_seed(1)
+    assert not torch.allclose(a, enc(x)[0])
