@@ -1,0 +1,53 @@
+"""`data2vec embed CHECKPOINT INPUT...`: pooled features of image files or folders, saved as `.npy`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from data2vec.data.image import ImageFolderSource, ImageTransform
+from data2vec.errors import Data2VecError
+
+
+def _collect(inputs: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            raise Data2VecError(f"input '{item}' does not exist; give image files or folders of images")
+        if path.is_dir():
+            source = ImageFolderSource(path)
+            paths += [Path(source.name(i)) for i in range(len(source))]
+        else:
+            paths.append(path)
+    return paths
+
+
+@torch.no_grad()
+def embed(checkpoint: str | Path, inputs: list[str], out: str | Path = "embeddings.npy", batch_size: int = 64) -> Path:
+    """Write features `[N, D]` (float32) to `out` and the input names, one a line, to `out` with `.txt`."""
+    from data2vec.api import load
+
+    encoder = load(checkpoint)
+    transform = ImageTransform(size=encoder.cfg.image.image_size, train=False)
+    paths = _collect(inputs)
+    generator = torch.Generator().manual_seed(0)
+    feats = []
+    for start in range(0, len(paths), batch_size):
+        images = []
+        for path in paths[start:start + batch_size]:
+            try:
+                with Image.open(path) as img:
+                    images.append(transform(img.convert("RGB"), generator))
+            except (UnidentifiedImageError, OSError) as err:
+                raise Data2VecError(f"cannot read image '{path}' ({err.__class__.__name__}); remove it or "
+                                    "convert it to PNG/JPEG") from None
+        feats.append(encoder.embed(torch.stack(images)).float())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, torch.cat(feats).numpy())
+    out.with_suffix(".txt").write_text("".join(f"{p}\n" for p in paths))
+    return out

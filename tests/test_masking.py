@@ -1,0 +1,228 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from data2vec.errors import Data2VecError
+from data2vec.masking import block_mask, span_mask, token_mask
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def masked_neighbours(mask: torch.Tensor, h: int, w: int) -> float:
+    """Mean number of masked 4-neighbours over the masked cells of ``[B, H*W]`` masks."""
+    m = mask.view(-1, h, w).float()
+    padded = torch.nn.functional.pad(m, (1, 1, 1, 1))
+    around = padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:]
+    return float((around * m).sum() / m.sum())
+
+
+# block_mask
+
+def test_block_mask_shape_and_dtype():
+    m = block_mask(3, (14, 10), 0.5, generator=gen())
+    assert m.shape == (3, 140) and m.dtype == torch.bool
+
+
+@pytest.mark.parametrize("grid, ratio", [((14, 14), 0.6), ((8, 8), 0.6), ((4, 4), 0.6), ((14, 14), 0.4),
+                                         ((8, 8), 0.75), ((5, 7), 0.3), ((1, 9), 0.5)])
+def test_block_mask_masks_exactly_round_ratio_per_row(grid, ratio):
+    n = round(ratio * grid[0] * grid[1])
+    for seed in range(10):
+        m = block_mask(20, grid, ratio, generator=gen(seed))
+        assert (m.sum(1) == n).all()
+
+
+def test_block_mask_paper_setting_masks_118_of_196():
+    assert (block_mask(8, (14, 14), 0.6, generator=gen()).sum(1) == 118).all()
+
+
+def test_block_mask_ratio_zero_masks_nothing():
+    assert not block_mask(4, (14, 14), 0.0, generator=gen()).any()
+
+
+def test_block_mask_is_spatially_clustered():
+    h = w = 14
+    blocks = block_mask(200, (h, w), 0.4, generator=gen())
+    scattered = torch.rand(200, h * w, generator=gen(1)).argsort(1).argsort(1) < 78  # same count, no structure
+    assert blocks.sum() == scattered.sum()
+    assert masked_neighbours(blocks, h, w) > masked_neighbours(scattered, h, w) + 1.0
+
+
+def test_block_mask_is_deterministic_per_seed():
+    assert torch.equal(block_mask(4, (14, 14), 0.6, generator=gen(3)), block_mask(4, (14, 14), 0.6, generator=gen(3)))
+    assert not torch.equal(block_mask(4, (14, 14), 0.6, generator=gen(3)),
+                           block_mask(4, (14, 14), 0.6, generator=gen(4)))
+
+
+def test_block_mask_rows_differ():
+    m = block_mask(8, (14, 14), 0.6, generator=gen())
+    assert len({tuple(r.tolist()) for r in m}) == 8
+
+
+@pytest.mark.parametrize("kwargs, name", [({"mask_ratio": 1.0}, "mask_ratio"), ({"mask_ratio": -0.1}, "mask_ratio"),
+                                          ({"batch_size": 0}, "batch_size"), ({"grid_hw": (0, 4)}, "grid_hw"),
+                                          ({"min_block": 0}, "min_block"), ({"min_aspect": 0.0}, "min_aspect")])
+def test_block_mask_rejects_bad_arguments_naming_them(kwargs, name):
+    args = {"batch_size": 2, "grid_hw": (4, 4), "mask_ratio": 0.5, **kwargs}
+    with pytest.raises(Data2VecError, match=name) as err:
+        block_mask(**args, generator=gen())
+    assert "\n" not in str(err.value)
+
+
+# span_mask
+
+def expected_span_fraction(length: int, mask_prob: float, span: int) -> float:
+    """Exact expected masked fraction: k ~ stochastic rounding, k starts without replacement from M places."""
+    places = length - span + 1
+    x = mask_prob * length / span
+    total = 0.0
+    for k, p in ((math.floor(x), 1 - (x - math.floor(x))), (math.floor(x) + 1, x - math.floor(x))):
+        covered = 0.0
+        for t in range(length):
+            c = min(t, places - 1) - max(0, t - span + 1) + 1  # starts whose span covers frame t
+            missed = np.prod([(places - k - i) / (places - i) for i in range(c)])  # none of them chosen
+            covered += 1 - missed
+        total += p * covered / length
+    return total
+
+
+def test_span_mask_shape_and_dtype():
+    m = span_mask(3, 50, 0.65, 10, generator=gen())
+    assert m.shape == (3, 50) and m.dtype == torch.bool
+
+
+def test_span_mask_fraction_matches_paper_and_closed_form():
+    m = span_mask(64, 2000, 0.65, 10, generator=gen())
+    frac = m.float().mean().item()
+    assert abs(frac - 0.49) < 0.03
+    assert abs(frac - expected_span_fraction(2000, 0.65, 10)) < 0.01
+    assert abs(frac - (1 - (1 - 10 / 1991) ** 130)) < 0.02  # the brief's approximation, edges ignored
+
+
+def test_span_mask_masks_whole_spans():
+    m = span_mask(32, 300, 0.3, 7, generator=gen(), min_spans=0)
+    for row in m.int().tolist():
+        runs = "".join(map(str, row)).split("0")
+        assert all(len(r) >= 7 for r in runs if r)
+
+
+def test_span_mask_never_masks_padding_and_fraction_is_over_valid_frames():
+    lengths = torch.tensor([2000, 1500, 1000, 600] * 8)
+    padding = torch.arange(2000)[None, :] >= lengths[:, None]  # [32, 2000]
+    m = span_mask(32, 2000, 0.65, 10, generator=gen(), padding_mask=padding)
+    assert not (m & padding).any()
+    frac = (m.sum(1).float() / lengths).mean().item()
+    assert abs(frac - 0.49) < 0.03
+
+
+@pytest.mark.parametrize("length", [1, 2, 5, 10, 11, 15, 20])
+def test_span_mask_short_rows_are_never_fully_masked(length):
+    padding = torch.arange(30)[None, :] >= torch.full((50, 1), length)
+    m = span_mask(50, 30, 0.65, 10, generator=gen(length), padding_mask=padding)
+    assert not (m & padding).any()
+    assert (m.sum(1) <= length - 1).all()
+    if length > 2:
+        assert m.any(1).all()  # min_spans still gives every row something to predict
+
+
+def test_span_mask_is_deterministic_per_seed():
+    assert torch.equal(span_mask(4, 500, 0.65, 10, generator=gen(1)), span_mask(4, 500, 0.65, 10, generator=gen(1)))
+    assert not torch.equal(span_mask(4, 500, 0.65, 10, generator=gen(1)),
+                           span_mask(4, 500, 0.65, 10, generator=gen(2)))
+
+
+def test_span_mask_rejects_bad_arguments_naming_them():
+    with pytest.raises(Data2VecError, match="span_length"):
+        span_mask(2, 100, 0.65, 0, generator=gen())
+    with pytest.raises(Data2VecError, match="mask_prob"):
+        span_mask(2, 100, 1.5, 10, generator=gen())
+    with pytest.raises(Data2VecError, match="padding_mask"):
+        span_mask(2, 100, 0.65, 10, generator=gen(), padding_mask=torch.zeros(2, 99, dtype=torch.bool))
+
+
+# token_mask
+
+PAD, CLS, SEP, MASK, VOCAB = 0, 1, 2, 3, 50
+SPECIAL = (PAD, CLS, SEP, MASK)
+
+
+def text_batch(seed: int = 0, b: int = 256, t: int = 128) -> torch.Tensor:
+    g = gen(seed)
+    tokens = torch.randint(4, VOCAB, (b, t), generator=g)
+    lengths = torch.randint(10, t, (b,), generator=g)
+    tokens[torch.arange(t)[None, :] >= lengths[:, None]] = PAD
+    tokens[:, 0] = CLS
+    tokens[torch.arange(b), lengths - 1] = SEP
+    return tokens
+
+
+def corrupt(tokens: torch.Tensor, seed: int = 0, **kwargs):
+    return token_mask(tokens, 0.15, generator=gen(seed), mask_id=MASK, vocab_size=VOCAB, special_ids=SPECIAL,
+                      **kwargs)
+
+
+def test_token_mask_shapes_dtypes_and_input_unchanged():
+    tokens = text_batch()
+    before = tokens.clone()
+    out, chosen = corrupt(tokens)
+    assert out.shape == tokens.shape and out.dtype == torch.int64 and chosen.dtype == torch.bool
+    assert torch.equal(tokens, before)
+    assert torch.equal(out[~chosen], tokens[~chosen])
+
+
+def test_token_mask_chooses_fifteen_percent_of_eligible_tokens():
+    tokens = text_batch()
+    eligible = ~torch.isin(tokens, torch.tensor(SPECIAL))
+    _, chosen = corrupt(tokens)
+    assert abs(chosen.sum().item() / eligible.sum().item() - 0.15) < 0.01
+    n = eligible.sum(1).float()
+    assert ((chosen.sum(1) - 0.15 * n).abs() < 1).all()  # int(x + u) is floor or ceil of x
+
+
+def test_token_mask_never_chooses_special_ids():
+    tokens = text_batch()
+    _, chosen = corrupt(tokens)
+    assert not (chosen & torch.isin(tokens, torch.tensor(SPECIAL))).any()
+
+
+def test_token_mask_splits_80_10_10():
+    tokens = text_batch(b=512)
+    out, chosen = corrupt(tokens)
+    n = chosen.sum().item()
+    masked = (out == MASK) & chosen
+    kept = (out == tokens) & chosen
+    other = chosen & ~masked & ~kept
+    assert abs(masked.sum().item() / n - 0.8) < 0.02
+    assert abs(kept.sum().item() / n - 0.1 - 1 / (VOCAB - 4) * 0.1) < 0.02  # random can redraw the same token
+    assert abs(other.sum().item() / n - 0.1) < 0.02
+
+
+def test_token_mask_random_replacements_are_never_special():
+    tokens = text_batch()
+    out, chosen = corrupt(tokens, random_prob=1.0, keep_prob=0.0)
+    assert not torch.isin(out[chosen], torch.tensor(SPECIAL)).any()
+    assert ((out[chosen] >= 0) & (out[chosen] < VOCAB)).all()
+
+
+def test_token_mask_at_least_one_per_row_and_none_without_eligible():
+    tokens = torch.tensor([[CLS, 7, SEP, PAD], [CLS, SEP, PAD, PAD]])
+    _, chosen = corrupt(tokens)
+    assert chosen[0].tolist() == [False, True, False, False] and not chosen[1].any()
+
+
+def test_token_mask_is_deterministic_per_seed():
+    tokens = text_batch(b=8)
+    a, b, c = corrupt(tokens, 5), corrupt(tokens, 5), corrupt(tokens, 6)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[1], c[1])
+
+
+def test_token_mask_rejects_bad_probabilities():
+    with pytest.raises(Data2VecError, match="keep_prob"):
+        corrupt(text_batch(b=2), random_prob=0.6, keep_prob=0.6)
+    with pytest.raises(Data2VecError, match="tokens"):
+        corrupt(text_batch(b=2).int())

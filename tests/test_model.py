@@ -1,0 +1,81 @@
+import torch
+
+from data2vec.config import build_config
+from data2vec.model import Data2Vec, Data2VecEncoder
+
+TINY = ["model.dim=32", "model.depth=3", "model.heads=2", "image.image_size=16", "image.patch_size=4",
+        "objective.top_k=2", "masking.min_block=2"]
+
+
+def tiny_cfg(*extra):
+    return build_config("image-tiny", TINY + list(extra))
+
+
+def test_encoder_output_layout():
+    cfg = tiny_cfg()
+    enc = Data2VecEncoder(cfg).eval()
+    out = enc(torch.randn(2, 3, 16, 16))
+    assert out.last_hidden_state.shape == (2, 17, 32)  # CLS + 4x4 patches
+    assert len(out.hidden_states) == 4 and len(out.layer_results) == 3
+    assert enc.embed(torch.randn(2, 3, 16, 16)).shape == (2, 32)
+
+
+def test_mask_token_replaces_masked_patches_only():
+    cfg = tiny_cfg("model.depth=1")
+    enc = Data2VecEncoder(cfg).eval()
+    images = torch.randn(1, 3, 16, 16)
+    mask = torch.zeros(1, 16, dtype=torch.bool)
+    mask[0, 5] = True
+    x_plain, _ = enc.frontend(images)
+    x_masked, _ = enc.frontend(images, mask)
+    changed = (x_plain != x_masked).any(-1)[0]
+    assert changed.tolist() == [i == 6 for i in range(17)]  # patch 5 sits after the CLS token
+
+
+def test_step_trains_student_not_teacher():
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    model = Data2Vec(cfg).train()
+    assert not model.teacher.training
+    images = torch.randn(4, 3, 16, 16)
+    mask = torch.rand(4, 16) < 0.5
+    out = model(images, mask)
+    out["loss"].backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    assert model.head.weight.grad is not None and model.student.frontend.mask_token.grad is not None
+    assert torch.isfinite(out["loss"]) and out["target_var"] > 0
+
+
+def test_targets_ignore_the_mask():
+    cfg = tiny_cfg()
+    model = Data2Vec(cfg)
+    images = torch.randn(2, 3, 16, 16)
+    t1 = model.targets(images)
+    assert t1.shape == (2, 16, 32)
+    # final layer norm: each target vector has zero mean and unit variance
+    torch.testing.assert_close(t1.mean(-1), torch.zeros(2, 16), atol=1e-5, rtol=0)
+
+
+def test_ema_scope_encoder_copies_frontend_and_averages_blocks():
+    cfg = tiny_cfg("objective.ema_scope=encoder")
+    model = Data2Vec(cfg)
+    with torch.no_grad():
+        for p in model.student.parameters():
+            p.add_(1.0)
+    before = {n: p.clone() for n, p in model.teacher.named_parameters()}
+    model.update_teacher(0.75)
+    for n, p in model.teacher.named_parameters():
+        s = dict(model.student.named_parameters())[n]
+        want = s if n.startswith("frontend.") else 0.75 * before[n] + 0.25 * s
+        torch.testing.assert_close(p, want)
+
+
+def test_ema_scope_all_averages_frontend_too():
+    cfg = tiny_cfg("objective.ema_scope=all")
+    model = Data2Vec(cfg)
+    with torch.no_grad():
+        model.student.frontend.patch_embed.weight.add_(1.0)
+    before = model.teacher.frontend.patch_embed.weight.clone()
+    model.update_teacher(0.5)
+    torch.testing.assert_close(model.teacher.frontend.patch_embed.weight,
+                               0.5 * before + 0.5 * model.student.frontend.patch_embed.weight)
