@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default: runs/demo-MODALITY)")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("report", help="an HTML page of a run's curves, probe results, feature map and masks")
+    p.add_argument("run_dir", help="run folder (the `out` of a pretraining run)")
+    p.add_argument("--out", default=None, help="folder for index.html and its PNGs (default: RUN_DIR/report)")
+    p.add_argument("--collapse-threshold", type=float, default=0.1,
+                   help="target variance below which the page warns of collapse (default: 0.1)")
+
     p = sub.add_parser("recipes", help="list the recipes that ship with the package")
     return parser
 
@@ -62,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
         from data2vec.tasks.demo import demo
 
         demo(args.modality, args.out or f"runs/demo-{args.modality}", args.overrides, progress=not args.no_progress)
+    elif args.command == "report":
+        from data2vec.tasks.report import report
+
+        print(f"report: {report(args.run_dir, args.out, args.collapse_threshold)}")
     elif args.command == "recipes":
         from data2vec.config import recipe_names
 

@@ -1,0 +1,1 @@
+"""Data: sources, transforms, samplers and loaders per modality."""

@@ -1,0 +1,178 @@
+"""Images: where they come from (a folder or arrays), how they are augmented, and how they are batched."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from data2vec.data.seeding import sample_generator
+from data2vec.errors import Data2VecError
+
+log = logging.getLogger("data2vec")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageSource(Protocol):
+    labels: list[int] | None
+    classes: list[str]
+
+    def __len__(self) -> int: ...
+    def load(self, i: int) -> Image.Image: ...
+    def name(self, i: int) -> str: ...
+
+
+@dataclass
+class ImageTransform:
+    """Random resized crop + flip for pretraining, resize + centre crop for evaluation; then normalise.
+
+    Returns float32 `[3, size, size]`. All randomness comes from the generator passed in.
+    """
+
+    size: int
+    train: bool
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def _crop_box(self, width: int, height: int, g: torch.Generator) -> tuple[int, int, int, int]:
+        area = width * height
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(10):
+            u = torch.rand(4, generator=g).tolist()
+            target = area * (self.scale[0] + u[0] * (self.scale[1] - self.scale[0]))
+            aspect = math.exp(log_lo + u[1] * (log_hi - log_lo))
+            w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                left, top = int(u[2] * (width - w + 1)), int(u[3] * (height - h + 1))
+                return left, top, left + w, top + h
+        side = min(width, height)  # fallback: the largest centred square
+        left, top = (width - side) // 2, (height - side) // 2
+        return left, top, left + side, top + side
+
+    def __call__(self, img: Image.Image, generator: torch.Generator) -> torch.Tensor:
+        img = img.convert("RGB")
+        if self.train:
+            img = img.resize((self.size, self.size), Image.BICUBIC, box=self._crop_box(*img.size, generator))
+            if torch.rand(1, generator=generator).item() < self.hflip:
+                img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        else:
+            w, h = img.size
+            scale = self.size / min(w, h)
+            img = img.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))), Image.BICUBIC)
+            w, h = img.size
+            left, top = (w - self.size) // 2, (h - self.size) // 2
+            img = img.crop((left, top, left + self.size, top + self.size))
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
+
+
+class ImageFolderSource:
+    """Image files under `root`, found recursively. When every image sits in a first-level sub-folder, the
+    sorted sub-folder names are the classes."""
+
+    def __init__(self, root: str | Path, strict: bool = False) -> None:
+        root = Path(root)
+        if not root.exists():
+            raise Data2VecError(f"data path '{root}' does not exist; set data.path=... to a folder of images")
+        if not root.is_dir():
+            raise Data2VecError(f"data path '{root}' is not a folder; set data.path=... to a folder of images")
+        self.root = root
+        self.paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not self.paths:
+            raise Data2VecError(f"no images found in '{root}'; accepted extensions: {' '.join(IMAGE_EXTENSIONS)}")
+        parts = [p.relative_to(root).parts for p in self.paths]
+        if all(len(part) >= 2 for part in parts):
+            self.classes = sorted({part[0] for part in parts})
+            index = {c: i for i, c in enumerate(self.classes)}
+            self.labels: list[int] | None = [index[part[0]] for part in parts]
+        else:
+            self.classes, self.labels = [], None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, i: int) -> Image.Image:
+        with Image.open(self.paths[i]) as img:
+            return img.convert("RGB")
+
+    def name(self, i: int) -> str:
+        return str(self.paths[i])
+
+
+class ArraySource:
+    """In-memory images: uint8 `[N, H, W]` (grey) or `[N, H, W, 3]`, with optional labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None, classes: list[str] | None = None,
+                 name: str = "array") -> None:
+        self.images = images
+        self.labels = None if labels is None else [int(v) for v in labels]
+        self.classes = classes or []
+        self._name = name
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, i: int) -> Image.Image:
+        return Image.fromarray(self.images[i]).convert("RGB")
+
+    def name(self, i: int) -> str:
+        return f"{self._name}[{i}]"
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Items keyed by (index, epoch): the sample's crop and mask are drawn from a generator seeded by
+    (seed, epoch, index). Unreadable images are skipped (None, counted by the collate function) or, when
+    `strict`, raise."""
+
+    def __init__(self, source: ImageSource, transform: ImageTransform, seed: int,
+                 mask_fn: Callable[[torch.Generator], torch.Tensor] | None = None, strict: bool = False) -> None:
+        self.source, self.transform, self.seed = source, transform, seed
+        self.mask_fn, self.strict = mask_fn, strict
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
+        index, epoch = (key, 0) if isinstance(key, int) else key
+        g = sample_generator(self.seed, epoch, index)
+        try:
+            img = self.source.load(index)
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            if self.strict:
+                raise Data2VecError(f"cannot read image '{self.source.name(index)}' ({err.__class__.__name__}); "
+                                    "remove the file or set data.strict=false to skip unreadable images") from None
+            log.warning("skipping unreadable image %s (%s)", self.source.name(index), err.__class__.__name__)
+            return None
+        item = {"image": self.transform(img, g), "index": index,
+                "label": self.source.labels[index] if self.source.labels is not None else -1}
+        if self.mask_fn is not None:
+            item["mask"] = self.mask_fn(g)
+        return item
+
+
+def collate_images(items: list[dict | None]) -> dict:
+    """Stack a batch, dropping unreadable samples; `skipped` counts them. A batch with no readable sample
+    holds only `skipped` (the loop skips it)."""
+    kept = [it for it in items if it is not None]
+    batch: dict = {"skipped": len(items) - len(kept)}
+    if not kept:
+        return batch
+    batch["images"] = torch.stack([it["image"] for it in kept])
+    batch["label"] = torch.tensor([it["label"] for it in kept], dtype=torch.long)
+    batch["index"] = torch.tensor([it["index"] for it in kept], dtype=torch.long)
+    if "mask" in kept[0]:
+        batch["mask"] = torch.stack([it["mask"] for it in kept])
+    return batch

@@ -1,0 +1,55 @@
+"""Which samples each optimisation step sees, as a pure function of (seed, step, rank, world size)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from data2vec.errors import Data2VecError
+
+
+class StepBatchSampler:
+    """Yields, per step from `start_step`, this rank's share of the step's global batch as (index, epoch) pairs.
+
+    Epoch e is a permutation of all samples seeded by (seed, e); step s takes the slice
+    ``[(s % steps_per_epoch) * B, +B)`` of epoch ``s // steps_per_epoch`` (the last incomplete batch of an
+    epoch is dropped), and rank r takes every world_size-th element of it. So resuming at any step, at any
+    world size, reproduces the batches of an uninterrupted run.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, start_step: int = 0,
+                 max_steps: int | None = None, rank: int = 0, world_size: int = 1) -> None:
+        if num_samples < batch_size:
+            raise Data2VecError(f"the data set has {num_samples} samples, fewer than train.batch_size={batch_size}; "
+                                "lower train.batch_size or add data")
+        if batch_size % world_size:
+            raise Data2VecError(f"train.batch_size={batch_size} must be divisible by the number of processes "
+                                f"({world_size})")
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.start_step, self.max_steps = start_step, max_steps
+        self.rank, self.world_size = rank, world_size
+        self.steps_per_epoch = num_samples // batch_size
+        self._perm_epoch, self._perm = -1, None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.num_samples, generator=g), epoch
+        return self._perm
+
+    def batch_at(self, step: int) -> list[tuple[int, int]]:
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        batch = self._permutation(epoch)[pos * self.batch_size:(pos + 1) * self.batch_size]
+        return [(int(i), epoch) for i in batch[self.rank::self.world_size]]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start_step
+        while self.max_steps is None or step < self.max_steps:
+            yield self.batch_at(step)
+            step += 1
+
+    def __len__(self) -> int:
+        if self.max_steps is None:
+            raise TypeError("an endless StepBatchSampler has no length")
+        return max(self.max_steps - self.start_step, 0)

@@ -1,0 +1,46 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from data2vec.cli import main
+
+TINY = ["model.dim=32", "model.depth=2", "model.heads=2", "image.image_size=16", "image.patch_size=4",
+        "objective.top_k=2", "masking.min_block=2", "train.batch_size=16", "data.num_workers=0"]
+
+
+def test_bad_config_key_exits_2_with_one_line(capsys):
+    assert main(["pretrain", "image-tiny", "train.lrr=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.lrr" in err
+
+
+def test_missing_data_path_exits_2(tmp_path, capsys):
+    missing = tmp_path / "no-such-folder"
+    assert main(["pretrain", "image-tiny", f"data.path={missing}", f"out={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(missing) in err and len(err.splitlines()) == 1
+
+
+def test_module_entry_point_runs():
+    proc = subprocess.run([sys.executable, "-m", "data2vec", "recipes"], capture_output=True, text=True, check=True)
+    assert "image-tiny" in proc.stdout.split()
+
+
+def test_pretrain_probe_embed_from_the_command_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["pretrain", "image-tiny", *TINY, "train.max_steps=3", f"out={run}", "--no-progress"]) == 0
+    assert main(["probe", str(run), "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "probe.json").read_text())
+    assert 0.0 <= result["linear"] <= 1.0 and 0.0 <= result["knn"] <= 1.0
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((20, 20, 3), 40 * i, dtype=np.uint8)).save(images / f"{i}.png")
+    out = tmp_path / "feats.npy"
+    assert main(["embed", str(run), str(images), "--out", str(out)]) == 0
+    feats = np.load(out)
+    assert feats.shape == (3, 32) and np.isfinite(feats).all()
+    assert len(out.with_suffix(".txt").read_text().splitlines()) == 3
