@@ -70,3 +70,8 @@ def test_load_gives_eval_encoder_with_hidden_states(tmp_path):
 def test_missing_data_path_is_a_clear_error(tmp_path):
     with pytest.raises(data2vec.Data2VecError, match="does not exist"):
         pretrain(tiny(tmp_path / "run", f"data.path={tmp_path / 'nope'}"), progress=False)
+
+
+def test_low_target_variance_warns_of_collapse(tmp_path, caplog):
+    pretrain(tiny(tmp_path / "run", "train.max_steps=2", "train.collapse_var=100"), progress=False)
+    assert any("collapsing" in r.getMessage() for r in caplog.records)

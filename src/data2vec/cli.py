@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from data2vec.errors import Data2VecError
@@ -81,7 +80,12 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options (`demo image --out X train.lr=1`): argparse leaves those over
+    if extra:
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     if args.version:
         from data2vec import __version__
 
@@ -90,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from data2vec.train.logging import setup_logging
+
+    setup_logging()
     try:
         return run(args)
     except Data2VecError as err:

@@ -107,6 +107,7 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 2
+    collapse_var: float = 0.1  # warn when the teacher targets' variance falls below this (collapse)
 
 
 @dataclass

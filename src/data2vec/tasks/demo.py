@@ -56,4 +56,7 @@ def demo(modality: str = "image", out: str | Path = "runs/demo-image", overrides
     print(f"{'random weights':<22}{random['linear']:>14.3f}{random['knn']:>12.3f}")
     print(f"{'raw pixels':<22}{raw:>14.3f}{'':>12}")
     print(f"results: {out / 'demo.json'}")
+    from data2vec.tasks.report import report
+
+    print(f"report: {report(cfg.out, collapse_threshold=cfg.train.collapse_var)}")
     return result

@@ -28,7 +28,7 @@ def setup_logging(out: Path | None = None, level: int = logging.INFO) -> None:
             file_handler = logging.FileHandler(path)
             file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             logger.addHandler(file_handler)
-    logger.propagate = False
+    logger.propagate = True  # our own handlers print; the root logger (empty unless a user set one up) may listen
 
 
 class MetricsLogger:

@@ -98,6 +98,10 @@ def train(
                       "target_var": window["target_var"].item() / n, "pred_var": window["pred_var"].item() / n,
                       "skipped": window["skipped"]}
             logger.log(record)
+            if record["target_var"] < tc.collapse_var:
+                log.warning("step %d: target variance %.3g is below train.collapse_var=%.3g; the representation "
+                            "may be collapsing (lower train.lr or raise the EMA decay)", done, record["target_var"],
+                            tc.collapse_var)
             window.update(loss=torch.zeros((), device=device), target_var=torch.zeros((), device=device),
                           pred_var=torch.zeros((), device=device), samples=0, skipped=0, steps=0,
                           start=time.perf_counter())
