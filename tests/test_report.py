@@ -58,7 +58,7 @@ def write_metrics(run, keys=("loss", "lr", "ema_decay", "samples_per_s", "grad_n
     run.mkdir(parents=True, exist_ok=True)
     values = {"loss": lambda s: 2 * math.exp(-s / 10), "lr": lambda s: 1e-3 * min(1, s / 5),
               "ema_decay": lambda s: 0.999, "samples_per_s": lambda s: 400.0, "grad_norm": lambda s: 1 / s,
-              "target_var": lambda s: 0.5 * math.exp(-s / 8), "pred_var": lambda s: 0.2}
+              "target_var": lambda s: 0.5 * math.exp(-s / 5), "pred_var": lambda s: 0.2}
     with open(run / "metrics.jsonl", "w") as f:
         for s in range(1, steps + 1):
             f.write(json.dumps({"step": s, "skipped": 0, **{k: values[k](s) for k in keys}}) + "\n")
@@ -68,6 +68,8 @@ def test_hand_written_run_renders_every_section_with_local_pngs(tmp_path):
     run = tmp_path / "demo" / "pretrain"
     write_metrics(run)
     (run / "probe.json").write_text(json.dumps({"linear": 0.8, "knn": 0.75}))
+    (run / "checkpoints" / "step_00000030").mkdir(parents=True)
+    (run / "checkpoints" / "step_00000030" / "probe.json").write_text(json.dumps({"linear": 0.61, "knn": 0.52}))
     (run.parent / "demo.json").write_text(json.dumps({"pretrained": {"linear": 0.8, "knn": 0.7},
                                                       "random": {"linear": 0.4, "knn": 0.3},
                                                       "raw_pixels": {"linear": 0.9}}))
@@ -75,10 +77,18 @@ def test_hand_written_run_renders_every_section_with_local_pngs(tmp_path):
     assert index == run / "report" / "index.html"
     assert sorted(check_page(index)) == ["curves.png", "probe.png", "target_var.png"]
     text = index.read_text()
-    for row in ("pretrained (demo)", "random weights (demo)", "raw pixels (demo)", "this run", "0.750"):
+    for row in ("pretrained (demo)", "random weights (demo)", "raw pixels (demo)", "this run", "0.750",
+                "step_00000030", "0.610"):
         assert row in text
-    assert 'class="warn"' in text  # target_var ends at 0.0012, under the default threshold 0.1
+    assert 'class="warn"' in text  # target_var ends at 0.0012, under the default threshold 0.01
     assert "No embedding map" in text and "No example inputs" in text
+
+
+def test_demo_json_belongs_only_to_the_demo_pretrain_folder(tmp_path):
+    write_metrics(tmp_path / "other")
+    (tmp_path / "demo.json").write_text(json.dumps({"pretrained": {"linear": 0.8, "knn": 0.7}}))
+    text = report(tmp_path / "other").read_text()
+    assert "(demo)" not in text and "No probe results" in text
 
 
 def test_collapse_warning_follows_the_threshold(tmp_path):

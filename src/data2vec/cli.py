@@ -39,8 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="an HTML page of a run's curves, probe results, feature map and masks")
     p.add_argument("run_dir", help="run folder (the `out` of a pretraining run)")
     p.add_argument("--out", default=None, help="folder for index.html and its PNGs (default: RUN_DIR/report)")
-    p.add_argument("--collapse-threshold", type=float, default=0.1,
-                   help="target variance below which the page warns of collapse (default: 0.1)")
+    p.add_argument("--collapse-threshold", type=float, default=0.01,
+                   help="target variance below which the page warns of collapse (default: 0.01, i.e. a standard deviation of 0.1)")
+
+    p = sub.add_parser("bench", help="measure the data pipeline alone: samples per second")
+    p.add_argument("what", choices=["data"])
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--steps", type=int, default=50)
 
     p = sub.add_parser("recipes", help="list the recipes that ship with the package")
     return parser
@@ -71,6 +77,14 @@ def run(args: argparse.Namespace) -> int:
         from data2vec.tasks.report import report
 
         print(f"report: {report(args.run_dir, args.out, args.collapse_threshold)}")
+    elif args.command == "bench":
+        from data2vec.config import build_config
+        from data2vec.tasks.bench import bench_data
+
+        cfg = build_config(args.recipe, [*args.overrides, f"train.max_steps={args.steps + 10}"])
+        r = bench_data(cfg, args.steps)
+        print(f"data pipeline: {r['samples_per_s']:.1f} samples/s ({r['batches_per_s']:.2f} batches/s of "
+              f"{r['batch_size']}, {r['num_workers']} workers, {r['skipped']} skipped)")
     elif args.command == "recipes":
         from data2vec.config import recipe_names
 

@@ -93,7 +93,8 @@ class TrainConfig:
 
     max_steps: int = 1000
     batch_size: int = 256  # global batch, summed over processes and accumulation steps
-    accum_steps: int = 1
+    accum_steps: int = 1  # micro-batches per update and process (at least)
+    device_batch_size: int = 0  # most samples one forward may take; more accumulation when needed (0: no cap)
     lr: float = 2e-3
     min_lr: float = 1e-5
     warmup_steps: int = 100
@@ -103,11 +104,13 @@ class TrainConfig:
     eps: float = 1e-8
     clip_grad: float = 3.0  # 0 turns clipping off
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False  # torch.compile the training step
+    grad_checkpoint: bool = False  # recompute block activations in backward to save memory
     seed: int = 0
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 2
-    collapse_var: float = 0.1  # warn when the teacher targets' variance falls below this (collapse)
+    collapse_var: float = 0.01  # warn when target variance falls below this: std 0.1, the reference's stop (collapse)
 
 
 @dataclass

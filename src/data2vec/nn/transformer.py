@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from data2vec.config import EncoderConfig
 
@@ -132,6 +133,7 @@ class Encoder(nn.Module):
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(Block(cfg, rate) for rate in rates)
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.norm_first and cfg.final_norm else nn.Identity()
+        self.grad_checkpoint = False  # set by the trainer: trade compute for activation memory
 
     def forward(
         self,
@@ -148,7 +150,10 @@ class Encoder(nn.Module):
         shared_mask = padding_bias(padding_mask, shared)
         for i, block in enumerate(self.blocks):
             mask = shared_mask if shared is not None or attn_bias is None else padding_bias(padding_mask, attn_bias[i])
-            x, ffn = block(x, mask)
+            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+                x, ffn = checkpoint(block, x, mask, use_reentrant=False)
+            else:
+                x, ffn = block(x, mask)
             outputs.append(x)
             taps.append(ffn)
         return self.norm(x), outputs, taps

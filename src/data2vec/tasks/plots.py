@@ -27,7 +27,7 @@ def _save(fig: Figure, path: Path) -> Path:
 def curves(series: dict[str, tuple[list[float], list[float]]], path: Path, columns: int = 3) -> Path:
     """One small panel per curve. series: title -> (steps, values); panels appear in dict order."""
     rows = math.ceil(len(series) / columns)
-    fig = Figure(figsize=(4 * columns, 2.8 * rows), layout="constrained")
+    fig = Figure(figsize=(4 * columns, 2.3 * rows), layout="constrained")
     for k, (title, (steps, values)) in enumerate(series.items()):
         ax = fig.add_subplot(rows, columns, k + 1)
         ax.plot(steps, values, lw=1.2, marker="." if len(steps) < 30 else None)
@@ -41,7 +41,7 @@ def curves(series: dict[str, tuple[list[float], list[float]]], path: Path, colum
 def variance(steps: list[float], target_var: list[float], path: Path, threshold: float,
              pred: tuple[list[float], list[float]] | None = None) -> Path:
     """Teacher-target variance over steps, with the collapse threshold as a dashed horizontal line."""
-    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    fig = Figure(figsize=(8, 2.7), layout="constrained")
     ax = fig.add_subplot()
     ax.plot(steps, target_var, lw=1.5, label="target variance (teacher)")
     if pred is not None:
@@ -60,7 +60,7 @@ def accuracy_bars(results: dict[str, dict[str, float]], path: Path) -> Path:
     names = list(results)
     probes = sorted({p for accs in results.values() for p in accs}, key=["linear", "knn"].index)
     width = 0.8 / len(probes)
-    fig = Figure(figsize=(2.5 + 1.6 * len(names), 3.4), layout="constrained")
+    fig = Figure(figsize=(2.2 + 1.1 * len(names), 3.0), layout="constrained")
     ax = fig.add_subplot()
     for j, probe in enumerate(probes):
         xs = [i + (j - (len(probes) - 1) / 2) * width for i, n in enumerate(names) if probe in results[n]]
@@ -79,7 +79,7 @@ def embedding_map(points: np.ndarray, labels: np.ndarray, path: Path, title: str
     """Scatter of 2-D points `[N, 2]` coloured by integer label `[N]`, one legend entry per class."""
     classes = np.unique(labels)
     cmap = _colormap(len(classes))
-    fig = Figure(figsize=(6.5, 5.5), layout="constrained")
+    fig = Figure(figsize=(5.6, 4.5), layout="constrained")
     ax = fig.add_subplot()
     for k, label in enumerate(classes):
         at = labels == label

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from data2vec.config import Config, save_config
 from data2vec.data.build import pretrain_loader
@@ -13,6 +14,7 @@ from data2vec.errors import Data2VecError
 from data2vec.model import Data2Vec
 from data2vec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from data2vec.train.device import resolve_device
+from data2vec.train.distributed import barrier, init_distributed, local_device
 from data2vec.train.logging import MetricsLogger, setup_logging
 from data2vec.train.loop import rng_state, set_rng_state, train
 from data2vec.train.optim import build_optimizer
@@ -34,21 +36,23 @@ def _resume_path(cfg: Config) -> Path | None:
 def pretrain(cfg: Config, progress: bool = True) -> Path:
     """Pretrain per `cfg`; returns the run folder. Resumes exactly when `cfg.resume` points at a checkpoint."""
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    setup_logging(out)
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.train.seed)
-    if cfg.train.batch_size % cfg.train.accum_steps:
-        raise Data2VecError(f"train.batch_size={cfg.train.batch_size} must be divisible by "
-                            f"train.accum_steps={cfg.train.accum_steps}")
+    info = init_distributed(device)
+    device = local_device(device, info)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    setup_logging(out if info.is_main else None, level=logging.INFO if info.is_main else logging.WARNING)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every process
     resume_from = _resume_path(cfg)
     weights, state = None, None
     if resume_from is not None:
         weights, state, _ = load_checkpoint(resume_from)
     start_step = state["step"] if state else 0
     # Data first: a bad data path fails in a second, before a large model is built.
-    loader = pretrain_loader(cfg, start_step, pin_memory=device.type == "cuda")
+    loader = pretrain_loader(cfg, start_step, rank=info.rank, world_size=info.world_size,
+                             pin_memory=device.type == "cuda")
     model = Data2Vec(cfg).to(device)
+    model.student.encoder.grad_checkpoint = cfg.train.grad_checkpoint
     optimizer = build_optimizer(model.trainable_parameters(), cfg.train)
     scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
     if state is not None:
@@ -56,23 +60,36 @@ def pretrain(cfg: Config, progress: bool = True) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and "scaler" in state:
             scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        if state.get("world_size", 1) == info.world_size:
+            set_rng_state(state["rng"])  # dropout draws continue exactly (same world size only)
         log.info("resumed from %s at step %d", resume_from, start_step)
-    save_config(cfg, out / "config.yaml")
+    if info.enabled:  # each process draws its own dropout / drop-path noise
+        torch.manual_seed(cfg.train.seed + 1_000_003 * info.rank + start_step)
+    if info.is_main:
+        save_config(cfg, out / "config.yaml")
     n_params = sum(p.numel() for _, p in model.trainable_parameters())
-    log.info("run %s: %s, %.2fM trainable parameters, device %s, %d steps", out, cfg.name, n_params / 1e6,
-             device, cfg.train.max_steps)
+    log.info("run %s: %s, %.2fM trainable parameters, %d process(es) on %s, %d steps, global batch %d",
+             out, cfg.name, n_params / 1e6, info.world_size, device.type, cfg.train.max_steps, cfg.train.batch_size)
+    step_model: torch.nn.Module = model
+    if info.enabled:
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        step_model = torch.compile(step_model)
 
     def save(step: int) -> None:
-        state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state()}
-        if scaler is not None:
-            state["scaler"] = scaler.state_dict()
-        path = save_checkpoint(out, step, model.state_dict(), state, cfg, cfg.train.keep_last)
-        log.debug("saved %s", path)
+        if info.is_main:
+            state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                     "world_size": info.world_size}
+            if scaler is not None:
+                state["scaler"] = scaler.state_dict()
+            path = save_checkpoint(out, step, model.state_dict(), state, cfg, cfg.train.keep_last)
+            log.debug("saved %s", path)
+        barrier(info)
 
-    logger = MetricsLogger(out, cfg.train.max_steps, start_step, progress=progress)
+    logger = MetricsLogger(out, cfg.train.max_steps, start_step, progress=progress) if info.is_main else None
     try:
-        train(model, optimizer, loader, cfg, device, start_step, save, logger, scaler)
+        train(model, optimizer, loader, cfg, device, start_step, save, logger, scaler, step_model, info)
     finally:
-        logger.close()
+        if logger is not None:
+            logger.close()
     return out

@@ -16,17 +16,16 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import yaml
 
 from data2vec.config import Config, config_from_yaml_text
 from data2vec.errors import Data2VecError
 from data2vec.tasks import plots
 
-COLLAPSE_THRESHOLD = 0.1  # the reference stops a run whose target variance falls below this
+COLLAPSE_THRESHOLD = 0.01  # variance; the reference stops a run whose target *std* falls below 0.1
 TSNE_SAMPLES = 1000
 CURVES = {"loss": "loss", "lr": "learning rate", "ema_decay": "EMA decay (teacher)",
           "grad_norm": "gradient norm (before clipping)", "samples_per_s": "throughput (samples/s)"}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -115,7 +114,9 @@ def probe_results(run_dir: Path) -> dict[str, tuple[str, dict[str, float]]]:
     """Row name -> (source file, accuracies), from the demo's `../demo.json`, `probe.json` in the run folder,
     and `probe.json` in each checkpoint folder (where `data2vec probe RUN_DIR` writes by default)."""
     rows: dict[str, tuple[str, dict[str, float]]] = {}
-    demo = _read_json(run_dir / ".." / "demo.json")
+    # `data2vec demo --out OUT` pretrains into OUT/pretrain and writes OUT/demo.json; any other run folder
+    # would take a stranger's demo.json for its own.
+    demo = _read_json(run_dir / ".." / "demo.json") if run_dir.resolve().name == "pretrain" else None
     if isinstance(demo, dict):
         for key, name in (("pretrained", "pretrained"), ("random", "random weights"), ("raw_pixels", "raw pixels")):
             rows[f"{name} (demo)"] = ("../demo.json", _accuracies(demo.get(key)))
@@ -131,11 +132,13 @@ def probe_section(run_dir: Path, out: Path) -> str:
         return _note("No probe results: run `data2vec probe RUN_DIR` (it writes probe.json into the newest "
                      "checkpoint folder), or `data2vec demo`.")
     cell = lambda accs, k: f"{accs[k]:.3f}" if k in accs else "&ndash;"  # noqa: E731
-    body = "".join(f"<tr><td>{html.escape(name)}</td><td>{cell(accs, 'linear')}</td><td>{cell(accs, 'knn')}</td>"
-                   f"<td><code>{html.escape(src)}</code></td></tr>" for name, (src, accs) in rows.items())
-    table = f"<table><tr><th>features</th><th>linear probe</th><th>kNN</th><th>source</th></tr>{body}</table>"
+    body = "".join(f"<tr><td>{html.escape(name)}</td><td>{cell(accs, 'linear')}</td>"
+                   f"<td>{cell(accs, 'knn')}</td></tr>" for name, (_, accs) in rows.items())
+    table = f"<table><tr><th>features</th><th>linear probe</th><th>kNN</th></tr>{body}</table>"
+    sources = ", ".join(f"<code>{html.escape(src)}</code>" for src in dict.fromkeys(src for src, _ in rows.values()))
     chart = plots.accuracy_bars({name: accs for name, (_, accs) in rows.items()}, out / "probe.png")
-    return table + "\n" + _img(chart.name, "probe accuracies") + _note("Top-1 accuracy on the test split.")
+    return (f'<div class="row"><div class="side">{table}<p class="note">Top-1 accuracy on the test split; '
+            f'from {sources}.</p></div>{_img(chart.name, "probe accuracies")}</div>')
 
 
 def embedding_section(run_dir: Path, out: Path) -> str:
@@ -146,6 +149,7 @@ def embedding_section(run_dir: Path, out: Path) -> str:
     except Data2VecError as err:
         return _note(f"No embedding map: {err}")
     from sklearn.manifold import TSNE  # imported only now: a run without checkpoints need not pay for these
+    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
     from data2vec.api import load
     from data2vec.tasks.probe import extract_features
@@ -160,14 +164,17 @@ def embedding_section(run_dir: Path, out: Path) -> str:
     if len(x) > TSNE_SAMPLES:
         keep = np.sort(np.random.default_rng(0).choice(len(x), TSNE_SAMPLES, replace=False))
         x, y = x[keep], y[keep]
-    points = TSNE(n_components=2, perplexity=min(30.0, (len(x) - 1) / 3), init="pca",
-                  random_state=0).fit_transform(x)
+    # One OpenMP thread: torch and scikit-learn each bundle a libgomp whose busy-waiting threads fight over
+    # the cores (40 s instead of 1 s on a busy 2-core machine); t-SNE of 1000 points needs no more.
+    with threadpool_limits(1, user_api="openmp"):
+        tsne = TSNE(n_components=2, perplexity=min(30.0, (len(x) - 1) / 3), init="pca", random_state=0)
+        points = tsne.fit_transform(x)
     title = f"{checkpoint.name}: pooled features of {len(x)} test samples"
     path = plots.embedding_map(points, y, out / "tsne.png", title)
-    return (_img(path.name, "t-SNE map of test features") +
-            _note("Each dot is one test input, placed by t-SNE of its pooled final-layer features and coloured by "
-                  "its label. Features that separate the classes form one cluster per colour; a single blob of "
-                  "mixed colours means the encoder has not (yet) learned what tells the classes apart."))
+    caption = _note("Each dot is one test input, placed by t-SNE of its pooled final-layer features and coloured "
+                    "by its label. Features that separate the classes form one cluster per colour; a single blob "
+                    "of mixed colours means the encoder has not (yet) learned what tells the classes apart.")
+    return f'<div class="row">{_img(path.name, "t-SNE map of test features")}<div class="side">{caption}</div></div>'
 
 
 def image_examples(cfg: Config, png: Path, count: int = 8) -> str:
@@ -181,7 +188,8 @@ def image_examples(cfg: Config, png: Path, count: int = 8) -> str:
     items = [item for item in (dataset[(int(i), 0)] for i in picks) if item is not None]
     if not items:
         raise Data2VecError(f"none of the sampled training inputs of '{cfg.data.path}' could be read")
-    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    mean = torch.tensor(dataset.transform.mean).view(3, 1, 1)  # undo the loader's normalisation
+    std = torch.tensor(dataset.transform.std).view(3, 1, 1)
     images = torch.stack([(it["image"] * std + mean).clamp(0, 1) for it in items]).permute(0, 2, 3, 1)
     side = cfg.image.image_size // cfg.image.patch_size
     masks = torch.stack([it["mask"] for it in items]).reshape(-1, side, side)
@@ -205,7 +213,7 @@ def _run_config(run_dir: Path) -> Config | None:
     for path in candidates:
         try:
             return config_from_yaml_text(path.read_text())
-        except (OSError, Data2VecError):
+        except (OSError, yaml.YAMLError, Data2VecError):
             continue
     return None
 
@@ -225,11 +233,12 @@ def examples_section(cfg: Config | None, out: Path) -> str:
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1180px;margin:1.5em auto;padding:0 1em;color:#222}
-h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}h3{font-size:1.05em}
+h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.2em}h3{font-size:1.05em}
 img{max-width:100%;display:block;margin:.6em 0}table{border-collapse:collapse;margin:.6em 0}
 td,th{border:1px solid #ccc;padding:.25em .7em;text-align:left}th{background:#f3f3f3}
 .note{color:#555}.warn{background:#fdecea;border-left:4px solid #d9534f;padding:.5em .8em}
-code{background:#f3f3f3;padding:0 .2em}"""
+code{background:#f3f3f3;padding:0 .2em}.row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
+.side{flex:1;min-width:15em;max-width:30em}"""
 
 
 def report(run_dir: str | Path, out: str | Path | None = None, collapse_threshold: float = COLLAPSE_THRESHOLD) -> Path:
@@ -251,7 +260,8 @@ def report(run_dir: str | Path, out: str | Path | None = None, collapse_threshol
     body = "\n".join(f'<section id="{sid}"><h2>{title}</h2>\n{content}</section>' for sid, title, content in sections)
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n<title>data2vec report: '
             f'{html.escape(run_dir.resolve().name)}</title>\n<style>{STYLE}</style></head>\n<body>\n'
-            f"<h1>data2vec run report: <code>{html.escape(str(run_dir))}</code></h1>\n{about}\n{body}\n</body></html>\n")
+            f"<h1>data2vec run report: <code>{html.escape(str(run_dir))}</code></h1>\n{about}\n{body}\n"
+            "</body></html>\n")
     index = out / "index.html"
     index.write_text(page)
     return index

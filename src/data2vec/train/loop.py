@@ -6,6 +6,7 @@ before it is called, so the loop reads top to bottom. Host syncs (`.item()`) hap
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -18,6 +19,7 @@ from data2vec.config import Config
 from data2vec.ema import decay_at
 from data2vec.model import Data2Vec
 from data2vec.train.device import autocast
+from data2vec.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum
 from data2vec.train.logging import MetricsLogger
 from data2vec.train.optim import lr_at, set_lr
 
@@ -37,6 +39,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def micro_batches(per_rank_batch: int, cfg: Config) -> int:
+    """How many forward/backward passes one rank splits its share of the global batch into: at least
+    `train.accum_steps`, and enough that none exceeds `train.device_batch_size` (0: no limit). This is how a
+    recipe written for 16 GPUs trains the same on 4: each of the 4 accumulates 4 micro-batches."""
+    chunks = max(cfg.train.accum_steps, 1)
+    if cfg.train.device_batch_size > 0:
+        chunks = max(chunks, math.ceil(per_rank_batch / cfg.train.device_batch_size))
+    return min(chunks, max(per_rank_batch, 1))
+
+
 def train(
     model: Data2Vec,
     optimizer: torch.optim.Optimizer,
@@ -47,11 +59,19 @@ def train(
     save: Callable[[int], None],
     logger: MetricsLogger | None,
     scaler: torch.amp.GradScaler | None = None,
+    step_model: torch.nn.Module | None = None,
+    dist_info: DistInfo | None = None,
 ) -> None:
-    """Run updates `start_step .. train.max_steps - 1`; one item of `batches` per update."""
+    """Run updates `start_step .. train.max_steps - 1`; one item of `batches` per update.
+
+    `step_model` is the (DDP-wrapped) module the forward goes through; `model` is the plain one that owns
+    the teacher. Only the process with a `logger` writes metrics; every process joins the log reductions.
+    """
     tc, obj = cfg.train, cfg.objective
+    step_model = step_model if step_model is not None else model
+    info = dist_info or DistInfo()
     params = [p for _, p in model.trainable_parameters()]
-    model.train()
+    step_model.train()
     window = {"loss": torch.zeros((), device=device), "target_var": torch.zeros((), device=device),
               "pred_var": torch.zeros((), device=device), "samples": 0, "skipped": 0, "steps": 0,
               "start": time.perf_counter()}
@@ -65,15 +85,22 @@ def train(
             continue
         images = batch["images"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
-        chunks = min(tc.accum_steps, images.shape[0])
-        for micro_images, micro_masks in zip(images.chunk(chunks), masks.chunk(chunks)):
-            with autocast(device, tc.precision):
-                out = model(micro_images, micro_masks)
-            loss = out["loss"] / chunks
-            (scaler.scale(loss) if scaler else loss).backward()
-            window["loss"] += out["loss"].detach() / chunks
-            window["target_var"] += out["target_var"] / chunks
-            window["pred_var"] += out["pred_var"] / chunks
+        chunks = micro_batches(images.shape[0], cfg)
+        pieces = list(zip(images.chunk(chunks), masks.chunk(chunks)))
+        chunks = len(pieces)
+        for i, (micro_images, micro_masks) in enumerate(pieces):
+            # gradients are all-reduced once per update, on the last micro-batch
+            sync = contextlib.nullcontext() if i == chunks - 1 or not hasattr(step_model, "no_sync") \
+                else step_model.no_sync()
+            with sync:
+                with autocast(device, tc.precision):
+                    out = step_model(micro_images, micro_masks)
+                share = micro_images.shape[0] / images.shape[0]  # exact for uneven splits too
+                loss = out["loss"] * share
+                (scaler.scale(loss) if scaler else loss).backward()
+            window["loss"] += out["loss"].detach() * share
+            window["target_var"] += out["target_var"] * share
+            window["pred_var"] += out["pred_var"] * share
         if scaler:
             scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.clip_grad if tc.clip_grad > 0 else math.inf)
@@ -90,15 +117,18 @@ def train(
         if logger is not None:
             logger.step()
         done = step + 1
-        if logger is not None and (done % tc.log_every == 0 or done == tc.max_steps):
+        if done % tc.log_every == 0 or done == tc.max_steps:
             elapsed = time.perf_counter() - window["start"]
-            n = window["steps"]
-            record = {"step": done, "loss": window["loss"].item() / n, "lr": lr, "ema_decay": decay,
-                      "samples_per_s": window["samples"] / max(elapsed, 1e-9), "grad_norm": float(grad_norm),
-                      "target_var": window["target_var"].item() / n, "pred_var": window["pred_var"].item() / n,
-                      "skipped": window["skipped"]}
-            logger.log(record)
-            if record["target_var"] < tc.collapse_var:
+            n = max(window["steps"], 1)
+            means = all_reduce_mean(torch.stack([window["loss"], window["target_var"], window["pred_var"]]), info)
+            counts = all_reduce_sum(torch.tensor([window["samples"], window["skipped"]], device=device), info)
+            loss_v, target_var, pred_var = (means / n).tolist()
+            record = {"step": done, "loss": loss_v, "lr": lr, "ema_decay": decay,
+                      "samples_per_s": counts[0].item() / max(elapsed, 1e-9), "grad_norm": float(grad_norm),
+                      "target_var": target_var, "pred_var": pred_var, "skipped": int(counts[1].item())}
+            if logger is not None:
+                logger.log(record)
+            if info.is_main and record["target_var"] < tc.collapse_var:
                 log.warning("step %d: target variance %.3g is below train.collapse_var=%.3g; the representation "
                             "may be collapsing (lower train.lr or raise the EMA decay)", done, record["target_var"],
                             tc.collapse_var)

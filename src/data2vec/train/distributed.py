@@ -1,0 +1,81 @@
+"""Data-parallel training on PyTorch's own engine, set up once before the loop.
+
+Launched by `torchrun` (which sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous), every process runs
+the same recipe: gloo on CPU, NCCL on CUDA. A plain `python` launch is a world of one and needs no
+process group at all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from data2vec.errors import Data2VecError
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group torchrun prepared (if any) and pin this process to its GPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return DistInfo()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise Data2VecError(f"process {rank} wants GPU {local_rank} but only {torch.cuda.device_count()} are "
+                                "visible; lower --nproc_per_node to the number of GPUs")
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, device_id=torch.device("cuda", local_rank)
+                                if device.type == "cuda" else None)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def local_device(device: torch.device, info: DistInfo) -> torch.device:
+    """Each process's own GPU (cuda:LOCAL_RANK); CPU stays CPU."""
+    return torch.device("cuda", info.local_rank) if device.type == "cuda" else device
+
+
+def all_reduce_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Mean of a tensor over processes (for logging; a host sync, so only at log steps)."""
+    if not info.enabled:
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values / info.world_size
+
+
+def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if not info.enabled:
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

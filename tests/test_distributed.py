@@ -1,0 +1,100 @@
+"""Data-parallel training launched by torchrun on CPU (gloo): same results at any world size."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+TINY = ["model.dim=32", "model.depth=2", "model.heads=2", "image.image_size=16", "image.patch_size=4",
+        "objective.top_k=2", "masking.min_block=2", "train.warmup_steps=2", "train.log_every=1",
+        "data.num_workers=0", "train.batch_size=16", "train.save_every=3", "train.keep_last=5", "--no-progress"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env():
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    e.pop("WORLD_SIZE", None)
+    return e
+
+
+def torchrun(*args):
+    return [sys.executable, "-m", "torch.distributed.run", *args, "-m", "data2vec"]
+
+
+def single(*args):
+    return [sys.executable, "-m", "data2vec", *args]
+
+
+def run(cmd, timeout=240):
+    proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def weights(run_dir, step):
+    return load_file(str(run_dir / "checkpoints" / f"step_{step:08d}" / "model.safetensors"))
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_weights(a, b, atol=1e-5):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-4, msg=key)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    run(torchrun("--nproc_per_node=2", f"--master_port={free_port()}") +
+        ["pretrain", "image-tiny", *TINY, "train.max_steps=6", f"out={out}"])
+    return out
+
+
+def test_two_processes_match_one_process_with_the_global_batch(two_process_run, tmp_path):
+    one = tmp_path / "one"
+    run(single("pretrain", "image-tiny", *TINY, "train.max_steps=6", f"out={one}"))
+    assert losses(one) == pytest.approx(losses(two_process_run), rel=1e-4, abs=1e-6)
+    assert_same_weights(weights(one, 6), weights(two_process_run, 6))
+
+
+def test_accumulation_matches_the_full_batch(two_process_run, tmp_path):
+    accum = tmp_path / "accum"  # one process, at most 4 samples per forward: 4 micro-batches per update
+    run(single("pretrain", "image-tiny", *TINY, "train.max_steps=6", "train.device_batch_size=4", f"out={accum}"))
+    assert losses(accum) == pytest.approx(losses(two_process_run), rel=1e-4, abs=1e-6)
+    assert_same_weights(weights(accum, 6), weights(two_process_run, 6))
+
+
+def test_resume_a_two_process_checkpoint_in_one_process(two_process_run, tmp_path):
+    resumed = tmp_path / "resumed"
+    run(single("pretrain", "image-tiny", *TINY, "train.max_steps=6",
+               f"resume={two_process_run / 'checkpoints' / 'step_00000003'}", f"out={resumed}"))
+    assert losses(resumed) == pytest.approx(losses(two_process_run)[3:], rel=1e-4, abs=1e-6)
+    assert_same_weights(weights(resumed, 6), weights(two_process_run, 6))
+
+
+def test_two_nodes_on_localhost_train_and_checkpoint(tmp_path):
+    out = tmp_path / "nodes"
+    port = free_port()
+    common = ["--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+              "--rdzv_id=d2v-test"]
+    args = ["pretrain", "image-tiny", *TINY, "train.max_steps=3", f"out={out}"]
+    nodes = [subprocess.Popen(torchrun(*common, f"--node_rank={rank}") + args, env=env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    for node in nodes:
+        _, err = node.communicate(timeout=240)
+        assert node.returncode == 0, err[-3000:]
+    assert (out / "checkpoints" / "step_00000003" / "manifest.json").exists()
+    assert len(losses(out)) == 3
