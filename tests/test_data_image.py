@@ -66,7 +66,7 @@ def test_corrupt_and_empty_files_are_skipped_and_counted(tmp_path, caplog):
     data = ImageDataset(ImageFolderSource(tmp_path), ImageTransform(size=8, train=False), seed=0)
     with caplog.at_level(logging.WARNING, logger="data2vec"):
         batch = collate_images([data[i] for i in range(len(data))])
-    assert batch["skipped"] == 2 and batch["images"].shape[0] == 1
+    assert batch["skipped"] == 2 and batch["inputs"].shape[0] == 1
     assert "corrupt.png" in caplog.text and "empty.jpg" in caplog.text
 
 

@@ -165,12 +165,12 @@ class ImageDataset(torch.utils.data.Dataset):
 
 def collate_images(items: list[dict | None]) -> dict:
     """Stack a batch, dropping unreadable samples; `skipped` counts them. A batch with no readable sample
-    holds only `skipped` (the loop skips it)."""
+    holds only `skipped` (the loop skips it). Keys: inputs [B, 3, S, S], label, index, mask."""
     kept = [it for it in items if it is not None]
     batch: dict = {"skipped": len(items) - len(kept)}
     if not kept:
         return batch
-    batch["images"] = torch.stack([it["image"] for it in kept])
+    batch["inputs"] = torch.stack([it["image"] for it in kept])
     batch["label"] = torch.tensor([it["label"] for it in kept], dtype=torch.long)
     batch["index"] = torch.tensor([it["index"] for it in kept], dtype=torch.long)
     if "mask" in kept[0]:

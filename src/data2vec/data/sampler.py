@@ -6,6 +6,7 @@ from typing import Iterator
 
 import torch
 
+from data2vec.data.seeding import keyed_generator
 from data2vec.errors import Data2VecError
 
 
@@ -15,33 +16,42 @@ class StepBatchSampler:
     Epoch e is a permutation of all samples seeded by (seed, e); step s takes the slice
     ``[(s % steps_per_epoch) * B, +B)`` of epoch ``s // steps_per_epoch`` (the last incomplete batch of an
     epoch is dropped), and rank r takes every world_size-th element of it. So resuming at any step, at any
-    world size, reproduces the batches of an uninterrupted run.
+    world size, reproduces the batches of an uninterrupted run. Use it as ``DataLoader(batch_sampler=...)``;
+    endless when `max_steps` is None.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, start_step: int = 0,
                  max_steps: int | None = None, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size < 1:
+            raise Data2VecError(f"train.batch_size={batch_size} must be at least 1")
         if num_samples < batch_size:
             raise Data2VecError(f"the data set has {num_samples} samples, fewer than train.batch_size={batch_size}; "
                                 "lower train.batch_size or add data")
-        if batch_size % world_size:
+        if world_size < 1 or batch_size % world_size:
             raise Data2VecError(f"train.batch_size={batch_size} must be divisible by the number of processes "
-                                f"({world_size})")
+                                f"({world_size}); change train.batch_size or the process count")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        if start_step < 0:
+            raise ValueError(f"start_step must be non-negative, got {start_step}")
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.start_step, self.max_steps = start_step, max_steps
         self.rank, self.world_size = rank, world_size
         self.steps_per_epoch = num_samples // batch_size
-        self._perm_epoch, self._perm = -1, None
+        self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
 
-    def _permutation(self, epoch: int) -> torch.Tensor:
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """The sample order of `epoch`, `[num_samples]` int64 (the latest one is cached)."""
         if epoch != self._perm_epoch:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(self.num_samples, generator=g), epoch
+            self._perm = torch.randperm(self.num_samples, generator=keyed_generator(self.seed, epoch))
+            self._perm_epoch = epoch
         return self._perm
 
     def batch_at(self, step: int) -> list[tuple[int, int]]:
+        """This rank's `batch_size // world_size` (index, epoch) pairs of `step`."""
         epoch, pos = divmod(step, self.steps_per_epoch)
-        batch = self._permutation(epoch)[pos * self.batch_size:(pos + 1) * self.batch_size]
-        return [(int(i), epoch) for i in batch[self.rank::self.world_size]]
+        batch = self.permutation(epoch)[pos * self.batch_size:(pos + 1) * self.batch_size]
+        return [(i, epoch) for i in batch[self.rank::self.world_size].tolist()]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         step = self.start_step
@@ -51,5 +61,5 @@ class StepBatchSampler:
 
     def __len__(self) -> int:
         if self.max_steps is None:
-            raise TypeError("an endless StepBatchSampler has no length")
+            raise TypeError("an endless StepBatchSampler (max_steps=None) has no length")
         return max(self.max_steps - self.start_step, 0)

@@ -21,7 +21,7 @@ def bench_data(cfg: Config, steps: int = 50, warmup: int = 5) -> dict[str, float
     start, samples, skipped = time.perf_counter(), 0, 0
     for _ in range(steps):
         batch = next(it)
-        samples += batch["images"].shape[0] if "images" in batch else 0
+        samples += batch["inputs"].shape[0] if "inputs" in batch else 0
         skipped += batch["skipped"]
     elapsed = time.perf_counter() - start
     return {"samples_per_s": samples / elapsed, "batches_per_s": steps / elapsed, "skipped": skipped,

@@ -33,9 +33,11 @@ def extract_features(encoder: Data2VecEncoder, cfg: Config, split: str, path: st
     encoder = encoder.to(device).eval()
     feats, labels = [], []
     for batch in eval_loader(dataset):
-        if "images" not in batch:
+        if "inputs" not in batch:
             continue
-        feats.append(encoder.embed(batch["images"].to(device)).float().cpu())
+        padding = batch.get("padding_mask")
+        feats.append(encoder.embed(batch["inputs"].to(device),
+                                   padding.to(device) if padding is not None else None).float().cpu())
         labels.append(batch["label"])
     x, y = torch.cat(feats).numpy(), torch.cat(labels).numpy()
     if (y < 0).any():

@@ -80,22 +80,25 @@ def train(
         lr = lr_at(step, tc)
         set_lr(optimizer, lr)
         window["skipped"] += batch.get("skipped", 0)
-        if "images" not in batch or batch["images"].shape[0] == 0:
+        if "inputs" not in batch or batch["inputs"].shape[0] == 0:
             log.warning("step %d: every sample of the batch was unreadable; skipping the update", step)
             continue
-        images = batch["images"].to(device, non_blocking=True)
+        inputs = batch["inputs"].to(device, non_blocking=True)  # images, waveforms or token ids
         masks = batch["mask"].to(device, non_blocking=True)
-        chunks = micro_batches(images.shape[0], cfg)
-        pieces = list(zip(images.chunk(chunks), masks.chunk(chunks)))
+        padding = batch.get("padding_mask")
+        padding = padding.to(device, non_blocking=True) if padding is not None else None
+        chunks = micro_batches(inputs.shape[0], cfg)
+        pieces = list(zip(inputs.chunk(chunks), masks.chunk(chunks),
+                          padding.chunk(chunks) if padding is not None else [None] * chunks))
         chunks = len(pieces)
-        for i, (micro_images, micro_masks) in enumerate(pieces):
+        for i, (micro_inputs, micro_masks, micro_padding) in enumerate(pieces):
             # gradients are all-reduced once per update, on the last micro-batch
             sync = contextlib.nullcontext() if i == chunks - 1 or not hasattr(step_model, "no_sync") \
                 else step_model.no_sync()
             with sync:
                 with autocast(device, tc.precision):
-                    out = step_model(micro_images, micro_masks)
-                share = micro_images.shape[0] / images.shape[0]  # exact for uneven splits too
+                    out = step_model(micro_inputs, micro_masks, micro_padding)
+                share = micro_inputs.shape[0] / inputs.shape[0]  # exact for uneven splits too
                 loss = out["loss"] * share
                 (scaler.scale(loss) if scaler else loss).backward()
             window["loss"] += out["loss"].detach() * share
@@ -112,7 +115,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         decay = decay_at(step, obj.ema_start, obj.ema_end, obj.ema_anneal_steps)
         model.update_teacher(decay)
-        window["samples"] += images.shape[0]
+        window["samples"] += inputs.shape[0]
         window["steps"] += 1
         if logger is not None:
             logger.step()
