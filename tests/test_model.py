@@ -26,8 +26,8 @@ def test_mask_token_replaces_masked_patches_only():
     images = torch.randn(1, 3, 16, 16)
     mask = torch.zeros(1, 16, dtype=torch.bool)
     mask[0, 5] = True
-    x_plain, _ = enc.frontend(images)
-    x_masked, _ = enc.frontend(images, mask)
+    x_plain, _, _ = enc.frontend(images)
+    x_masked, _, _ = enc.frontend(images, mask)
     changed = (x_plain != x_masked).any(-1)[0]
     assert changed.tolist() == [i == 6 for i in range(17)]  # patch 5 sits after the CLS token
 

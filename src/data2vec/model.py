@@ -58,10 +58,15 @@ class Data2VecEncoder(nn.Module):
         return self.frontend.num_prefix
 
     def forward(self, inputs: Tensor, mask: Tensor | None = None, padding_mask: Tensor | None = None) -> EncoderOutput:
-        """inputs: images `[B, 3, H, W]`; mask bool `[B, N]` over patches (True = replaced by the mask token)."""
-        x, attn_bias = self.frontend(inputs, mask)
-        last, outputs, taps = self.encoder(x, padding_mask=padding_mask, attn_bias=attn_bias)
-        return EncoderOutput(last, (x, *outputs), tuple(taps), padding_mask)
+        """inputs: images `[B, 3, H, W]` (later waveforms `[B, S]`, token ids `[B, T]`) with an optional input
+        padding mask (True = padding); mask bool `[B, N]` over the front-end's tokens (True = masked).
+
+        The front-end turns the input padding mask into a token padding mask (samples -> frames for audio),
+        which the output carries.
+        """
+        x, attn_bias, token_padding = self.frontend(inputs, mask, padding_mask)
+        last, outputs, taps = self.encoder(x, padding_mask=token_padding, attn_bias=attn_bias)
+        return EncoderOutput(last, (x, *outputs), tuple(taps), token_padding)
 
     @torch.no_grad()
     def embed(self, inputs: Tensor, padding_mask: Tensor | None = None) -> Tensor:

@@ -30,52 +30,66 @@ class ImageSource(Protocol):
     def name(self, i: int) -> str: ...
 
 
+def random_resized_crop_box(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float],
+                            generator: torch.Generator) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) box of an Inception-style random resized crop of a `width` x `height` image.
+
+    Up to 10 draws of an area fraction in `scale` and a log-uniform aspect ratio in `ratio`; if none fits,
+    the largest centred box whose aspect ratio is clamped to `ratio` (the whole image when it already is).
+    """
+    area = width * height
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        u = torch.rand(4, generator=generator).tolist()
+        target = area * (scale[0] + u[0] * (scale[1] - scale[0]))
+        aspect = math.exp(log_lo + u[1] * (log_hi - log_lo))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            left, top = int(u[2] * (width - w + 1)), int(u[3] * (height - h + 1))
+            return left, top, left + w, top + h
+    w, h = width, height
+    if width / height < min(ratio):
+        h = round(width / min(ratio))
+    elif width / height > max(ratio):
+        w = round(height * max(ratio))
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
 @dataclass
 class ImageTransform:
     """Random resized crop + flip for pretraining, resize + centre crop for evaluation; then normalise.
 
-    Returns float32 `[3, size, size]`. All randomness comes from the generator passed in.
+    Returns float32 `[3, size, size]`. All randomness comes from the generator passed in, so a sample's view
+    is a function of its generator's seed alone.
     """
 
     size: int
     train: bool
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: float = 0.5
+    scale: tuple[float, float] = (0.08, 1.0)  # area fraction of the random crop
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio (width / height) of the random crop
+    hflip: float = 0.5  # probability of a horizontal flip (train only)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
-    def _crop_box(self, width: int, height: int, g: torch.Generator) -> tuple[int, int, int, int]:
-        area = width * height
-        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
-        for _ in range(10):
-            u = torch.rand(4, generator=g).tolist()
-            target = area * (self.scale[0] + u[0] * (self.scale[1] - self.scale[0]))
-            aspect = math.exp(log_lo + u[1] * (log_hi - log_lo))
-            w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-            if 0 < w <= width and 0 < h <= height:
-                left, top = int(u[2] * (width - w + 1)), int(u[3] * (height - h + 1))
-                return left, top, left + w, top + h
-        side = min(width, height)  # fallback: the largest centred square
-        left, top = (width - side) // 2, (height - side) // 2
-        return left, top, left + side, top + side
-
     def __call__(self, img: Image.Image, generator: torch.Generator) -> torch.Tensor:
-        img = img.convert("RGB")
+        if img.mode != "RGB":
+            img = img.convert("RGB")
         if self.train:
-            img = img.resize((self.size, self.size), Image.BICUBIC, box=self._crop_box(*img.size, generator))
+            box = random_resized_crop_box(*img.size, self.scale, self.ratio, generator)
+            img = img.resize((self.size, self.size), Image.BICUBIC, box=box)
             if torch.rand(1, generator=generator).item() < self.hflip:
                 img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        else:
+        else:  # shorter side to `size`, then the centred square
             w, h = img.size
             scale = self.size / min(w, h)
             img = img.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))), Image.BICUBIC)
             w, h = img.size
             left, top = (w - self.size) // 2, (h - self.size) // 2
             img = img.crop((left, top, left + self.size, top + self.size))
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)  # [3, S, S] in 0..1
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
         return (x - mean) / std
 
 

@@ -92,8 +92,10 @@ class ImageFrontend(nn.Module):
         w = self.patch_embed.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
 
-    def forward(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor | list[Tensor] | None]:
-        """images `[B, C, H, W]`, mask bool `[B, N]` (True = masked) -> tokens `[B, P + N, D]`, attention bias."""
+    def forward(self, images: Tensor, mask: Tensor | None = None, padding_mask: Tensor | None = None
+                ) -> tuple[Tensor, Tensor | list[Tensor] | None, Tensor | None]:
+        """images `[B, C, H, W]`, mask bool `[B, N]` (True = masked) -> (tokens `[B, P + N, D]`, attention bias,
+        token padding mask: always None for images, which all have the same size)."""
         if images.ndim != 4 or images.shape[1] != self.cfg.in_chans or images.shape[-1] != self.cfg.image_size:
             raise ValueError(f"expected images [B, {self.cfg.in_chans}, {self.cfg.image_size}, "
                              f"{self.cfg.image_size}], got {list(images.shape)}")
@@ -110,7 +112,7 @@ class ImageFrontend(nn.Module):
             bias = self.rel_pos[0]()
         else:
             bias = [rp() for rp in self.rel_pos]
-        return x, bias
+        return x, bias, None
 
     def pool(self, hidden: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """One vector per image `[B, D]`: mean of patch tokens, or the CLS token."""
