@@ -1,13 +1,17 @@
 import logging
+import re
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from data2vec.data.builtin import digits_source, resolve_image_source
-from data2vec.data.image import (IMAGENET_MEAN, IMAGENET_STD, ImageDataset, ImageFolderSource, ImageTransform,
-                                 collate_images)
+from data2vec.data.image import (IMAGENET_MEAN, IMAGENET_STD, ArraySource, ImageDataset, ImageFolderSource,
+                                 ImageTransform, collate_images, random_resized_crop_box)
+from data2vec.data.sampler import StepBatchSampler
+from data2vec.data.seeding import sample_generator
 from data2vec.errors import Data2VecError
 
 
@@ -16,24 +20,63 @@ def _png(path, value=100, size=(24, 20)):
     Image.fromarray(np.full((size[1], size[0], 3), value, dtype=np.uint8)).save(path)
 
 
+def _truncated_png(path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def _noise(side=48, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (side, side, 3), dtype=np.uint8))
+
+
+def test_sample_generator_depends_only_on_its_keys():
+    draw = lambda *keys: torch.rand(4, generator=sample_generator(*keys))  # noqa: E731
+    assert torch.equal(draw(1, 2, 3), draw(1, 2, 3))
+    for other in [(0, 2, 3), (1, 3, 3), (1, 2, 4), (-1, 2, 3)]:
+        assert not torch.equal(draw(1, 2, 3), draw(*other))
+
+
 def test_eval_transform_normalises_exactly():
     img = Image.fromarray(np.full((40, 30, 3), 51, dtype=np.uint8))
     x = ImageTransform(size=16, train=False)(img, torch.Generator())
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32
     for c in range(3):
         want = (51 / 255 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
-        torch.testing.assert_close(x[c], torch.full((16, 16), want), atol=1e-5, rtol=0)
+        torch.testing.assert_close(x[c], torch.full((16, 16), want), atol=1e-6, rtol=0)
 
 
 def test_train_transform_is_a_function_of_the_generator():
-    rng = np.random.default_rng(0)
-    img = Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8))
-    t = ImageTransform(size=16, train=True)
+    img, t = _noise(), ImageTransform(size=16, train=True)
     a = t(img, torch.Generator().manual_seed(1))
     b = t(img, torch.Generator().manual_seed(1))
     c = t(img, torch.Generator().manual_seed(2))
+    assert a.shape == (3, 16, 16) and a.dtype == torch.float32
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("hflip", [0.0, 1.0])
+def test_whole_image_crop_is_the_eval_view_flipped_with_probability_hflip(hflip):
+    img = _noise(32)
+    view = ImageTransform(size=16, train=True, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=hflip)(img, torch.Generator())
+    eval_view = ImageTransform(size=16, train=False)(img, torch.Generator())
+    assert torch.equal(view, eval_view.flip(-1) if hflip else eval_view)
+
+
+def test_crop_boxes_stay_inside_the_image_and_within_the_area_range():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        left, top, right, bottom = random_resized_crop_box(64, 48, (0.2, 0.6), (3 / 4, 4 / 3), g)
+        assert 0 <= left < right <= 64 and 0 <= top < bottom <= 48
+        assert 0.15 <= (right - left) * (bottom - top) / (64 * 48) <= 0.65
+
+
+def test_crop_box_falls_back_to_a_centred_box_of_clamped_aspect():
+    # no box with >= 90% of a 100x10 image has an aspect ratio <= 4/3, so every draw fails
+    box = random_resized_crop_box(100, 10, (0.9, 1.0), (3 / 4, 4 / 3), torch.Generator())
+    assert box == (43, 0, 56, 10)
 
 
 def test_folder_with_class_subfolders_gives_labels(tmp_path):
@@ -42,6 +85,7 @@ def test_folder_with_class_subfolders_gives_labels(tmp_path):
     _png(tmp_path / "dog" / "deep" / "c.png")
     src = ImageFolderSource(tmp_path)
     assert len(src) == 3 and src.classes == ["cat", "dog"] and src.labels == [0, 1, 1]
+    assert src.name(0).endswith("a.png") and src.load(0).size == (24, 20)
 
 
 def test_flat_folder_has_no_labels(tmp_path):
@@ -51,51 +95,118 @@ def test_flat_folder_has_no_labels(tmp_path):
     assert len(src) == 1 and src.labels is None
 
 
+def test_images_beside_class_folders_disable_labels_with_a_warning(tmp_path, caplog):
+    _png(tmp_path / "loose.png")
+    _png(tmp_path / "cat" / "a.png")
+    with caplog.at_level(logging.WARNING, logger="data2vec"):
+        src = ImageFolderSource(tmp_path)
+    assert src.labels is None and "sub-folder" in caplog.text
+
+
+def test_hidden_files_and_folders_are_ignored(tmp_path):
+    _png(tmp_path / "cat" / "a.png")
+    (tmp_path / "cat" / "._a.png").write_bytes(b"AppleDouble junk")
+    _png(tmp_path / ".thumbs" / "t.png")
+    src = ImageFolderSource(tmp_path)
+    assert len(src) == 1 and src.classes == ["cat"]
+
+
+def test_linked_class_folders_are_followed(tmp_path):
+    _png(tmp_path / "store" / "a.png")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "cat").symlink_to(tmp_path / "store", target_is_directory=True)
+    assert ImageFolderSource(tmp_path / "data").classes == ["cat"]
+
+
 def test_missing_and_empty_folders_are_clear_errors(tmp_path):
-    with pytest.raises(Data2VecError, match=str(tmp_path / "nope")):
+    with pytest.raises(Data2VecError, match=re.escape(f"'{tmp_path / 'nope'}' does not exist")):
         ImageFolderSource(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(Data2VecError, match="no images found.*empty"):
+    with pytest.raises(Data2VecError, match=re.escape(f"no images found in '{tmp_path / 'empty'}'") + ".*jpeg"):
         ImageFolderSource(tmp_path / "empty")
 
 
-def test_corrupt_and_empty_files_are_skipped_and_counted(tmp_path, caplog):
+def test_unreadable_files_are_skipped_with_a_warning_and_counted(tmp_path, caplog):
     _png(tmp_path / "good.png")
     (tmp_path / "corrupt.png").write_bytes(np.random.default_rng(0).bytes(300))
     (tmp_path / "empty.jpg").write_bytes(b"")
+    _truncated_png(tmp_path / "truncated.png")
     data = ImageDataset(ImageFolderSource(tmp_path), ImageTransform(size=8, train=False), seed=0)
     with caplog.at_level(logging.WARNING, logger="data2vec"):
         batch = collate_images([data[i] for i in range(len(data))])
-    assert batch["skipped"] == 2 and batch["inputs"].shape[0] == 1
-    assert "corrupt.png" in caplog.text and "empty.jpg" in caplog.text
+    assert batch["skipped"] == 3 and batch["inputs"].shape == (1, 3, 8, 8)
+    for name in ["corrupt.png", "empty.jpg", "truncated.png"]:
+        assert name in caplog.text
 
 
-def test_strict_mode_names_the_bad_file(tmp_path):
-    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG not really")
+def test_a_batch_of_only_unreadable_files_holds_only_the_count():
+    assert collate_images([None, None]) == {"skipped": 2}
+
+
+@pytest.mark.parametrize("name", ["corrupt.png", "empty.jpg", "truncated.png"])
+def test_strict_mode_names_the_bad_file(tmp_path, name):
+    if name == "truncated.png":
+        _truncated_png(tmp_path / name)
+    else:
+        (tmp_path / name).write_bytes(b"\x89PNG not really" if name == "corrupt.png" else b"")
     data = ImageDataset(ImageFolderSource(tmp_path), ImageTransform(size=8, train=False), seed=0, strict=True)
-    with pytest.raises(Data2VecError, match="corrupt.png.*data.strict=false"):
+    with pytest.raises(Data2VecError, match=re.escape(str(tmp_path / name)) + ".*data.strict=false"):
         data[0]
 
 
+def test_array_source_rejects_arrays_that_are_not_uint8_images():
+    with pytest.raises(Data2VecError, match="uint8"):
+        ArraySource(np.zeros((2, 8, 8), dtype=np.float32))
+    with pytest.raises(Data2VecError, match="uint8"):
+        ArraySource(np.zeros((2, 8, 8, 4), dtype=np.uint8))
+    with pytest.raises(Data2VecError, match="labels"):
+        ArraySource(np.zeros((2, 8, 8), dtype=np.uint8), labels=[0])
+
+
 def test_items_depend_only_on_index_and_epoch():
-    src = digits_source("train")
-    data = ImageDataset(src, ImageTransform(size=16, train=True, scale=(0.3, 1.0)), seed=3,
+    data = ImageDataset(digits_source("train"), ImageTransform(size=16, train=True, scale=(0.3, 1.0)), seed=3,
                         mask_fn=lambda g: torch.rand(16, generator=g) < 0.5)
     first = data[(5, 1)]
     data[(7, 0)]
     again = data[(5, 1)]
     other_epoch = data[(5, 2)]
     torch.testing.assert_close(first["image"], again["image"])
-    assert torch.equal(first["mask"], again["mask"])
+    assert torch.equal(first["mask"], again["mask"]) and first["mask"].dtype == torch.bool
     assert not torch.allclose(first["image"], other_epoch["image"])
+    assert torch.equal(data[5]["image"], data[(5, 0)]["image"])
+    assert first["index"] == 5 and first["label"] == data.source.labels[5]
+
+
+def test_unlabelled_items_have_label_minus_one(tmp_path):
+    _png(tmp_path / "a.png")
+    item = ImageDataset(ImageFolderSource(tmp_path), ImageTransform(size=8, train=False), seed=0)[0]
+    assert item["label"] == -1 and "mask" not in item
+
+
+def test_batches_do_not_depend_on_the_number_of_workers():
+    data = ImageDataset(digits_source("train"), ImageTransform(size=16, train=True), seed=0,
+                        mask_fn=lambda g: torch.rand(16, generator=g) < 0.5)
+
+    def batches(workers):
+        sampler = StepBatchSampler(len(data), 8, seed=0, max_steps=4)
+        return list(DataLoader(data, batch_sampler=sampler, collate_fn=collate_images, num_workers=workers))
+
+    for a, b in zip(batches(0), batches(2), strict=True):
+        assert torch.equal(a["inputs"], b["inputs"]) and torch.equal(a["mask"], b["mask"])
+        assert torch.equal(a["index"], b["index"]) and a["inputs"].shape == (8, 3, 16, 16)
 
 
 def test_digits_split_is_fixed_and_stratified():
     train, test = digits_source("train"), digits_source("test")
-    assert (len(train), len(test)) == (1347, 450)
-    assert sorted(set(test.labels)) == list(range(10))
+    assert (len(train), len(test), len(digits_source("all"))) == (1347, 450, 1797)
+    assert sorted(set(test.labels)) == sorted(set(train.labels)) == list(range(10))
+    assert train.classes == [str(d) for d in range(10)]
     assert digits_source("train").labels == train.labels
-    assert np.asarray(train.load(0)).shape == (8, 8, 3)
+    pixels = np.asarray(train.load(0))
+    assert pixels.shape == (8, 8, 3) and pixels.dtype == np.uint8
+    assert train.images.max() == 255 and train.images.min() == 0
+    with pytest.raises(Data2VecError, match="train, test, all"):
+        digits_source("validation")
 
 
 def test_folder_with_split_subfolders(tmp_path):
@@ -104,5 +215,16 @@ def test_folder_with_split_subfolders(tmp_path):
     _png(tmp_path / "val" / "a" / "3.png")
     assert len(resolve_image_source(str(tmp_path), "train")) == 2
     assert len(resolve_image_source(str(tmp_path), "test")) == 1
-    with pytest.raises(Data2VecError, match="builtin:digits"):
+    assert resolve_image_source(str(tmp_path), "train").classes == ["a", "b"]
+
+
+def test_folder_with_only_a_train_split_has_no_test_split(tmp_path):
+    _png(tmp_path / "train" / "a" / "1.png")
+    with pytest.raises(Data2VecError, match=re.escape(str(tmp_path)) + ".*data.eval_path"):
+        resolve_image_source(str(tmp_path), "test")
+
+
+def test_builtin_names_resolve_and_unknown_ones_list_the_choices():
+    assert len(resolve_image_source("builtin:digits", "test")) == 450
+    with pytest.raises(Data2VecError, match="builtin:mnist.*builtin:digits"):
         resolve_image_source("builtin:mnist", "train")

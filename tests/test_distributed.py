@@ -98,3 +98,15 @@ def test_two_nodes_on_localhost_train_and_checkpoint(tmp_path):
         assert node.returncode == 0, err[-3000:]
     assert (out / "checkpoints" / "step_00000003" / "manifest.json").exists()
     assert len(losses(out)) == 3
+
+
+def test_fsdp_matches_ddp_and_its_checkpoint_loads_anywhere(two_process_run, tmp_path):
+    sharded = tmp_path / "fsdp"
+    run(torchrun("--nproc_per_node=2", f"--master_port={free_port()}") +
+        ["pretrain", "image-tiny", *TINY, "train.max_steps=6", "train.strategy=fsdp", f"out={sharded}"])
+    assert losses(sharded) == pytest.approx(losses(two_process_run), rel=1e-4, abs=1e-6)
+    assert_same_weights(weights(sharded, 6), weights(two_process_run, 6))
+    resumed = tmp_path / "resumed"  # an FSDP checkpoint continues in a single plain process
+    run(single("pretrain", "image-tiny", *TINY, "train.max_steps=6",
+               f"resume={sharded / 'checkpoints' / 'step_00000003'}", f"out={resumed}"))
+    assert_same_weights(weights(resumed, 6), weights(two_process_run, 6))

@@ -104,6 +104,7 @@ class TrainConfig:
     eps: float = 1e-8
     clip_grad: float = 3.0  # 0 turns clipping off
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # data parallel: replicate (DDP) or shard (FSDP2) the model
     compile: bool = False  # torch.compile the training step
     grad_checkpoint: bool = False  # recompute block activations in backward to save memory
     seed: int = 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data2vec.data.image import ArraySource, ImageFolderSource
+from data2vec.data.image import ArraySource, ImageFolderSource, ImageSource
 from data2vec.errors import Data2VecError
 
 SPLITS = ("train", "test", "all")
@@ -37,9 +37,14 @@ def digits_source(split: str) -> ArraySource:
 BUILTIN = {"digits": digits_source}
 
 
-def resolve_image_source(path: str, split: str, strict: bool = False):
-    """`builtin:NAME` or a folder. A folder with `train/` and `test/` (or `val/`) sub-folders gives the
-    sub-folder of the requested split; any other folder is used whole for every split."""
+def resolve_image_source(path: str, split: str, strict: bool = False) -> ImageSource:
+    """`builtin:NAME` (see BUILTIN) or a folder of images.
+
+    A folder with a `train/` sub-folder is a split layout: split "train" reads `train/`, split "test" reads
+    `test/` (or else `val/`). Any other folder is read whole for every split.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if path.startswith("builtin:"):
         name = path.split(":", 1)[1]
         if name not in BUILTIN:
@@ -47,8 +52,13 @@ def resolve_image_source(path: str, split: str, strict: bool = False):
                                 f"{', '.join('builtin:' + n for n in BUILTIN)}")
         return BUILTIN[name](split)
     root = Path(path)
-    if split in ("train", "test") and (root / "train").is_dir():
-        for sub in ([split] if split == "train" else ["test", "val"]):
-            if (root / sub).is_dir():
-                return ImageFolderSource(root / sub, strict)
-    return ImageFolderSource(root, strict)
+    if not (root / "train").is_dir():
+        return ImageFolderSource(root, strict)
+    if split == "all":
+        raise Data2VecError(f"data path '{root}' is split into train/ and test/ sub-folders; read split 'train' or "
+                            "'test', or set data.path=... to one of them")
+    for sub in ["train"] if split == "train" else ["test", "val"]:
+        if (root / sub).is_dir():
+            return ImageFolderSource(root / sub, strict)
+    raise Data2VecError(f"data path '{root}' has a train/ sub-folder but no test/ or val/ for split 'test'; add one "
+                        "or set data.eval_path=... to a folder of labelled test images")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -22,6 +23,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ImageSource(Protocol):
+    """What ImageDataset needs of a source: a length, a decoded image per index, a name for messages."""
+
     labels: list[int] | None
     classes: list[str]
 
@@ -93,9 +96,28 @@ class ImageTransform:
         return (x - mean) / std
 
 
+def _scan(root: Path, strict: bool) -> list[Path]:
+    """Image files under `root`, recursively (following links), sorted; hidden files and folders (a leading
+    dot, such as macOS `._x.jpg` copies) are left out."""
+    def unreadable(err: OSError) -> None:
+        if strict:
+            raise Data2VecError(f"cannot list folder '{err.filename}' ({err.strerror}); fix its permissions or "
+                                "set data.strict=false to skip it")
+        log.warning("skipping unreadable folder %s (%s)", err.filename, err.strerror)
+
+    paths = []
+    for folder, dirs, files in os.walk(root, onerror=unreadable, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        paths += [Path(folder, f) for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(paths)
+
+
 class ImageFolderSource:
-    """Image files under `root`, found recursively. When every image sits in a first-level sub-folder, the
-    sorted sub-folder names are the classes."""
+    """Image files under `root`, found recursively and sorted. When every image sits in a first-level
+    sub-folder, the sorted sub-folder names are the classes; otherwise `labels` is None.
+
+    Files are decoded only in `load`; `strict` decides whether an unreadable sub-folder stops the scan.
+    """
 
     def __init__(self, root: str | Path, strict: bool = False) -> None:
         root = Path(root)
@@ -104,21 +126,27 @@ class ImageFolderSource:
         if not root.is_dir():
             raise Data2VecError(f"data path '{root}' is not a folder; set data.path=... to a folder of images")
         self.root = root
-        self.paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        self.paths = _scan(root, strict)
         if not self.paths:
             raise Data2VecError(f"no images found in '{root}'; accepted extensions: {' '.join(IMAGE_EXTENSIONS)}")
         parts = [p.relative_to(root).parts for p in self.paths]
-        if all(len(part) >= 2 for part in parts):
+        self.classes: list[str] = []
+        self.labels: list[int] | None = None
+        loose = sum(len(part) == 1 for part in parts)
+        if loose == 0:
             self.classes = sorted({part[0] for part in parts})
             index = {c: i for i, c in enumerate(self.classes)}
-            self.labels: list[int] | None = [index[part[0]] for part in parts]
-        else:
-            self.classes, self.labels = [], None
+            self.labels = [index[part[0]] for part in parts]
+        elif loose < len(parts):
+            log.warning("%d images sit directly in %s and %d in sub-folders, so the sub-folders are not used as "
+                        "classes; move every image into a class sub-folder to get labels", loose, root,
+                        len(parts) - loose)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def load(self, i: int) -> Image.Image:
+        """Image `i`, fully decoded as RGB (PIL raises OSError and kin on a corrupt, truncated or empty file)."""
         with Image.open(self.paths[i]) as img:
             return img.convert("RGB")
 
@@ -127,13 +155,19 @@ class ImageFolderSource:
 
 
 class ArraySource:
-    """In-memory images: uint8 `[N, H, W]` (grey) or `[N, H, W, 3]`, with optional labels."""
+    """In-memory images: uint8 `[N, H, W]` (grey) or `[N, H, W, 3]`, with optional labels `[N]`."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None, classes: list[str] | None = None,
-                 name: str = "array") -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray | list[int] | None = None,
+                 classes: list[str] | None = None, name: str = "array") -> None:
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)):
+            raise Data2VecError(f"{name} images have shape {images.shape} and dtype {images.dtype}; give uint8 "
+                                "[N, H, W] or [N, H, W, 3] arrays (scale to 0..255 and .astype(np.uint8))")
+        if labels is not None and len(labels) != len(images):
+            raise Data2VecError(f"{name} has {len(images)} images but {len(labels)} labels; give one label each")
         self.images = images
         self.labels = None if labels is None else [int(v) for v in labels]
-        self.classes = classes or []
+        self.classes = list(classes or [])
         self._name = name
 
     def __len__(self) -> int:
@@ -147,9 +181,13 @@ class ArraySource:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Items keyed by (index, epoch): the sample's crop and mask are drawn from a generator seeded by
-    (seed, epoch, index). Unreadable images are skipped (None, counted by the collate function) or, when
-    `strict`, raise."""
+    """Items keyed by (index, epoch) (a plain int means epoch 0), drawn from a generator seeded by
+    (seed, epoch, index): a sample's crop, flip and mask never depend on worker count, rank or call order.
+
+    An item is ``{"image": [3, S, S] float32, "mask": [N] bool (with mask_fn), "label": int (-1 unlabelled),
+    "index": int}``. An unreadable image gives None with a warning (the collate function counts it), or
+    raises Data2VecError when `strict`.
+    """
 
     def __init__(self, source: ImageSource, transform: ImageTransform, seed: int,
                  mask_fn: Callable[[torch.Generator], torch.Tensor] | None = None, strict: bool = False) -> None:
@@ -160,15 +198,16 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.source)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
-        index, epoch = (key, 0) if isinstance(key, int) else key
+        index, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
         g = sample_generator(self.seed, epoch, index)
         try:
             img = self.source.load(index)
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
+        except Exception as err:  # noqa: BLE001 - any failure to decode a user's file is a data problem
+            reason = f"{err.__class__.__name__}: {err}".replace("\n", " ")
             if self.strict:
-                raise Data2VecError(f"cannot read image '{self.source.name(index)}' ({err.__class__.__name__}); "
-                                    "remove the file or set data.strict=false to skip unreadable images") from None
-            log.warning("skipping unreadable image %s (%s)", self.source.name(index), err.__class__.__name__)
+                raise Data2VecError(f"cannot read image '{self.source.name(index)}' ({reason}); remove the file "
+                                    "or set data.strict=false to skip unreadable images") from None
+            log.warning("skipping unreadable image %s (%s)", self.source.name(index), reason)
             return None
         item = {"image": self.transform(img, g), "index": index,
                 "label": self.source.labels[index] if self.source.labels is not None else -1}
@@ -178,8 +217,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 def collate_images(items: list[dict | None]) -> dict:
-    """Stack a batch, dropping unreadable samples; `skipped` counts them. A batch with no readable sample
-    holds only `skipped` (the loop skips it). Keys: inputs [B, 3, S, S], label, index, mask."""
+    """Stack a batch, dropping unreadable samples (None): ``inputs [B, 3, S, S]``, ``mask [B, N]`` (when the
+    items have one), ``label [B]`` and ``index [B]`` int64, and ``skipped`` (int) counting the dropped ones.
+    A batch with no readable sample holds only ``skipped``; the training loop skips that update."""
     kept = [it for it in items if it is not None]
     batch: dict = {"skipped": len(items) - len(kept)}
     if not kept:

@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from data2vec.config import Config, save_config
 from data2vec.data.build import pretrain_loader
@@ -14,7 +13,8 @@ from data2vec.errors import Data2VecError
 from data2vec.model import Data2Vec
 from data2vec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from data2vec.train.device import resolve_device
-from data2vec.train.distributed import barrier, init_distributed, local_device
+from data2vec.train.distributed import (barrier, full_state, init_distributed, load_full_state, local_device,
+                                        wrap_model)
 from data2vec.train.logging import MetricsLogger, setup_logging
 from data2vec.train.loop import rng_state, set_rng_state, train
 from data2vec.train.optim import build_optimizer
@@ -53,11 +53,11 @@ def pretrain(cfg: Config, progress: bool = True) -> Path:
                              pin_memory=device.type == "cuda")
     model = Data2Vec(cfg).to(device)
     model.student.encoder.grad_checkpoint = cfg.train.grad_checkpoint
+    step_model = wrap_model(model, cfg.train.strategy, info, device)  # FSDP shards `model` in place
     optimizer = build_optimizer(model.trainable_parameters(), cfg.train)
     scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
     if state is not None:
-        model.load_state_dict(weights)
-        optimizer.load_state_dict(state["optimizer"])
+        load_full_state(model, optimizer, weights, state["optimizer"])
         if scaler is not None and "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         if state.get("world_size", 1) == info.world_size:
@@ -70,19 +70,16 @@ def pretrain(cfg: Config, progress: bool = True) -> Path:
     n_params = sum(p.numel() for _, p in model.trainable_parameters())
     log.info("run %s: %s, %.2fM trainable parameters, %d process(es) on %s, %d steps, global batch %d",
              out, cfg.name, n_params / 1e6, info.world_size, device.type, cfg.train.max_steps, cfg.train.batch_size)
-    step_model: torch.nn.Module = model
-    if info.enabled:
-        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.train.compile:
         step_model = torch.compile(step_model)
 
     def save(step: int) -> None:
+        weights, optim = full_state(model, optimizer)  # every process: a collective under FSDP
         if info.is_main:
-            state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
-                     "world_size": info.world_size}
+            state = {"step": step, "optimizer": optim, "rng": rng_state(), "world_size": info.world_size}
             if scaler is not None:
                 state["scaler"] = scaler.state_dict()
-            path = save_checkpoint(out, step, model.state_dict(), state, cfg, cfg.train.keep_last)
+            path = save_checkpoint(out, step, weights, state, cfg, cfg.train.keep_last)
             log.debug("saved %s", path)
         barrier(info)
 

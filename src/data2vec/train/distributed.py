@@ -79,3 +79,47 @@ def barrier(info: DistInfo) -> None:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def wrap_model(model: torch.nn.Module, strategy: str, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """The module the training step calls: the model itself, DDP around it, or the model sharded in place
+    with FSDP2 (each block of student and teacher its own unit, so the EMA update pairs identical shards)."""
+    if not info.enabled:
+        return model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (info.world_size,))
+    for encoder in (model.student, model.teacher):
+        for block in encoder.encoder.blocks:
+            fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def _options(**kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Unsharded model weights and optimiser state keyed by parameter name (a collective under FSDP: every
+    process must call it). The same format whatever the strategy, so checkpoints move between them."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    weights = get_model_state_dict(model, options=_options(cpu_offload=True))
+    optim = get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
+    return weights, optim
+
+
+def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, weights: dict, optim: dict) -> None:
+    """Inverse of :func:`full_state`; every process passes the full checkpoint and keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    set_model_state_dict(model, weights, options=_options(strict=True))
+    set_optimizer_state_dict(model, optimizer, optim, options=_options())

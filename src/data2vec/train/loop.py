@@ -81,6 +81,8 @@ def train(
         set_lr(optimizer, lr)
         window["skipped"] += batch.get("skipped", 0)
         if "inputs" not in batch or batch["inputs"].shape[0] == 0:
+            if not batch.get("skipped"):
+                raise RuntimeError(f"step {step}: the loader returned an empty batch without skipped samples")
             log.warning("step %d: every sample of the batch was unreadable; skipping the update", step)
             continue
         inputs = batch["inputs"].to(device, non_blocking=True)  # images, waveforms or token ids
@@ -93,6 +95,8 @@ def train(
         chunks = len(pieces)
         for i, (micro_inputs, micro_masks, micro_padding) in enumerate(pieces):
             # gradients are all-reduced once per update, on the last micro-batch
+            if hasattr(step_model, "set_requires_gradient_sync"):  # FSDP2
+                step_model.set_requires_gradient_sync(i == chunks - 1)
             sync = contextlib.nullcontext() if i == chunks - 1 or not hasattr(step_model, "no_sync") \
                 else step_model.no_sync()
             with sync:
@@ -127,7 +131,7 @@ def train(
             counts = all_reduce_sum(torch.tensor([window["samples"], window["skipped"]], device=device), info)
             loss_v, target_var, pred_var = (means / n).tolist()
             record = {"step": done, "loss": loss_v, "lr": lr, "ema_decay": decay,
-                      "samples_per_s": counts[0].item() / max(elapsed, 1e-9), "grad_norm": float(grad_norm),
+                      "samples_per_s": counts[0].item() / max(elapsed, 1e-9), "grad_norm": float(getattr(grad_norm, "full_tensor", lambda: grad_norm)()),
                       "target_var": target_var, "pred_var": pred_var, "skipped": int(counts[1].item())}
             if logger is not None:
                 logger.log(record)
