@@ -44,3 +44,9 @@ def test_pretrain_probe_embed_from_the_command_line(tmp_path, capsys):
     feats = np.load(out)
     assert feats.shape == (3, 32) and np.isfinite(feats).all()
     assert len(out.with_suffix(".txt").read_text().splitlines()) == 3
+
+
+def test_bench_data_reports_samples_per_second(capsys):
+    assert main(["bench", "data", "image-tiny", *TINY, "--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "samples/s" in out and float(out.split("data pipeline:")[1].split()[0]) > 0

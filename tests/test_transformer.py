@@ -86,3 +86,16 @@ def test_drop_path_only_in_training():
     a = enc(x)[0]
     torch.manual_seed(1)
     assert not torch.allclose(a, enc(x)[0])
+
+
+def test_grad_checkpoint_gives_the_same_gradients():
+    torch.manual_seed(0)
+    enc = Encoder(EncoderConfig(dim=16, depth=3, heads=2))
+    x = torch.randn(2, 5, 16)
+    enc(x)[0].sum().backward()
+    plain = [p.grad.clone() for p in enc.parameters()]
+    enc.zero_grad()
+    enc.grad_checkpoint = True
+    enc(x)[0].sum().backward()
+    for a, p in zip(plain, enc.parameters()):
+        torch.testing.assert_close(a, p.grad)
