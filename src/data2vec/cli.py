@@ -6,6 +6,9 @@ import argparse
 import sys
 
 from data2vec.errors import Data2VecError
+from data2vec.train.loop import Preempted
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGINT after writing a checkpoint; run again to resume
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     except Data2VecError as err:
         print(f"data2vec: error: {err}", file=sys.stderr)
         return 2
+    except Preempted as err:
+        print(f"data2vec: {err}; continue with resume=auto", file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("data2vec: interrupted", file=sys.stderr)
         return 130

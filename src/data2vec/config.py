@@ -111,6 +111,8 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 2
+    skip_nonfinite: bool = True  # skip (and count) an update whose loss or gradient is NaN / inf
+    max_bad_steps: int = 10  # stop after this many skipped updates (non-finite or unreadable batch) in a row
     collapse_var: float = 0.01  # warn when target variance falls below this: std 0.1, the reference's stop (collapse)
 
 
@@ -264,6 +266,56 @@ def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def config_from_yaml_text(text: str) -> Config:
-    """Rebuild a config saved by :func:`save_config` (for example from a checkpoint)."""
-    return from_dict(Config, yaml.safe_load(text) or {})
+# Keys renamed between library versions: old dotted key -> new dotted key. Checkpoints keep loading.
+RENAMED: dict[str, str] = {}
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _field_keys(cls: type = Config, prefix: str = "") -> set[str]:
+    keys = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys |= _field_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.add(f"{prefix}{f.name}")
+    return keys
+
+
+def config_from_yaml_text(text: str, source: str = "saved config") -> Config:
+    """Rebuild a config saved by :func:`save_config`, e.g. from a checkpoint of an older library version.
+
+    Unlike a user's recipe this is lenient: renamed keys move to their new name, keys this version no longer
+    has are dropped and keys it added take their defaults, each with a warning, so old checkpoints load.
+    """
+    import logging
+
+    log = logging.getLogger("data2vec")
+    flat = _flatten(yaml.safe_load(text) or {})
+    known = _field_keys()
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key in RENAMED:
+            log.warning("%s: config key '%s' is now '%s'", source, key, RENAMED[key])
+            key = RENAMED[key]
+        if key not in known:
+            log.warning("%s: dropping config key '%s', which this version of data2vec does not have", source, key)
+            continue
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    missing = sorted(known - set(_flatten(nested)))
+    if missing:
+        log.warning("%s predates config keys %s; using their defaults", source, ", ".join(missing))
+    return from_dict(Config, nested)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -13,10 +16,10 @@ from data2vec.errors import Data2VecError
 from data2vec.model import Data2Vec
 from data2vec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from data2vec.train.device import resolve_device
-from data2vec.train.distributed import (barrier, full_state, init_distributed, load_full_state, local_device,
-                                        wrap_model)
+from data2vec.train.distributed import (DistInfo, all_reduce_sum, barrier, full_state, init_distributed,
+                                        load_full_state, local_device, wrap_model)
 from data2vec.train.logging import MetricsLogger, setup_logging
-from data2vec.train.loop import rng_state, set_rng_state, train
+from data2vec.train.loop import Preempted, rng_state, set_rng_state, train
 from data2vec.train.optim import build_optimizer
 
 log = logging.getLogger("data2vec")
@@ -84,9 +87,49 @@ def pretrain(cfg: Config, progress: bool = True) -> Path:
         barrier(info)
 
     logger = MetricsLogger(out, cfg.train.max_steps, start_step, progress=progress) if info.is_main else None
+    stop = StopSignal(info)
     try:
-        train(model, optimizer, loader, cfg, device, start_step, save, logger, scaler, step_model, info)
+        with stop.installed():
+            train(model, optimizer, loader, cfg, device, start_step, save, logger, scaler, step_model, info,
+                  should_stop=stop, steps_per_epoch=getattr(loader.batch_sampler, "steps_per_epoch", None))
+    except Preempted as err:
+        log.warning("%s in %s; continue with resume=auto", err, out)
+        raise
     finally:
         if logger is not None:
             logger.close()
     return out
+
+
+class StopSignal:
+    """SIGTERM / SIGINT (what schedulers send before killing a job) ask the loop to stop after the current
+    update and write a checkpoint. With several processes they agree on it, so all stop at the same step."""
+
+    def __init__(self, info: DistInfo) -> None:
+        self.info = info
+        self.received = False
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.received:  # a second signal: the user insists
+            raise KeyboardInterrupt
+        self.received = True
+        log.warning("received %s: stopping after this update and writing a checkpoint",
+                    signal.Signals(signum).name)
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def __call__(self) -> bool:
+        if not self.info.enabled:
+            return self.received
+        flag = torch.tensor([float(self.received)])
+        return bool(all_reduce_sum(flag, self.info).item() > 0)

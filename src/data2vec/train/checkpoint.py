@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise Data2VecError(f"checkpoint '{path}' does not exist; give a checkpoint folder or a run folder")
     if (path / "manifest.json").exists() or (path / "model.safetensors").exists():
+        try:
+            version = json.loads((path / "manifest.json").read_text()).get("format_version", 0)
+        except (OSError, ValueError):
+            version = 0
+        if version > FORMAT_VERSION:
+            raise Data2VecError(f"checkpoint '{path}' has format version {version}, newer than this data2vec "
+                                f"understands ({FORMAT_VERSION}); upgrade with pip install -U data2vec")
         if not is_complete(path, verify_hashes=True):
             raise Data2VecError(f"checkpoint '{path}' is incomplete or damaged (sizes or hashes do not match "
                                 "its manifest); use an older checkpoint of the run")
@@ -128,6 +136,13 @@ def load_checkpoint(path: str | Path, with_state: bool = True) -> tuple[dict[str
     """(weights, training state, config) of a checkpoint or run folder. Nothing in it can run code."""
     path = resolve_checkpoint(path)
     weights = load_file(str(path / "model.safetensors"))
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True) if with_state else {}
-    config = config_from_yaml_text((path / "config.yaml").read_text())
+    state = {}
+    if with_state:
+        try:  # weights_only: a pickle that would build arbitrary objects (run code) is refused
+            state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise Data2VecError(f"refusing to load '{path / 'state.pt'}': it holds objects other than tensors and "
+                                f"plain data ({str(err).splitlines()[0][:120]}); never load checkpoints from "
+                                "untrusted sources without weights_only") from None
+    config = config_from_yaml_text((path / "config.yaml").read_text(), source=str(path))
     return weights, state, config

@@ -37,7 +37,10 @@ class MetricsLogger:
     def __init__(self, out: Path, total_steps: int, start_step: int, progress: bool = True,
                  tensorboard: bool = True) -> None:
         self.path = out / "metrics.jsonl"
+        torn = self.path.exists() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
         self.file = open(self.path, "a")
+        if torn:  # a crash cut the last record short: start the next one on its own line
+            self.file.write("\n")
         self.writer = None
         if tensorboard:
             try:
