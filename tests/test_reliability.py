@@ -182,6 +182,7 @@ class RunsCode:
 MARKER = Path("/tmp/data2vec-pickle-ran")
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_crafted_pickle_is_refused(tmp_path):
     MARKER.unlink(missing_ok=True)
     cfg = build_config("image-tiny", TINY)
