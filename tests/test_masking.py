@@ -226,3 +226,32 @@ def test_token_mask_rejects_bad_probabilities():
         corrupt(text_batch(b=2), random_prob=0.6, keep_prob=0.6)
     with pytest.raises(Data2VecError, match="tokens"):
         corrupt(text_batch(b=2).int())
+
+
+# --- inverse block masking (data2vec 2.0 images) ---
+
+from data2vec.masking import inverse_block_mask  # noqa: E402
+
+
+@pytest.mark.parametrize("grid,ratio", [((14, 14), 0.8), ((8, 8), 0.8), ((8, 8), 0.5), ((5, 7), 0.75)])
+def test_inverse_block_mask_hits_the_ratio_exactly(grid, ratio):
+    g = torch.Generator().manual_seed(0)
+    n = grid[0] * grid[1]
+    for _ in range(10):
+        m = inverse_block_mask(20, grid, ratio, generator=g, block_size=3)
+        assert m.shape == (20, n) and m.dtype == torch.bool
+        assert (m.sum(1) == round(ratio * n)).all()
+
+
+def test_inverse_block_mask_keeps_contiguous_islands():
+    g = torch.Generator().manual_seed(1)
+    m = inverse_block_mask(200, (14, 14), 0.8, generator=g, block_size=3).view(200, 14, 14)
+    kept = (~m).float()
+    padded = torch.nn.functional.pad(kept, (1, 1, 1, 1))
+    neighbours = padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:]
+    clustered = (neighbours * kept).sum() / kept.sum()
+    scattered = torch.stack([torch.randperm(196, generator=g) < 39 for _ in range(200)]).view(200, 14, 14).float()
+    padded = torch.nn.functional.pad(scattered, (1, 1, 1, 1))
+    neighbours = padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:]
+    random_level = (neighbours * scattered).sum() / scattered.sum()
+    assert clustered > random_level + 1.0, (clustered, random_level)

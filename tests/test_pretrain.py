@@ -75,3 +75,11 @@ def test_missing_data_path_is_a_clear_error(tmp_path):
 def test_low_target_variance_warns_of_collapse(tmp_path, caplog):
     pretrain(tiny(tmp_path / "run", "train.max_steps=2", "train.collapse_var=100"), progress=False)
     assert any("collapsing" in r.getMessage() for r in caplog.records)
+
+
+def test_v2_recipe_trains_through_the_data_pipeline(tmp_path):
+    cfg = build_config("image-tiny-v2", TINY + ["objective.decoder_dim=16", "objective.decoder_groups=4",
+                                                "train.max_steps=30", "train.lr=2e-3", f"out={tmp_path / 'run'}"])
+    rows = read_metrics(pretrain(cfg, progress=False))
+    assert len(rows) == 30
+    assert sum(r["loss"] for r in rows[-5:]) < 0.9 * sum(r["loss"] for r in rows[:5])

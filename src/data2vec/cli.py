@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("modality", nargs="?", default="image", choices=["image"])
     p.add_argument("overrides", nargs="*", help="key=value overrides of the demo recipe")
     p.add_argument("--out", default=None, help="run folder (default: runs/demo-MODALITY)")
+    p.add_argument("--v2", action="store_true", help="use the data2vec 2.0 recipe (faster to the same accuracy)")
+    p.add_argument("--recipe", default=None, help="any recipe name or path instead of the demo's default")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("report", help="an HTML page of a run's curves, probe results, feature map and masks")
@@ -75,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "demo":
         from data2vec.tasks.demo import demo
 
-        demo(args.modality, args.out or f"runs/demo-{args.modality}", args.overrides, progress=not args.no_progress)
+        demo(args.modality, args.out or f"runs/demo-{args.modality}{'-v2' if args.v2 else ''}", args.overrides,
+             progress=not args.no_progress, v2=args.v2, recipe=args.recipe)
     elif args.command == "report":
         from data2vec.tasks.report import report
 

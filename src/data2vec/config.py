@@ -57,6 +57,8 @@ class MaskingConfig:
     ratio: float = 0.6
     min_block: int = 16
     min_aspect: float = 0.3
+    inverse: bool = False  # data2vec 2.0: choose blocks to keep visible instead of blocks to mask
+    block_size: int = 3  # side of a kept block when `inverse`
 
 
 @dataclass
@@ -73,6 +75,14 @@ class ObjectiveConfig:
     ema_end: float = 0.9998
     ema_anneal_steps: int = 0
     ema_scope: Literal["all", "encoder"] = "all"  # "encoder": front-end shared with the student, not averaged
+    version: Literal[1, 2] = 1  # 2: data2vec 2.0 (visible-only student, conv decoder, several masks per sample)
+    clones: int = 1  # v2: masks (student passes) per sample; the teacher runs once
+    decoder_dim: int = 768  # v2 conv decoder width, layers, kernel and groups
+    decoder_layers: int = 6
+    decoder_kernel: int = 3
+    decoder_groups: int = 16
+    decoder_noise: float = 0.01  # v2: std of the noise that stands in for masked tokens at the decoder input
+    cls_loss_weight: float = 0.0  # v2 images: weight of the loss between CLS output and mean target
 
 
 @dataclass

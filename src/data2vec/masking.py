@@ -147,3 +147,37 @@ def token_mask(tokens: Tensor, mask_prob: float, *, generator: torch.Generator, 
     corrupted[to_mask] = mask_id
     corrupted[to_random] = random_tokens[to_random]
     return corrupted, chosen
+
+
+def inverse_block_mask(batch_size: int, grid_hw: tuple[int, int], mask_ratio: float, *,
+                       generator: torch.Generator, block_size: int = 3) -> Tensor:
+    """data2vec 2.0 inverse block masks: ``[B, H*W]`` bool, exactly round(ratio*H*W) masked per row.
+
+    Instead of masking blocks, blocks of ``block_size x block_size`` patches are chosen to stay *visible*:
+    at high mask ratios (0.8) this leaves a few contiguous islands of context rather than scattered patches,
+    so the student cannot solve the task by local interpolation. Seeds are drawn without replacement until
+    the kept blocks cover the visible budget; the last block is trimmed at random to hit it exactly.
+    """
+    _check(batch_size > 0, f"inverse_block_mask: batch_size must be positive, got {batch_size}")
+    h, w = grid_hw
+    _check(h > 0 and w > 0, f"inverse_block_mask: grid_hw must be two positive sizes, got {grid_hw}")
+    _check(0.0 <= mask_ratio < 1.0, f"inverse_block_mask: mask_ratio must be in [0, 1), got {mask_ratio}")
+    _check(block_size > 0, f"inverse_block_mask: block_size must be positive, got {block_size}")
+    n_keep = h * w - round(mask_ratio * h * w)
+    rows = []
+    for _ in range(batch_size):
+        keep = torch.zeros(h, w, dtype=torch.bool)
+        count = 0
+        for seed in torch.randperm(h * w, generator=generator).tolist():
+            if count >= n_keep:
+                break
+            top, left = max(seed // w - block_size // 2, 0), max(seed % w - block_size // 2, 0)
+            block = torch.zeros(h, w, dtype=torch.bool)
+            block[top:top + block_size, left:left + block_size] = True
+            new = (block & ~keep).flatten().nonzero().squeeze(1)
+            if count + new.numel() > n_keep:  # trim the last block to the exact budget
+                new = new[torch.randperm(new.numel(), generator=generator)[: n_keep - count]]
+            keep.view(-1)[new] = True
+            count += new.numel()
+        rows.append(~keep.flatten())
+    return torch.stack(rows)  # [B, H*W], True = masked

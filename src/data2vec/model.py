@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from data2vec.config import Config
 from data2vec.ema import ema_update
 from data2vec.losses import regression_loss
+from data2vec.nn.decoder import ConvDecoder
 from data2vec.nn.image import ImageFrontend
 from data2vec.nn.transformer import Encoder
 from data2vec.targets import build_targets
@@ -94,8 +95,17 @@ class Data2Vec(nn.Module):
         self.student = Data2VecEncoder(cfg)
         self.teacher = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
-        self.head = nn.Linear(cfg.model.dim, cfg.model.dim)
-        _init_linear_and_norm(self.head)
+        dim, obj = cfg.model.dim, cfg.objective
+        if obj.version == 1:
+            self.head = nn.Linear(dim, dim)  # v1: linear regression head on the student's final layer
+        else:  # v2: the decoder's output projection is the regression head
+            grid = getattr(self.student.frontend, "grid_hw", None)
+            self.decoder = ConvDecoder(dim, obj.decoder_dim, obj.decoder_layers, obj.decoder_kernel,
+                                       obj.decoder_groups, spatial_dims=2 if grid else 1)
+            self.cls_head = nn.Linear(dim, dim) if obj.cls_loss_weight > 0 else None
+        for module in (getattr(self, name, None) for name in ("head", "decoder", "cls_head")):
+            if module is not None:
+                module.apply(_init_linear_and_norm)
 
     def train(self, mode: bool = True) -> "Data2Vec":
         super().train(mode)
@@ -133,8 +143,11 @@ class Data2Vec(nn.Module):
         return build_targets(layers, obj.top_k, obj.per_layer_norm, obj.final_norm, frame_padding)
 
     def forward(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None = None) -> dict[str, Tensor]:
-        """One v1 step's loss. mask bool `[B, N]` (True = masked, predicted). Returns tensors only (no host
-        sync): loss, and the target / prediction variance used to spot collapse."""
+        """One step's loss: v1 or v2 per `objective.version`. mask bool `[B, N]` (True = masked, predicted),
+        or `[B, M, N]` for v2 with M masks per sample. Returns tensors only: loss, and the target / prediction
+        variance used to spot collapse."""
+        if self.cfg.objective.version == 2:
+            return self._forward_v2(inputs, mask, padding_mask)
         obj = self.cfg.objective
         targets = self.targets(inputs, padding_mask)  # [B, N, D]
         out = self.student(inputs, mask=mask, padding_mask=padding_mask)
@@ -142,7 +155,46 @@ class Data2Vec(nn.Module):
         pred = self.head(hidden[mask])  # [M, D]
         target = targets[mask]  # [M, D]
         loss = regression_loss(pred, target, obj.loss_beta, obj.loss_scale)
-        with torch.no_grad():
-            target_var = target.float().var(dim=0).mean() if target.shape[0] > 1 else target.new_zeros(())
-            pred_var = pred.float().var(dim=0).mean() if pred.shape[0] > 1 else pred.new_zeros(())
-        return {"loss": loss, "target_var": target_var, "pred_var": pred_var}
+        return {"loss": loss, **_spread(pred, target)}
+
+    def _forward_v2(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None) -> dict[str, Tensor]:
+        """data2vec 2.0: the teacher runs once per sample; the student encodes only the visible tokens of each
+        of the M masked copies; the conv decoder predicts the targets at the masked positions."""
+        obj = self.cfg.objective
+        targets = self.targets(inputs, padding_mask)  # [B, N, D], computed once, reused by every clone
+        mask = mask.unsqueeze(1) if mask.ndim == 2 else mask  # [B, M, N]
+        B, M, N = mask.shape
+        p = self.student.num_prefix
+        x, attn_bias, token_padding = self.student.frontend(inputs, None, padding_mask)  # [B, P + N, D]
+        if attn_bias is not None:
+            raise ValueError("data2vec 2.0 drops masked tokens, which a fixed relative position bias cannot "
+                             "follow; use absolute positions (image.rel_pos_bias=none, image.pos_embed=sincos)")
+        D = x.shape[-1]
+        x, targets, mask = x.repeat_interleave(M, 0), targets.repeat_interleave(M, 0), mask.reshape(B * M, N)
+        hidden = mask if token_padding is None else mask | token_padding[:, p:].repeat_interleave(M, 0)
+        counts = (~hidden).sum(1)
+        n_min, n_vis = counts.aminmax()
+        n_min, n_vis = int(n_min), int(n_vis)  # one host sync: the visible length of this batch
+        vis_idx = torch.argsort(hidden.int(), dim=1, stable=True)[:, :n_vis]  # visible positions first, in order
+        vis_pad = hidden.gather(1, vis_idx)  # rows with fewer visible tokens are padded (True)
+        tokens = torch.cat([x[:, :p], x[:, p:].gather(1, vis_idx.unsqueeze(-1).expand(-1, -1, D))], dim=1)
+        enc_padding = None if n_min == n_vis else torch.cat([vis_pad.new_zeros(B * M, p), vis_pad], dim=1)
+        last, _, _ = self.student.encoder(tokens, padding_mask=enc_padding)  # [B*M, P + Nv, D]
+        noise = torch.randn(B * M, N, D, device=x.device, dtype=last.dtype) * obj.decoder_noise
+        filled = noise.scatter(1, vis_idx.unsqueeze(-1).expand(-1, -1, D), last[:, p:])
+        filled = torch.where(mask.unsqueeze(-1), noise, filled)  # masked (and filler) positions stay noise
+        pred_all = self.decoder(filled, getattr(self.student.frontend, "grid_hw", None))  # [B*M, N, D]
+        pred, target = pred_all[mask], targets[mask]
+        loss = regression_loss(pred, target, obj.loss_beta, obj.loss_scale)
+        if self.cls_head is not None and p > 0:
+            cls_loss = regression_loss(self.cls_head(last[:, 0]), targets.mean(dim=1), obj.loss_beta, obj.loss_scale)
+            loss = loss + obj.cls_loss_weight * cls_loss
+        return {"loss": loss, **_spread(pred, target)}
+
+
+def _spread(pred: Tensor, target: Tensor) -> dict[str, Tensor]:
+    """Variance across masked positions, averaged over channels: near zero means collapse."""
+    with torch.no_grad():
+        target_var = target.float().var(dim=0).mean() if target.shape[0] > 1 else target.new_zeros(())
+        pred_var = pred.float().var(dim=0).mean() if pred.shape[0] > 1 else pred.new_zeros(())
+    return {"target_var": target_var, "pred_var": pred_var}

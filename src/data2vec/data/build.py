@@ -11,13 +11,20 @@ from data2vec.config import Config
 from data2vec.data.builtin import resolve_image_source
 from data2vec.data.image import ImageDataset, ImageTransform, collate_images
 from data2vec.data.sampler import StepBatchSampler
-from data2vec.masking import block_mask
+from data2vec.masking import block_mask, inverse_block_mask
 
 
 def _image_mask(generator: torch.Generator, cfg: Config) -> torch.Tensor:
+    """One sample's mask: `[N]` for v1, `[M, N]` (one per clone) for v2."""
     side = cfg.image.image_size // cfg.image.patch_size
     m = cfg.masking
-    return block_mask(1, (side, side), m.ratio, generator=generator, min_block=m.min_block, min_aspect=m.min_aspect)[0]
+    clones = cfg.objective.clones if cfg.objective.version == 2 else 1
+    if m.inverse:
+        masks = inverse_block_mask(clones, (side, side), m.ratio, generator=generator, block_size=m.block_size)
+    else:
+        masks = block_mask(clones, (side, side), m.ratio, generator=generator, min_block=m.min_block,
+                           min_aspect=m.min_aspect)
+    return masks if cfg.objective.version == 2 else masks[0]
 
 
 def pretrain_dataset(cfg: Config) -> ImageDataset:

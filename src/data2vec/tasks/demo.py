@@ -22,6 +22,7 @@ from data2vec.tasks.probe import linear_probe, probe_encoder
 
 log = logging.getLogger("data2vec")
 RECIPES = {"image": "image-tiny"}
+RECIPES_V2 = {"image": "image-tiny-v2"}  # data2vec 2.0: same encoder, cheaper objective
 
 
 def _raw_pixels(cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -33,12 +34,13 @@ def _raw_pixels(cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def demo(modality: str = "image", out: str | Path = "runs/demo-image", overrides: list[str] | None = None,
-         progress: bool = True) -> dict:
-    """Run the demo and write `out/demo.json`; returns the accuracies."""
+         progress: bool = True, v2: bool = False, recipe: str | None = None) -> dict:
+    """Run the demo and write `out/demo.json`; returns the accuracies. `v2` picks the data2vec 2.0 recipe."""
     from data2vec.api import load
 
     out = Path(out)
-    cfg = build_config(RECIPES[modality], [f"out={out / 'pretrain'}", *(overrides or [])])
+    recipe = recipe or (RECIPES_V2 if v2 else RECIPES)[modality]
+    cfg = build_config(recipe, [f"out={out / 'pretrain'}", *(overrides or [])])
     start = time.perf_counter()
     pretrain(cfg, progress=progress)
     pretrain_s = time.perf_counter() - start
