@@ -29,12 +29,13 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="pooled features of input files or folders, written to .npy")
     p.add_argument("checkpoint")
-    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("inputs", nargs="+", help="image files or folders; for a text model, text files (one "
+                                             "embedding per non-empty line)")
     p.add_argument("--out", default="embeddings.npy", help="output .npy path (a .txt of input names goes beside it)")
     p.add_argument("--batch-size", type=int, default=64)
 
     p = sub.add_parser("demo", help="pretrain on built-in data, probe, and compare with random weights")
-    p.add_argument("modality", nargs="?", default="image", choices=["image"])
+    p.add_argument("modality", nargs="?", default="image", choices=["image", "text"])
     p.add_argument("overrides", nargs="*", help="key=value overrides of the demo recipe")
     p.add_argument("--out", default=None, help="run folder (default: runs/demo-MODALITY)")
     p.add_argument("--v2", action="store_true", help="use the data2vec 2.0 recipe (faster to the same accuracy)")
@@ -52,6 +53,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--steps", type=int, default=50)
+
+    p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer on text files")
+    p.add_argument("action", choices=["train"])
+    p.add_argument("files", nargs="+", help="text files (UTF-8; bad bytes are replaced)")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--out", required=True, help="folder for tokenizer.json")
+
+    p = sub.add_parser("text", help="text data tools: binarize text files into token shards")
+    p.add_argument("action", choices=["binarize"])
+    p.add_argument("inputs", nargs="+", help="text files or folders (documents separated by empty lines)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer.json, or a folder holding one")
+    p.add_argument("--out", required=True, help="output folder (shards, docs.npy, meta.json, tokenizer.json)")
+    p.add_argument("--shard-tokens", type=int, default=2**26, help="tokens per shard file")
+    p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("recipes", help="list the recipes that ship with the package")
     return parser
@@ -91,6 +106,17 @@ def run(args: argparse.Namespace) -> int:
         r = bench_data(cfg, args.steps)
         print(f"data pipeline: {r['samples_per_s']:.1f} samples/s ({r['batches_per_s']:.2f} batches/s of "
               f"{r['batch_size']}, {r['num_workers']} workers, {r['skipped']} skipped)")
+    elif args.command == "tokenizer":
+        from data2vec.data.text import train_tokenizer
+
+        print(f"tokenizer: {train_tokenizer(args.files, args.vocab_size, args.out)}")
+    elif args.command == "text":
+        from data2vec.data.text import binarize
+
+        meta = binarize(args.inputs, args.tokenizer, args.out, args.shard_tokens, progress=not args.no_progress)
+        print(f"{meta['tokens']} tokens in {meta['documents']} documents, {len(meta['shard_sizes'])} shard(s) of "
+              f"{meta['dtype']}; {meta['bad_utf8_lines']} lines with bad UTF-8, {meta['empty_lines']} empty lines, "
+              f"{meta['empty_files']} empty files: {args.out}")
     elif args.command == "recipes":
         from data2vec.config import recipe_names
 

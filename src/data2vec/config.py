@@ -51,6 +51,21 @@ class ImageConfig:
 
 
 @dataclass
+class TextConfig:
+    """The RoBERTa-layout text front-end and its token ids (defaults: RoBERTa's / HF Data2VecText's)."""
+
+    vocab_size: int = 50265
+    max_positions: int = 514  # RoBERTa: ids start at pad_id + 1, so 512 usable positions
+    block_size: int = 512  # most tokens per training sample, <s> and </s> included
+    pad_id: int = 1
+    bos_id: int = 0
+    eos_id: int = 2
+    mask_id: int = 50264
+    tokenizer: str = ""  # path to a tokenizer.json; empty: the one stored beside the binarised data
+    embed_norm_eps: float = 1e-5
+
+
+@dataclass
 class MaskingConfig:
     """How the student's input is masked (block-wise for images)."""
 
@@ -59,6 +74,9 @@ class MaskingConfig:
     min_aspect: float = 0.3
     inverse: bool = False  # data2vec 2.0: choose blocks to keep visible instead of blocks to mask
     block_size: int = 3  # side of a kept block when `inverse`
+    token_prob: float = 0.15  # text: BERT masking, share of non-special tokens chosen (paper: 15%)
+    token_random: float = 0.1  # text: share of chosen tokens replaced by a random token
+    token_keep: float = 0.1  # text: share of chosen tokens left unchanged (the rest become the mask token)
 
 
 @dataclass
@@ -131,12 +149,13 @@ class Config:
     """Everything one run needs; saved beside every checkpoint."""
 
     name: str = "custom"
-    modality: Literal["image"] = "image"
+    modality: Literal["image", "text"] = "image"
     out: str = "runs/data2vec"
     resume: Optional[str] = None  # "auto": newest complete checkpoint in `out`; or a checkpoint path
     device: str = "auto"
     model: EncoderConfig = field(default_factory=EncoderConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -18,11 +18,13 @@ from data2vec.ema import ema_update
 from data2vec.losses import regression_loss
 from data2vec.nn.decoder import ConvDecoder
 from data2vec.nn.image import ImageFrontend
+from data2vec.nn.text import TextFrontend
 from data2vec.nn.transformer import Encoder
 from data2vec.targets import build_targets
 
 FRONTENDS = {
     "image": lambda cfg: ImageFrontend(cfg.image, cfg.model),
+    "text": lambda cfg: TextFrontend(cfg.text, cfg.model),
 }
 
 
@@ -142,15 +144,20 @@ class Data2Vec(nn.Module):
         frame_padding = out.padding_mask[:, p:] if out.padding_mask is not None else None
         return build_targets(layers, obj.top_k, obj.per_layer_norm, obj.final_norm, frame_padding)
 
-    def forward(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None = None,
+                student_inputs: Tensor | None = None) -> dict[str, Tensor]:
         """One step's loss: v1 or v2 per `objective.version`. mask bool `[B, N]` (True = masked, predicted),
-        or `[B, M, N]` for v2 with M masks per sample. Returns tensors only: loss, and the target / prediction
-        variance used to spot collapse."""
+        or `[B, M, N]` for v2 with M masks per sample. `student_inputs`, when given, is what the student sees
+        instead of `inputs` (text: BERT-corrupted ids; the teacher always sees the clean `inputs`).
+        Returns tensors only: loss, and the target / prediction variance used to spot collapse."""
         if self.cfg.objective.version == 2:
+            if student_inputs is not None:
+                raise ValueError("student_inputs is for data2vec v1 (text); v2 drops masked tokens instead")
             return self._forward_v2(inputs, mask, padding_mask)
         obj = self.cfg.objective
         targets = self.targets(inputs, padding_mask)  # [B, N, D]
-        out = self.student(inputs, mask=mask, padding_mask=padding_mask)
+        seen = inputs if student_inputs is None else student_inputs
+        out = self.student(seen, mask=mask, padding_mask=padding_mask)
         hidden = out.last_hidden_state[:, self.student.num_prefix:]  # [B, N, D]
         pred = self.head(hidden[mask])  # [M, D]
         target = targets[mask]  # [M, D]

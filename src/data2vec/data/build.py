@@ -28,6 +28,10 @@ def _image_mask(generator: torch.Generator, cfg: Config) -> torch.Tensor:
 
 
 def pretrain_dataset(cfg: Config) -> ImageDataset:
+    if cfg.modality == "text":
+        from data2vec.data.text import pretrain_text_dataset
+
+        return pretrain_text_dataset(cfg)
     source = resolve_image_source(cfg.data.path, "train", cfg.data.strict)
     transform = ImageTransform(size=cfg.image.image_size, train=True, scale=(cfg.data.crop_scale_min, 1.0),
                                hflip=cfg.data.hflip)
@@ -42,18 +46,24 @@ def pretrain_loader(cfg: Config, start_step: int = 0, rank: int = 0, world_size:
     sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, start_step=start_step,
                                max_steps=cfg.train.max_steps, rank=rank, world_size=world_size)
     workers = cfg.data.num_workers
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_images, num_workers=workers,
+    collate = getattr(dataset, "collate", collate_images)  # text datasets carry their own (padding id)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
                       persistent_workers=workers > 0, pin_memory=pin_memory,
                       prefetch_factor=4 if workers > 0 else None)
 
 
 def eval_dataset(cfg: Config, split: str, path: str | None = None) -> ImageDataset:
     """Labelled, un-augmented samples for probing and embedding (centre crop, no mask)."""
+    if cfg.modality == "text":
+        from data2vec.data.text import eval_text_dataset
+
+        return eval_text_dataset(cfg, split, path)
     source = resolve_image_source(path or cfg.data.eval_path or cfg.data.path, split, cfg.data.strict)
     transform = ImageTransform(size=cfg.image.image_size, train=False)
     return ImageDataset(source, transform, seed=cfg.train.seed, strict=cfg.data.strict)
 
 
 def eval_loader(dataset: ImageDataset, batch_size: int = 256, num_workers: int = 0) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_images,
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                      collate_fn=getattr(dataset, "collate", collate_images),
                       num_workers=num_workers)

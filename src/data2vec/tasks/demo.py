@@ -21,7 +21,7 @@ from data2vec.tasks.pretrain import pretrain
 from data2vec.tasks.probe import linear_probe, probe_encoder
 
 log = logging.getLogger("data2vec")
-RECIPES = {"image": "image-tiny"}
+RECIPES = {"image": "image-tiny", "text": "text-tiny"}
 RECIPES_V2 = {"image": "image-tiny-v2"}  # data2vec 2.0: same encoder, cheaper objective
 
 
@@ -47,7 +47,7 @@ def demo(modality: str = "image", out: str | Path = "runs/demo-image", overrides
     pretrained = probe_encoder(load(cfg.out), cfg)
     torch.manual_seed(cfg.train.seed)
     random = probe_encoder(Data2VecEncoder(cfg).eval(), cfg)
-    raw = linear_probe(*_raw_pixels(cfg, "train"), *_raw_pixels(cfg, "test"))
+    raw = linear_probe(*_raw_pixels(cfg, "train"), *_raw_pixels(cfg, "test")) if cfg.modality == "image" else None
     result = {"recipe": cfg.name, "pretrained": pretrained, "random": random, "raw_pixels": {"linear": raw},
               "pretrain_seconds": round(pretrain_s, 1), "total_seconds": round(time.perf_counter() - start, 1)}
     (out / "demo.json").write_text(json.dumps(result, indent=1))
@@ -56,7 +56,8 @@ def demo(modality: str = "image", out: str | Path = "runs/demo-image", overrides
     print(f"{'features':<22}{'linear probe':>14}{'kNN (k=20)':>12}")
     print(f"{'data2vec pretrained':<22}{pretrained['linear']:>14.3f}{pretrained['knn']:>12.3f}")
     print(f"{'random weights':<22}{random['linear']:>14.3f}{random['knn']:>12.3f}")
-    print(f"{'raw pixels':<22}{raw:>14.3f}{'':>12}")
+    if raw is not None:
+        print(f"{'raw pixels':<22}{raw:>14.3f}{'':>12}")
     print(f"results: {out / 'demo.json'}")
     from data2vec.tasks.report import report
 

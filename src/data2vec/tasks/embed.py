@@ -32,6 +32,8 @@ def embed(checkpoint: str | Path, inputs: list[str], out: str | Path = "embeddin
     from data2vec.api import load
 
     encoder = load(checkpoint)
+    if encoder.cfg.modality == "text":
+        return _embed_text(encoder, inputs, Path(out), batch_size)
     transform = ImageTransform(size=encoder.cfg.image.image_size, train=False)
     paths = _collect(inputs)
     generator = torch.Generator().manual_seed(0)
@@ -50,4 +52,33 @@ def embed(checkpoint: str | Path, inputs: list[str], out: str | Path = "embeddin
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, torch.cat(feats).numpy())
     out.with_suffix(".txt").write_text("".join(f"{p}\n" for p in paths))
+    return out
+
+
+@torch.no_grad()
+def _embed_text(encoder, inputs: list[str], out: Path, batch_size: int) -> Path:
+    """Text files: one embedding per non-empty line (mean over its tokens); `out.txt` lists `FILE:LINE`."""
+    from data2vec.data.text import _resolve, batch_tokens
+
+    cfg = encoder.cfg
+    _, tokenizer, ids = _resolve(cfg)
+    lines, names = [], []
+    for item in inputs:
+        path = Path(item)
+        if not path.is_file():
+            raise Data2VecError(f"input '{item}' is not a file; give text files (one embedding per line)")
+        for n, line in enumerate(path.read_bytes().decode("utf-8", errors="replace").splitlines(), start=1):
+            if line.strip():
+                lines.append(line)
+                names.append(f"{path}:{n}")
+    if not lines:
+        raise Data2VecError(f"no non-empty lines in {', '.join(inputs)}")
+    encoder.eval()
+    feats = []
+    for start in range(0, len(lines), batch_size):
+        ids_batch, padding = batch_tokens(lines[start:start + batch_size], tokenizer, cfg.text.block_size, ids)
+        feats.append(encoder.embed(ids_batch, padding).float())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, torch.cat(feats).numpy())
+    out.with_suffix(".txt").write_text("".join(f"{n}\n" for n in names))
     return out

@@ -1,0 +1,110 @@
+"""Built-in English text, with no download: documentation that a plain `pip install data2vec` brings.
+
+`builtin:pydocs` is the docstrings of numpy, scipy, scikit-learn and torch (all BSD-3-Clause licensed), read
+from their installed source files with `ast` (nothing is imported or executed), plus the CPython reference
+text that ships as `pydoc_data.topics` (PSF licence). Each docstring and each pydoc topic is one document.
+The labelled set `pydocs-package` is the first paragraph of each docstring labelled by the package it comes
+from (4 classes), split 75/25 by a hash of the text (so the split never changes) and balanced to 800 train and
+200 test paragraphs per class.
+
+Both are generated once into ``$DATA2VEC_CACHE/text/pydocs`` (default ``~/.cache/data2vec``): ``corpus.txt``
+(documents separated by empty lines), ``train.tsv`` / ``test.tsv`` (``label<TAB>text``), and, after
+`prepare_builtin`, ``tokenizer.json`` and the binarised shards in ``bin/``.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+from data2vec.errors import Data2VecError
+
+PACKAGES = ("numpy", "scipy", "sklearn", "torch")
+PER_CLASS = {"train": 800, "test": 200}
+BUILTIN_TEXT = ("pydocs",)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DATA2VEC_CACHE", Path.home() / ".cache" / "data2vec"))
+
+
+def _docstrings(package: str) -> list[str]:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    root = Path(list(spec.submodule_search_locations)[0])
+    docs = []
+    for path in sorted(root.rglob("*.py")):
+        if "tests" in path.parts or "testing" in path.parts:
+            continue
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) >= 80:
+                    docs.append(doc)
+    return list(dict.fromkeys(docs))  # drop repeats, keep order
+
+
+def _clean(text: str) -> list[str]:
+    """Non-empty, stripped lines (an empty line would end the document)."""
+    return [line.rstrip() for line in text.splitlines() if line.strip()]
+
+
+def _first_paragraph(doc: str) -> str:
+    para = re.split(r"\n\s*\n", doc.strip(), maxsplit=1)[0]
+    return " ".join(para.split())
+
+
+def build_pydocs(folder: Path) -> Path:
+    """Write corpus.txt, train.tsv and test.tsv into `folder` (about a minute, once)."""
+    from pydoc_data.topics import topics
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = {"train": [], "test": []}
+    with open(folder / "corpus.txt.tmp", "w", encoding="utf-8") as fh:
+        for text in topics.values():
+            fh.write("\n".join(_clean(text)) + "\n\n")
+        for package in PACKAGES:
+            for doc in _docstrings(package):
+                fh.write("\n".join(_clean(doc)) + "\n\n")
+                para = _first_paragraph(doc)
+                if len(para) >= 40:
+                    split = "test" if hashlib.sha1(para.encode()).digest()[0] < 64 else "train"
+                    if sum(r.startswith(package + "\t") for r in rows[split]) < PER_CLASS[split]:
+                        rows[split].append(f"{package}\t{para}\n")
+    for split, lines in rows.items():
+        (folder / f"{split}.tsv").write_text("".join(lines), encoding="utf-8")
+    os.replace(folder / "corpus.txt.tmp", folder / "corpus.txt")
+    return folder
+
+
+def builtin_text_folder(name: str) -> Path:
+    """The cache folder of a built-in text set, generated on first use."""
+    if name not in BUILTIN_TEXT:
+        raise Data2VecError(f"unknown built-in text set 'builtin:{name}'; choose one of "
+                            f"{', '.join('builtin:' + n for n in BUILTIN_TEXT)}")
+    folder = cache_dir() / "text" / name
+    if not (folder / "corpus.txt").is_file():
+        build_pydocs(folder)
+    return folder
+
+
+def prepare_builtin(name: str, vocab_size: int, progress: bool = False) -> Path:
+    """Tokenizer (trained once, `vocab_size`) and binarised corpus of a built-in set; returns its folder."""
+    from data2vec.data.text import binarize, load_tokenizer, train_tokenizer
+
+    folder = builtin_text_folder(name)
+    sub = folder / f"v{vocab_size}"
+    if not (sub / "tokenizer.json").is_file() or load_tokenizer(sub).get_vocab_size() != vocab_size:
+        train_tokenizer([folder / "corpus.txt"], vocab_size, sub)
+    if not (sub / "bin" / "meta.json").is_file():
+        binarize([folder / "corpus.txt"], sub / "tokenizer.json", sub / "bin", progress=progress)
+    return sub

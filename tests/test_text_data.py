@@ -1,0 +1,136 @@
+"""Text data (data/text.py): tokenizer, binarised shards, document blocks, masked samples, collation.
+
+Token-masking statistics (15% chosen, 80/10/10, specials never chosen) are tested on `token_mask` itself in
+tests/test_masking.py; here we check the pipeline around it.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+
+from data2vec.data.text import (LabelledTextDataset, TextBlockDataset, TokenShards, binarize, document_blocks,
+                                load_tokenizer, make_collate, special_ids, token_dtype, train_tokenizer)
+from data2vec.errors import Data2VecError
+
+TEXT = ("The quick brown fox jumps over the lazy dog.\nA second sentence of the first document.\n\n"
+        "Another document starts here, with words the tokenizer has seen.\n\n\n"
+        "Third document: arrays, tensors and matrices.\nIt has two lines.\n")
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tok")
+    corpus = folder / "corpus.txt"
+    corpus.write_text(TEXT * 20)
+    train_tokenizer([corpus], 300, folder)
+    return folder
+
+
+def _expected_docs(tokenizer, text):
+    docs = [d for d in text.split("\n\n") if d.strip()]
+    return [[i for line in d.splitlines() if line.strip() for i in tokenizer.encode(line, add_special_tokens=False).ids]
+            for d in docs]
+
+
+def test_trained_tokenizer_has_roberta_specials_first(tok_dir):
+    tok = load_tokenizer(tok_dir)
+    assert special_ids(tok) == {"bos_id": 0, "pad_id": 1, "eos_id": 2, "mask_id": 4}
+    assert tok.get_vocab_size() <= 300
+
+
+def test_binarize_reads_back_original_ids_across_shards(tok_dir, tmp_path):
+    (tmp_path / "a.txt").write_text(TEXT)
+    meta = binarize([tmp_path / "a.txt"], tok_dir, tmp_path / "bin", shard_tokens=7, progress=False)
+    assert len(meta["shard_sizes"]) > 2 and meta["dtype"] == "uint16"
+    shards = TokenShards(tmp_path / "bin")
+    expected = _expected_docs(load_tokenizer(tok_dir), TEXT)
+    assert shards.num_docs == len(expected) == 3
+    for d, ids in enumerate(expected):
+        got = shards.tokens(int(shards.docs[d]), int(shards.docs[d + 1]))
+        assert got.tolist() == ids
+    assert shards.tokens(0, int(shards.docs[-1])).tolist() == sum(expected, [])
+
+
+def test_token_dtype_is_uint16_when_vocab_fits_else_uint32(tmp_path):
+    assert token_dtype(2**16) == np.uint16 and token_dtype(2**16 + 1) == np.uint32
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
+    vocab.update({f"w{i}": i for i in range(5, 70000)})
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "t.txt").write_text("w5 w69999 w65536\nw70\n")
+    meta = binarize([tmp_path / "t.txt"], tmp_path / "tokenizer.json", tmp_path / "bin", progress=False)
+    assert meta["dtype"] == "uint32"
+    assert TokenShards(tmp_path / "bin").tokens(0, 4).tolist() == [5, 69999, 65536, 70]
+
+
+def test_bad_utf8_empty_files_and_empty_lines_are_counted(tok_dir, tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"good line\n\xff\xfe broken \xc3 bytes\n\n\n   \nlast doc\n")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    meta = binarize([tmp_path / "bad.txt", tmp_path / "empty.txt"], tok_dir, tmp_path / "bin", progress=False)
+    assert meta["bad_utf8_lines"] == 1 and meta["empty_files"] == 1 and meta["empty_lines"] == 3
+    assert meta["documents"] == 2 and meta["lines"] == 3
+    on_disk = json.loads((tmp_path / "bin" / "meta.json").read_text())
+    assert on_disk["bad_utf8_lines"] == 1
+
+
+def test_binarize_missing_input_is_a_user_error(tok_dir, tmp_path):
+    with pytest.raises(Data2VecError, match="does not exist"):
+        binarize([tmp_path / "nope.txt"], tok_dir, tmp_path / "bin", progress=False)
+
+
+def test_document_blocks_never_cross_documents():
+    blocks = document_blocks(np.array([0, 5, 12, 13]), 4)
+    assert blocks.tolist() == [[0, 4], [4, 5], [5, 9], [9, 12], [12, 13]]
+
+
+@pytest.fixture()
+def dataset(tok_dir, tmp_path):
+    (tmp_path / "a.txt").write_text(TEXT * 3)
+    binarize([tmp_path / "a.txt"], tok_dir, tmp_path / "bin", shard_tokens=50, progress=False)
+    ids = special_ids(load_tokenizer(tok_dir))
+    return TextBlockDataset(TokenShards(tmp_path / "bin"), 8, seed=0, mask_prob=0.3, random_prob=0.1,
+                            keep_prob=0.1, ids=ids, vocab_size=300)
+
+
+def test_samples_are_wrapped_blocks_and_masks_skip_specials(dataset):
+    for i in range(len(dataset)):
+        item = dataset[(i, 0)]
+        ids, mask = item["ids"], item["mask"]
+        assert ids[0] == 0 and ids[-1] == 2 and len(ids) <= 8
+        assert not mask[0] and not mask[-1] and mask.any()
+        changed = item["student_ids"] != ids
+        assert not (changed & ~mask).any()  # only chosen tokens are corrupted
+
+
+def test_samples_are_keyed_by_index_and_epoch(dataset):
+    a, b, c = dataset[(3, 0)], dataset[(3, 0)], dataset[(3, 1)]
+    assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["student_ids"], b["student_ids"])
+    assert any(not torch.equal(dataset[(i, 0)]["mask"], dataset[(i, 1)]["mask"]) for i in range(len(dataset)))
+    assert torch.equal(a["ids"], c["ids"])
+
+
+def test_collate_pads_and_never_masks_padding(dataset):
+    items = [dataset[(i, 0)] for i in range(len(dataset))]
+    batch = make_collate(pad_id=1)(items)
+    lengths = torch.tensor([len(it["ids"]) for it in items])
+    assert (batch["padding_mask"].sum(1) == batch["inputs"].shape[1] - lengths).all()
+    assert (batch["inputs"][batch["padding_mask"]] == 1).all()
+    assert (batch["student_inputs"][batch["padding_mask"]] == 1).all()
+    assert not (batch["mask"] & batch["padding_mask"]).any()
+    assert batch["label"].tolist() == [-1] * len(items)
+
+
+def test_labelled_lines_read_with_fixed_classes(tok_dir, tmp_path):
+    (tmp_path / "train.tsv").write_text("b\tsecond document\na\tthe quick fox\n\n")
+    data = LabelledTextDataset(tmp_path / "train.tsv", load_tokenizer(tok_dir), 16, special_ids(load_tokenizer(tok_dir)))
+    assert data.classes == ["a", "b"] and data.labels == [1, 0]
+    assert data[0]["ids"][0] == 0 and data[0]["ids"][-1] == 2
+    (tmp_path / "bad.tsv").write_text("no tab here\n")
+    with pytest.raises(Data2VecError, match="label<TAB>text"):
+        LabelledTextDataset(tmp_path / "bad.tsv", load_tokenizer(tok_dir), 16, special_ids(load_tokenizer(tok_dir)))

@@ -1,0 +1,85 @@
+"""data2vec on text end to end: the student sees corrupted ids, the teacher clean ones, and the loss falls."""
+
+import pytest
+import torch
+
+from data2vec.config import build_config
+from data2vec.data.build import pretrain_loader
+from data2vec.data.text import binarize, train_tokenizer
+from data2vec.model import Data2Vec
+
+CORPUS = ("Arrays hold numbers of one type in a grid.\nThe shape gives the size of each axis.\n\n"
+          "A tensor is an array that can live on a device.\nGradients flow back through tensor operations.\n\n"
+          "Estimators learn from data with fit and predict.\nA pipeline chains transforms and an estimator.\n\n")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("text")
+    (folder / "c.txt").write_text(CORPUS * 30)
+    train_tokenizer([folder / "c.txt"], 400, folder / "tok")
+    binarize([folder / "c.txt"], folder / "tok", folder / "bin", progress=False)
+    return folder
+
+
+def tiny(data_dir, *extra):
+    return build_config("text-tiny", ["model.dim=32", "model.depth=2", "model.heads=2", "objective.top_k=2",
+                                      "text.vocab_size=400", "text.block_size=24", "text.max_positions=26",
+                                      f"data.path={data_dir / 'bin'}", "train.batch_size=16", "train.max_steps=40",
+                                      f"out={data_dir / 'run'}", *extra])
+
+
+def test_student_sees_corrupted_ids_and_teacher_clean_ones(data_dir):
+    cfg = tiny(data_dir)
+    batch = next(iter(pretrain_loader(cfg)))
+    assert (batch["student_inputs"] != batch["inputs"]).any()
+    torch.manual_seed(0)
+    model = Data2Vec(cfg).eval()
+    seen = []
+    hook = model.student.frontend.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    model(batch["inputs"], batch["mask"], batch["padding_mask"], student_inputs=batch["student_inputs"])
+    hook.remove()
+    assert torch.equal(seen[0], batch["student_inputs"])
+    clean = model(batch["inputs"], batch["mask"], batch["padding_mask"])["loss"]
+    corrupted = model(batch["inputs"], batch["mask"], batch["padding_mask"],
+                      student_inputs=batch["student_inputs"])["loss"]
+    assert not torch.allclose(clean, corrupted)
+
+
+def test_tiny_text_run_loss_falls(data_dir):
+    cfg = tiny(data_dir)
+    torch.manual_seed(0)
+    model = Data2Vec(cfg).train()
+    opt = torch.optim.Adam([p for _, p in model.trainable_parameters()], lr=2e-3, betas=(0.9, 0.98))
+    losses = []
+    for batch in pretrain_loader(cfg):
+        out = model(batch["inputs"], batch["mask"], batch["padding_mask"], student_inputs=batch["student_inputs"])
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        model.update_teacher(0.99)
+        losses.append(out["loss"].item())
+    assert len(losses) == 40
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+
+
+def test_pretrain_task_runs_and_probes_text(data_dir, tmp_path):
+    from data2vec.api import load
+    from data2vec.tasks.pretrain import pretrain
+    from data2vec.tasks.probe import probe_encoder
+
+    (tmp_path / "train.tsv").write_text("".join(f"{'ab'[i % 2]}\t{CORPUS.splitlines()[i % 2]}\n" for i in range(20)))
+    (tmp_path / "test.tsv").write_text("a\tArrays hold numbers.\nb\tThe shape gives the size.\n")
+    cfg = tiny(data_dir, "train.max_steps=3", f"out={tmp_path / 'run'}", f"data.eval_path={tmp_path}")
+    run = pretrain(cfg, progress=False)
+    result = probe_encoder(load(run), cfg)
+    assert set(result) == {"linear", "knn"}
+    import numpy as np
+
+    from data2vec.tasks.embed import embed
+
+    (tmp_path / "lines.txt").write_text("Arrays hold numbers.\n\nA tensor is an array.\n")
+    out = embed(run, [str(tmp_path / "lines.txt")], tmp_path / "emb.npy")
+    assert np.load(out).shape == (2, 32)  # one embedding per non-empty line
+    assert out.with_suffix(".txt").read_text().splitlines()[1].endswith("lines.txt:3")
