@@ -48,6 +48,7 @@ class ImageConfig:
     pos_embed: Literal["learned", "sincos", "none"] = "sincos"
     rel_pos_bias: Literal["none", "shared", "per_layer"] = "none"
     pool: Literal["mean", "cls"] = "mean"
+    pool_norm: bool = False  # LayerNorm on the pooled vector (BEiT / HF Data2VecVision pooler with mean pooling)
 
 
 @dataclass

@@ -81,6 +81,7 @@ class ImageFrontend(nn.Module):
                                          for _ in range(enc.depth))
         else:
             self.rel_pos = nn.ModuleList()
+        self.pool_norm = nn.LayerNorm(enc.dim, eps=enc.norm_eps) if cfg.pool_norm else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -115,7 +116,9 @@ class ImageFrontend(nn.Module):
         return x, bias, None
 
     def pool(self, hidden: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        """One vector per image `[B, D]`: mean of patch tokens, or the CLS token."""
+        """One vector per image `[B, D]`: mean of patch tokens, or the CLS token (then `image.pool_norm`)."""
         if self.cfg.pool == "cls" and self.num_prefix:
-            return hidden[:, 0]
-        return hidden[:, self.num_prefix:].mean(dim=1)
+            pooled = hidden[:, 0]
+        else:
+            pooled = hidden[:, self.num_prefix:].mean(dim=1)
+        return self.pool_norm(pooled) if self.pool_norm is not None else pooled

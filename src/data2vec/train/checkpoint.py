@@ -47,8 +47,11 @@ def _fsync(path: Path) -> None:
 
 
 def save_checkpoint(out: str | Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any],
-                    config: Config, keep_last: int = 2) -> Path:
-    """Write checkpoint `step` atomically under `out/checkpoints`, then prune all but the newest `keep_last`."""
+                    config: Config, keep_last: int = 2, extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write checkpoint `step` atomically under `out/checkpoints`, then prune all but the newest `keep_last`.
+
+    `extra_files` (name -> content) are written beside the others and covered by the manifest, e.g. the
+    `head.safetensors` of a classifier converted from Hugging Face."""
     root = Path(out) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
@@ -58,10 +61,13 @@ def save_checkpoint(out: str | Path, step: int, weights: dict[str, torch.Tensor]
     save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "model.safetensors"))
     torch.save(state, tmp / "state.pt")
     save_config(config, tmp / "config.yaml")
+    for name, content in (extra_files or {}).items():
+        (tmp / name).write_bytes(content)
+    names = (*FILES, *(extra_files or {}))
     manifest = {"format_version": FORMAT_VERSION, "step": step,
-                "files": {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in FILES}}
+                "files": {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in names}}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    for name in (*FILES, "manifest.json"):
+    for name in (*names, "manifest.json"):
         _fsync(tmp / name)
     if final.exists():
         shutil.rmtree(final)

@@ -1,0 +1,513 @@
+"""Hugging Face `transformers` interop: Data2VecVision / Data2VecText model folders <-> data2vec checkpoints.
+
+:func:`from_hf` reads a local model folder (``config.json`` and ``model.safetensors``, sharded or not, or
+``pytorch_model.bin`` loaded with ``weights_only=True``) and writes a data2vec run folder holding one checkpoint;
+:func:`to_hf` writes a folder that ``transformers.AutoModel.from_pretrained`` loads. Both read and write the files
+directly, so converting needs no `transformers` (using the result in it needs the ``hf`` extra).
+
+The layouts differ in names, in the attention projection (ours one fused QKV matrix, theirs query / key / value)
+and in which optional pieces exist. Whatever an HF config asks for that our model cannot compute stops the
+conversion with a :class:`Data2VecError` naming the option: a converted model computes what the original
+computed, or conversion fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from data2vec.config import Config, build_config, save_config
+from data2vec.errors import Data2VecError
+
+log = logging.getLogger("data2vec")
+
+VISION, TEXT = "data2vec-vision", "data2vec-text"
+BASE_PREFIX = {VISION: "data2vec_vision.", TEXT: "data2vec_text."}  # weight names inside task models
+# transformers' defaults (5.24) for the keys we read, for a config.json that leaves some out
+VISION_DEFAULTS = {
+    "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+    "hidden_act": "gelu", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "layer_norm_eps": 1e-12,
+    "image_size": 224, "patch_size": 16, "num_channels": 3, "use_mask_token": False,
+    "use_absolute_position_embeddings": False, "use_relative_position_bias": False,
+    "use_shared_relative_position_bias": False, "layer_scale_init_value": 0.1, "drop_path_rate": 0.1,
+    "use_mean_pooling": True,
+}
+TEXT_DEFAULTS = {
+    "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+    "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 512, "type_vocab_size": 2, "layer_norm_eps": 1e-12, "pad_token_id": 1,
+    "bos_token_id": 0, "eos_token_id": 2, "is_decoder": False, "add_cross_attention": False,
+    "position_embedding_type": "absolute", "classifier_dropout": None,
+}
+# buffers that some HF files hold and both sides recompute
+IGNORED = re.compile(r"(relative_position_index|embeddings\.position_ids|embeddings\.token_type_ids)$")
+DROPPED_WHY = {"pooler.dense": "RoBERTa's CLS pooler; data2vec text pools by the mean over tokens",
+               "lm_head": "masked-LM head", "decode_head": "segmentation head", "auxiliary_head": "segmentation head",
+               "fpn1": "segmentation head", "fpn2": "segmentation head"}
+
+
+# ---------------------------------------------------------------------------------------------- reading HF files
+
+def read_hf_folder(folder: str | Path) -> tuple[dict, dict[str, Tensor]]:
+    """(config.json as a dict, every tensor of the weights file(s)) of a local HF model folder."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise Data2VecError(f"'{folder}' has no config.json; give a local Hugging Face model folder (what "
+                            "save_pretrained writes, e.g. a downloaded facebook/data2vec-vision-base)")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except ValueError as err:
+        raise Data2VecError(f"'{folder / 'config.json'}' is not valid JSON ({err})") from None
+    return config, _read_weights(folder)
+
+
+def _read_weights(folder: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    for name, load in (("model.safetensors", lambda p: load_file(str(p))), ("pytorch_model.bin", _load_bin)):
+        if (folder / name).is_file():
+            return load(folder / name)
+        index = folder / f"{name}.index.json"
+        if index.is_file():  # sharded: the index maps each tensor to its shard file
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            weights: dict[str, Tensor] = {}
+            for shard in shards:
+                weights.update(load(folder / shard))
+            return weights
+    raise Data2VecError(f"'{folder}' has no model.safetensors or pytorch_model.bin (nor a sharded index of either)")
+
+
+def _load_bin(path: Path) -> dict[str, Tensor]:
+    try:  # weights_only: a pickle that would build arbitrary objects (run code) is refused
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise Data2VecError(f"refusing to load '{path}': it holds objects other than tensors "
+                            f"({str(err).splitlines()[0][:120]}); ask for a model.safetensors instead") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise Data2VecError(f"'{path}' is not a state dict of tensors")
+    return state
+
+
+# ------------------------------------------------------------------------------------------ config translation
+
+def _unsupported(option: str, value: object, why: str) -> Data2VecError:
+    return Data2VecError(f"cannot convert: Hugging Face config option {option}={value!r} {why}")
+
+
+def _cannot_export(key: str, value: object, why: str) -> Data2VecError:
+    return Data2VecError(f"cannot export to Hugging Face: {key}={value!r} {why}")
+
+
+def _square(hf: dict, key: str) -> int:
+    value = hf.get(key, VISION_DEFAULTS[key])
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise _unsupported(key, value, "is not square; data2vec's image front-end takes square images and patches")
+        value = value[0]
+    return int(value)
+
+
+def _encoder_fields(hf: dict, defaults: dict) -> dict:
+    """EncoderConfig sizes from an HF config, checked for what our block computes."""
+    get = lambda key: hf.get(key, defaults[key])  # noqa: E731
+    if get("hidden_act") != "gelu":
+        raise _unsupported("hidden_act", get("hidden_act"), "is not supported: data2vec blocks use exact GELU ('gelu')")
+    dim, heads, hidden = int(get("hidden_size")), int(get("num_attention_heads")), int(get("intermediate_size"))
+    if dim % heads:
+        raise _unsupported("num_attention_heads", heads, f"does not divide hidden_size={dim}")
+    if int(dim * (hidden / dim)) != hidden:
+        raise _unsupported("intermediate_size", hidden, f"is not expressible as model.mlp_ratio x hidden_size={dim}")
+    return {"dim": dim, "depth": int(get("num_hidden_layers")), "heads": heads, "mlp_ratio": hidden / dim,
+            "norm_eps": float(get("layer_norm_eps")), "dropout": float(get("hidden_dropout_prob")),
+            "attn_dropout": float(get("attention_probs_dropout_prob"))}
+
+
+def _vision_config(hf: dict, weights: dict[str, Tensor]) -> Config:
+    get = lambda key: hf.get(key, VISION_DEFAULTS[key])  # noqa: E731
+    if get("use_relative_position_bias") and get("use_shared_relative_position_bias"):
+        raise _unsupported("use_relative_position_bias", True, "together with use_shared_relative_position_bias=true "
+                           "(both biases added) has no data2vec equivalent: image.rel_pos_bias is per_layer or shared")
+    cfg = build_config("image-base")
+    for key, value in _encoder_fields(hf, VISION_DEFAULTS).items():
+        setattr(cfg.model, key, value)
+    mean = bool(get("use_mean_pooling"))
+    m, img = cfg.model, cfg.image
+    m.norm_first, m.qkv_bias, m.final_norm = True, "qv", not mean  # BEiT block; no final norm under mean pooling
+    m.layer_scale = max(float(get("layer_scale_init_value")), 0.0)
+    m.drop_path = float(get("drop_path_rate"))
+    img.image_size, img.patch_size, img.in_chans = _square(hf, "image_size"), _square(hf, "patch_size"), int(get("num_channels"))
+    if img.image_size % img.patch_size:
+        raise _unsupported("image_size", img.image_size, f"is not a multiple of patch_size={img.patch_size}")
+    img.cls_token = True
+    img.pos_embed = "learned" if get("use_absolute_position_embeddings") else "none"
+    img.rel_pos_bias = ("per_layer" if get("use_relative_position_bias")
+                        else "shared" if get("use_shared_relative_position_bias") else "none")
+    img.pool = "mean" if mean else "cls"
+    img.pool_norm = mean and "pooler.layernorm.weight" in weights  # only task models (and add_pooling_layer) have it
+    return cfg
+
+
+def _text_config(hf: dict, folder: Path) -> Config:
+    get = lambda key: hf.get(key, TEXT_DEFAULTS[key])  # noqa: E731
+    for key in ("is_decoder", "add_cross_attention"):
+        if get(key):
+            raise _unsupported(key, get(key), "is not supported: data2vec text models are bidirectional encoders")
+    if get("position_embedding_type") != "absolute":
+        raise _unsupported("position_embedding_type", get("position_embedding_type"),
+                           "is not supported: data2vec text uses learned absolute positions (RoBERTa)")
+    if get("pad_token_id") is None:
+        raise _unsupported("pad_token_id", None, "leaves RoBERTa positions undefined (they start at pad_token_id + 1)")
+    cfg = build_config("text-base")
+    for key, value in _encoder_fields(hf, TEXT_DEFAULTS).items():
+        setattr(cfg.model, key, value)
+    m, t = cfg.model, cfg.text
+    m.norm_first, m.qkv_bias, m.layer_scale, m.drop_path, m.final_norm = False, "all", 0.0, 0.0, False  # post-LN
+    first = lambda v, default: (v[0] if isinstance(v, list) else v) if v is not None else default  # noqa: E731
+    t.vocab_size, t.max_positions, t.pad_id = int(get("vocab_size")), int(get("max_position_embeddings")), int(get("pad_token_id"))
+    t.bos_id, t.eos_id = int(first(get("bos_token_id"), 0)), int(first(get("eos_token_id"), 2))
+    t.embed_norm_eps = m.norm_eps
+    t.block_size = min(t.block_size, t.max_positions - t.pad_id - 1)
+    t.mask_id = t.vocab_size - 1  # RoBERTa's <mask> is the last id; the tokenizer, when there, says for sure
+    if (folder / "tokenizer.json").is_file():
+        from data2vec.data.text import load_tokenizer, special_ids
+
+        for key, value in special_ids(load_tokenizer(folder / "tokenizer.json")).items():
+            setattr(t, key, value)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------- weight names
+
+def _layer_pairs(hf_layer: str, our_block: str, names: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(f"{hf_layer}{a}.{t}", f"{our_block}{b}.{t}") for a, b in names for t in ("weight", "bias")]
+
+
+def _vision_pairs(cfg: Config, with_pooler: bool = True) -> list[tuple[str, str]]:
+    """(HF name, our name) of every vision tensor that maps one to one (the QKV projection is fused apart)."""
+    img, m = cfg.image, cfg.model
+    pairs = [("embeddings.cls_token", "frontend.cls_token"), ("embeddings.mask_token", "frontend.mask_token"),
+             ("embeddings.patch_embeddings.projection.weight", "frontend.patch_embed.weight"),
+             ("embeddings.patch_embeddings.projection.bias", "frontend.patch_embed.bias")]
+    if img.pos_embed == "learned":
+        pairs.append(("embeddings.position_embeddings", "frontend.pos_embed"))
+    if img.rel_pos_bias == "shared":
+        pairs.append(("encoder.relative_position_bias.relative_position_bias_table", "frontend.rel_pos.0.table"))
+    for i in range(m.depth):
+        h, o = f"encoder.layer.{i}.", f"encoder.blocks.{i}."
+        pairs += _layer_pairs(h, o, [("layernorm_before", "norm1"), ("attention.output.dense", "attn.proj"),
+                                     ("layernorm_after", "norm2"), ("intermediate.dense", "mlp.fc1"),
+                                     ("output.dense", "mlp.fc2")])
+        if m.layer_scale > 0:
+            pairs += [(f"{h}lambda_1", f"{o}ls1.gamma"), (f"{h}lambda_2", f"{o}ls2.gamma")]
+        if img.rel_pos_bias == "per_layer":
+            pairs.append((f"{h}attention.attention.relative_position_bias.relative_position_bias_table",
+                          f"frontend.rel_pos.{i}.table"))
+    if m.final_norm:
+        pairs += [("layernorm.weight", "encoder.norm.weight"), ("layernorm.bias", "encoder.norm.bias")]
+    if img.pool_norm and with_pooler:
+        pairs += [("pooler.layernorm.weight", "frontend.pool_norm.weight"),
+                  ("pooler.layernorm.bias", "frontend.pool_norm.bias")]
+    return pairs
+
+
+def _text_pairs(cfg: Config) -> list[tuple[str, str]]:
+    """(HF name, our name) of every text tensor that maps one to one (QKV and token types are handled apart)."""
+    pairs = [("embeddings.word_embeddings.weight", "frontend.word_embeddings.weight"),
+             ("embeddings.position_embeddings.weight", "frontend.position_embeddings.weight"),
+             ("embeddings.LayerNorm.weight", "frontend.norm.weight"), ("embeddings.LayerNorm.bias", "frontend.norm.bias")]
+    for i in range(cfg.model.depth):
+        pairs += _layer_pairs(f"encoder.layer.{i}.", f"encoder.blocks.{i}.",
+                              [("attention.output.dense", "attn.proj"), ("attention.output.LayerNorm", "norm1"),
+                               ("intermediate.dense", "mlp.fc1"), ("output.dense", "mlp.fc2"),
+                               ("output.LayerNorm", "norm2")])
+    return pairs
+
+
+def _attention_prefixes(cfg: Config) -> list[tuple[str, str]]:
+    """(HF prefix of query/key/value, our attention prefix) per block."""
+    inner = "attention.attention." if cfg.modality == "image" else "attention.self."
+    return [(f"encoder.layer.{i}.{inner}", f"encoder.blocks.{i}.attn.") for i in range(cfg.model.depth)]
+
+
+def _take(weights: dict[str, Tensor], name: str, used: set[str]) -> Tensor:
+    if name not in weights:
+        raise Data2VecError(f"cannot convert: the weights lack '{name}', which config.json implies; the folder's "
+                            "config.json and weights file do not belong together")
+    used.add(name)
+    return weights[name]
+
+
+# ---------------------------------------------------------------------------------------------- HF -> ours
+
+def from_hf(folder: str | Path, out: str | Path) -> Path:
+    """Convert a local HF `Data2VecVision*` / `Data2VecText*` folder into a data2vec run folder `out` holding
+    one checkpoint (step 0); returns the checkpoint path. `data2vec.load(out)` gives the encoder, a classifier
+    comes along as ``head.safetensors`` (:func:`data2vec.nn.heads.load_head`), and the run folder's
+    ``config.yaml`` continues pretraining with ``data2vec pretrain OUT/config.yaml resume=auto``."""
+    from data2vec.nn.heads import HEAD_FILE, head_file
+    from data2vec.train.checkpoint import list_checkpoints
+
+    folder, out = Path(folder), Path(out)
+    if list_checkpoints(out):
+        raise Data2VecError(f"'{out}' already holds checkpoints; give a new --out folder for the converted model")
+    hf, raw = read_hf_folder(folder)
+    model_type = hf.get("model_type")
+    if model_type not in (VISION, TEXT):
+        raise Data2VecError(f"'{folder}' holds a '{model_type}' model; data2vec converts {VISION} and {TEXT}")
+    prefix = BASE_PREFIX[model_type]
+    weights = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in raw.items()}
+    used: set[str] = set()
+    if model_type == VISION:
+        cfg = _vision_config(hf, weights)
+        ours = _weights_from_hf(cfg, weights, _vision_pairs(cfg), used)
+    else:
+        cfg = _text_config(hf, folder)
+        ours = _weights_from_hf(cfg, weights, _text_pairs(cfg), used)
+        token_types = _take(weights, "embeddings.token_type_embeddings.weight", used)
+        if token_types.shape[0] > 1:
+            log.warning("type_vocab_size=%d: keeping token type 0 only; data2vec text has no token type ids (HF "
+                        "uses type 0 when token_type_ids is not passed)", token_types.shape[0])
+        ours["frontend.token_type_embeddings.weight"] = token_types[:1]
+    head = _head_from_hf(model_type, hf, weights, cfg.model.dim, used)
+    _warn_dropped(set(weights) - used)
+    cfg.objective.top_k = min(cfg.objective.top_k, cfg.model.depth)  # the recipe's, for a model this deep
+    cfg.name = f"hf-{folder.resolve().name}"
+    cfg.out = str(out)
+    extra = {HEAD_FILE: head_file(head)} if head is not None else {}
+    if (folder / "tokenizer.json").is_file() and model_type == TEXT:
+        extra["tokenizer.json"] = (folder / "tokenizer.json").read_bytes()
+        cfg.text.tokenizer = str((out / "checkpoints" / "step_00000000" / "tokenizer.json").resolve())
+    return _write_checkpoint(cfg, ours, out, extra)
+
+
+def _weights_from_hf(cfg: Config, weights: dict[str, Tensor], pairs: list[tuple[str, str]],
+                     used: set[str]) -> dict[str, Tensor]:
+    """Our encoder tensors from HF's: renamed, and query / key / value fused into one projection."""
+    ours = {mine: weights[theirs] for theirs, mine in pairs if theirs in weights}
+    used.update(theirs for theirs, _ in pairs if theirs in weights)
+    missing = [theirs for theirs, mine in pairs if theirs not in weights and mine != "frontend.mask_token"]
+    if missing:
+        _take(weights, missing[0], used)  # raises, naming it
+    for h, o in _attention_prefixes(cfg):
+        ours[f"{o}qkv.weight"] = torch.cat([_take(weights, f"{h}{n}.weight", used) for n in ("query", "key", "value")])
+        if cfg.model.qkv_bias == "all":
+            ours[f"{o}qkv.bias"] = torch.cat([_take(weights, f"{h}{n}.bias", used) for n in ("query", "key", "value")])
+        else:  # BEiT: no key bias (it would cancel in the softmax anyway)
+            ours[f"{o}q_bias"] = _take(weights, f"{h}query.bias", used)
+            ours[f"{o}v_bias"] = _take(weights, f"{h}value.bias", used)
+    return ours
+
+
+def _labels(hf: dict, n: int) -> list[str]:
+    id2label = hf.get("id2label") or {}
+    labels = [id2label.get(str(i), id2label.get(i)) for i in range(n)]
+    return labels if all(isinstance(x, str) for x in labels) else [f"LABEL_{i}" for i in range(n)]
+
+
+def _head_from_hf(model_type: str, hf: dict, weights: dict[str, Tensor], dim: int, used: set[str]):
+    """The image classifier (linear on the pooled features) or RoBERTa sentence classifier, when present."""
+    from data2vec.nn.heads import LinearClassifier, SentenceClassifier
+
+    if model_type == VISION and "classifier.weight" in weights:
+        w, b = _take(weights, "classifier.weight", used), _take(weights, "classifier.bias", used)
+        head = LinearClassifier(dim, w.shape[0], 0.0, _labels(hf, w.shape[0]))
+        head.load_state_dict({"fc.weight": w, "fc.bias": b})
+        return head
+    if model_type == TEXT and "classifier.out_proj.weight" in weights:
+        names = ("dense.weight", "dense.bias", "out_proj.weight", "out_proj.bias")
+        state = {n: _take(weights, f"classifier.{n}", used) for n in names}
+        dropout = hf.get("classifier_dropout")
+        dropout = float(dropout if dropout is not None else hf.get("hidden_dropout_prob", 0.1))
+        n = state["out_proj.weight"].shape[0]
+        head = SentenceClassifier(dim, n, dropout, _labels(hf, n))
+        head.load_state_dict(state)
+        return head
+    return None
+
+
+def _warn_dropped(names: set[str]) -> None:
+    names = {n for n in names if not IGNORED.search(n)}
+    if not names:
+        return
+    groups: dict[str, int] = {}
+    for name in names:
+        parts = name.split(".")
+        key = ".".join(parts[:2]) if parts[0] == "pooler" else parts[0]
+        groups[key] = groups.get(key, 0) + 1
+    described = ", ".join(f"{k} ({DROPPED_WHY.get(k, 'no data2vec equivalent')}; {n} tensors)"
+                          for k, n in sorted(groups.items()))
+    log.warning("not converted, data2vec has no place for: %s", described)
+
+
+def _write_checkpoint(cfg: Config, encoder_state: dict[str, Tensor], out: Path, extra: dict[str, bytes]) -> Path:
+    """A checkpoint `data2vec.load` and `resume` accept: student and teacher both the converted encoder, a
+    freshly initialised regression head, a fresh optimiser, step 0."""
+    from data2vec.model import Data2Vec
+    from data2vec.train.checkpoint import save_checkpoint
+    from data2vec.train.loop import rng_state
+    from data2vec.train.optim import build_optimizer
+
+    with torch.random.fork_rng(devices=[]):  # the same file every time, and the caller's RNG untouched
+        torch.manual_seed(cfg.train.seed)
+        model = Data2Vec(cfg)
+    state = model.student.state_dict()
+    missing = set(state) - set(encoder_state)
+    if missing - {"frontend.mask_token"} or set(encoder_state) - set(state):  # a bug of ours, not the user's
+        raise RuntimeError(f"HF conversion mapped {sorted(set(encoder_state) - set(state))}, "
+                           f"left {sorted(missing)}")
+    if missing:
+        log.info("the Hugging Face model has no mask token (use_mask_token=false); data2vec's is freshly "
+                 "initialised (only pretraining uses it)")
+    state.update(encoder_state)
+    try:
+        model.student.load_state_dict(state)
+    except RuntimeError as err:  # shapes: config.json and the weights disagree
+        raise Data2VecError(f"cannot convert: the weights do not fit config.json "
+                            f"({str(err).splitlines()[-1].strip()[:200]})") from None
+    model.teacher.load_state_dict(state)
+    optimizer = build_optimizer(model.trainable_parameters(), cfg.train)
+    train_state = {"step": 0, "optimizer": {"state": {}, "param_groups": _param_groups(model, optimizer)},
+                   "rng": rng_state(), "world_size": 1}
+    path = save_checkpoint(out, 0, model.state_dict(), train_state, cfg, extra_files=extra)
+    save_config(cfg, out / "config.yaml")
+    return path
+
+
+def _param_groups(model, optimizer) -> list[dict]:
+    """Optimiser groups keyed by parameter name, as `train.distributed.full_state` writes them."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[id(p)] for p in g["params"]]}
+            for g in optimizer.param_groups]
+
+
+# ---------------------------------------------------------------------------------------------- ours -> HF
+
+def to_hf(checkpoint: str | Path, out: str | Path, which: str = "student") -> Path:
+    """Write checkpoint (or run folder) `checkpoint` as an HF model folder `out` (``config.json`` and
+    ``model.safetensors``); `which="teacher"` exports the EMA teacher. A checkpoint with a classifier becomes
+    `Data2VecVisionForImageClassification` / `Data2VecTextForSequenceClassification`, one without a
+    `Data2VecVisionModel` / `Data2VecTextModel`, which `AutoModel.from_pretrained(out)` loads."""
+    from safetensors.torch import save_file
+
+    from data2vec.nn.heads import load_head
+    from data2vec.train.checkpoint import load_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint)
+    weights, _, cfg = load_checkpoint(path, with_state=False)
+    prefix = f"{which}."
+    ours = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    if not ours:
+        raise Data2VecError(f"checkpoint '{path}' has no '{which}' weights; use which=student or which=teacher")
+    head = load_head(path)
+    if cfg.modality == "image":
+        hf, tensors = _vision_to_hf(cfg, ours, head)
+    elif cfg.modality == "text":
+        hf, tensors = _text_to_hf(cfg, ours, head)
+    else:
+        raise Data2VecError(f"cannot export a '{cfg.modality}' checkpoint to Hugging Face yet; image and text are supported")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def _split_qkv(cfg: Config, ours: dict[str, Tensor], o: str) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """(query, key, value) weights and biases of one block; absent biases are zeros."""
+    weights = ours[f"{o}qkv.weight"].chunk(3)
+    zero = torch.zeros(cfg.model.dim, dtype=weights[0].dtype)
+    if cfg.model.qkv_bias == "all":
+        return weights, ours[f"{o}qkv.bias"].chunk(3)
+    if cfg.model.qkv_bias == "qv":
+        return weights, (ours[f"{o}q_bias"], zero, ours[f"{o}v_bias"])
+    return weights, (zero, zero, zero)
+
+
+def _with_head(hf: dict, tensors: dict[str, Tensor], model_type: str, head, head_tensors: dict[str, Tensor],
+               arch: str) -> tuple[dict, dict[str, Tensor]]:
+    """A task model: base weights under the base-model prefix, the head's beside them, labels in the config."""
+    if head is None:
+        return hf, tensors
+    hf["architectures"] = [arch]
+    hf["id2label"] = {str(i): label for i, label in enumerate(head.labels)}
+    hf["label2id"] = {label: i for i, label in enumerate(head.labels)}
+    prefixed = {BASE_PREFIX[model_type] + k: v for k, v in tensors.items()}
+    return hf, {**prefixed, **head_tensors}
+
+
+def _vision_to_hf(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dict[str, Tensor]]:
+    from data2vec.nn.image import sincos_pos_embed
+
+    m, img = cfg.model, cfg.image
+    if not m.norm_first:
+        raise _cannot_export("model.norm_first", False, "(post-LN): Data2VecVision blocks are pre-LN (BEiT)")
+    if not img.cls_token:
+        raise _cannot_export("image.cls_token", False, "is not expressible: Data2VecVision always has a CLS token")
+    mean = not m.final_norm  # HF: use_mean_pooling drops the final LayerNorm
+    if head is not None and not ((mean and img.pool == "mean" and img.pool_norm)
+                                 or (not mean and img.pool == "cls" and not img.pool_norm)):
+        raise _cannot_export("image.pool", img.pool, f"with model.final_norm={m.final_norm} and image.pool_norm="
+                             f"{img.pool_norm}: Data2VecVisionForImageClassification classifies either LayerNorm(mean "
+                             "of patch tokens) without a final norm (final_norm=false, pool=mean, pool_norm=true) or "
+                             "the final-normed CLS token (final_norm=true, pool=cls, pool_norm=false)")
+    if head is None and img.pool_norm:
+        log.warning("image.pool_norm: Data2VecVisionModel has no pooler, so its LayerNorm is not exported "
+                    "(hidden states are unaffected)")
+    hf = {"model_type": VISION, "architectures": ["Data2VecVisionModel"], "hidden_size": m.dim,
+          "num_hidden_layers": m.depth, "num_attention_heads": m.heads, "intermediate_size": int(m.dim * m.mlp_ratio),
+          "hidden_act": "gelu", "hidden_dropout_prob": m.dropout, "attention_probs_dropout_prob": m.attn_dropout,
+          "layer_norm_eps": m.norm_eps, "image_size": img.image_size, "patch_size": img.patch_size,
+          "num_channels": img.in_chans, "use_mask_token": True, "use_absolute_position_embeddings": img.pos_embed != "none",
+          "use_relative_position_bias": img.rel_pos_bias == "per_layer",
+          "use_shared_relative_position_bias": img.rel_pos_bias == "shared", "layer_scale_init_value": m.layer_scale,
+          "drop_path_rate": m.drop_path, "use_mean_pooling": mean, "initializer_range": 0.02}
+    tensors = {theirs: ours[mine] for theirs, mine in _vision_pairs(cfg, with_pooler=head is not None)}
+    if img.pos_embed == "sincos":  # fixed positions become HF's learned ones, initialised to the same values
+        side = img.image_size // img.patch_size
+        tensors["embeddings.position_embeddings"] = torch.cat(
+            [torch.zeros(1, m.dim), sincos_pos_embed(m.dim, (side, side))]).unsqueeze(0)
+        log.info("image.pos_embed=sincos exported as HF absolute position embeddings holding the sin-cos values")
+    for h, o in _attention_prefixes(cfg):
+        (wq, wk, wv), (bq, bk, bv) = _split_qkv(cfg, ours, o)
+        tensors.update({f"{h}query.weight": wq, f"{h}key.weight": wk, f"{h}value.weight": wv,
+                        f"{h}query.bias": bq, f"{h}value.bias": bv})  # no key bias in BEiT: softmax cancels it
+    head_tensors = {"classifier.weight": head.fc.weight, "classifier.bias": head.fc.bias} if head is not None else {}
+    return _with_head(hf, tensors, VISION, head, head_tensors, "Data2VecVisionForImageClassification")
+
+
+def _text_to_hf(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dict[str, Tensor]]:
+    m, t = cfg.model, cfg.text
+    if m.norm_first:
+        raise _cannot_export("model.norm_first", True, "(pre-LN): Data2VecText blocks are post-LN (RoBERTa)")
+    if m.layer_scale > 0:
+        raise _cannot_export("model.layer_scale", m.layer_scale, "is not expressible: Data2VecText blocks have no layer scale")
+    if t.embed_norm_eps != m.norm_eps:
+        raise _cannot_export("text.embed_norm_eps", t.embed_norm_eps, f"differs from model.norm_eps={m.norm_eps}: "
+                             "Data2VecText has one layer_norm_eps for all its LayerNorms")
+    hf = {"model_type": TEXT, "architectures": ["Data2VecTextModel"], "vocab_size": t.vocab_size, "hidden_size": m.dim,
+          "num_hidden_layers": m.depth, "num_attention_heads": m.heads, "intermediate_size": int(m.dim * m.mlp_ratio),
+          "hidden_act": "gelu", "hidden_dropout_prob": m.dropout, "attention_probs_dropout_prob": m.attn_dropout,
+          "max_position_embeddings": t.max_positions, "type_vocab_size": 1, "layer_norm_eps": m.norm_eps,
+          "pad_token_id": t.pad_id, "bos_token_id": t.bos_id, "eos_token_id": t.eos_id, "initializer_range": 0.02,
+          "classifier_dropout": head.dropout.p if head is not None else None}
+    tensors = {theirs: ours[mine] for theirs, mine in _text_pairs(cfg)}
+    tensors["embeddings.token_type_embeddings.weight"] = ours["frontend.token_type_embeddings.weight"]
+    for h, o in _attention_prefixes(cfg):
+        (wq, wk, wv), (bq, bk, bv) = _split_qkv(cfg, ours, o)
+        tensors.update({f"{h}query.weight": wq, f"{h}key.weight": wk, f"{h}value.weight": wv,
+                        f"{h}query.bias": bq, f"{h}key.bias": bk, f"{h}value.bias": bv})
+    if head is None:  # AutoModel builds RoBERTa's CLS pooler, which data2vec does not have: HF's initialisation
+        generator = torch.Generator().manual_seed(0)
+        tensors["pooler.dense.weight"] = torch.randn(m.dim, m.dim, generator=generator) * 0.02
+        tensors["pooler.dense.bias"] = torch.zeros(m.dim)
+        log.info("Data2VecTextModel's pooler (dense + tanh on <s>) is freshly initialised: data2vec has none")
+        return hf, tensors
+    head_tensors = {f"classifier.{k}": v for k, v in head.state_dict().items()}
+    return _with_head(hf, tensors, TEXT, head, head_tensors, "Data2VecTextForSequenceClassification")
