@@ -83,3 +83,33 @@ def test_pretrain_task_runs_and_probes_text(data_dir, tmp_path):
     out = embed(run, [str(tmp_path / "lines.txt")], tmp_path / "emb.npy")
     assert np.load(out).shape == (2, 32)  # one embedding per non-empty line
     assert out.with_suffix(".txt").read_text().splitlines()[1].endswith("lines.txt:3")
+
+
+V2 = ["objective.version=2", "objective.clones=3", "masking.token_prob=0.5", "masking.token_random=0",
+      "masking.token_keep=0", "objective.decoder_dim=16", "objective.decoder_layers=2", "objective.decoder_kernel=5",
+      "objective.decoder_groups=1", "objective.per_layer_norm=instance", "objective.loss_beta=0"]
+
+
+def test_v2_text_batches_drop_chosen_tokens_per_clone(data_dir):
+    cfg = tiny(data_dir, *V2)
+    batch = next(iter(pretrain_loader(cfg)))
+    B, T = batch["inputs"].shape
+    assert "student_inputs" not in batch  # v2 drops tokens; nothing is corrupted
+    assert batch["mask"].shape == (B, 3, T)
+    specials = torch.isin(batch["inputs"], torch.tensor([0, 1, 2, 4]))  # <s> <pad> </s> <mask>
+    assert not (batch["mask"] & specials[:, None]).any()  # never specials, never padding
+    eligible = (~specials).sum(1, keepdim=True)  # [B, 1]
+    share = batch["mask"].sum(-1) / eligible  # [B, 3]
+    assert ((share - 0.5).abs() <= 1.0 / eligible + 1e-6).all()
+    assert not torch.equal(batch["mask"][:, 0], batch["mask"][:, 1])  # each clone is masked differently
+
+    torch.manual_seed(0)
+    model = Data2Vec(cfg)
+    lengths, teacher_calls = [], []
+    model.student.encoder.register_forward_pre_hook(lambda m, a, k: lengths.append(a[0].shape[1]), with_kwargs=True)
+    model.teacher.register_forward_pre_hook(lambda m, a: teacher_calls.append(1))
+    out = model(batch["inputs"], batch["mask"], batch["padding_mask"])
+    out["loss"].backward()
+    visible = (~(batch["mask"] | batch["padding_mask"][:, None])).sum(-1)  # [B, 3]
+    assert lengths == [int(visible.max())] and teacher_calls == [1]
+    assert torch.isfinite(out["loss"]) and model.decoder.proj_in.weight.grad is not None

@@ -107,6 +107,28 @@ def span_mask(batch_size: int, num_frames: int, mask_prob: float, span_length: i
     return mask
 
 
+def token_choice(tokens: Tensor, mask_prob: float, *, generator: torch.Generator,
+                 special_ids: Sequence[int]) -> Tensor:
+    """Which tokens of int64 ``tokens [B, T]`` to predict: bool ``[B, T]``, never a special token.
+
+    Each row chooses ``int(mask_prob * n_eligible + u)`` (at least 1) of its non-special tokens uniformly
+    without replacement, u ~ U[0, 1), so the expected share is exactly `mask_prob`. BERT masking (v1) then
+    corrupts the chosen ids; data2vec 2.0 drops them from the student's input instead.
+    """
+    _check(tokens.dim() == 2 and tokens.dtype == torch.int64,
+           f"token_choice: tokens must be int64 [B, T], got {tokens.dtype} {list(tokens.shape)}")
+    _check(0.0 <= mask_prob <= 1.0, f"token_choice: mask_prob must be in [0, 1], got {mask_prob}")
+    special = torch.tensor(list(special_ids), dtype=torch.int64)
+    eligible = ~torch.isin(tokens, special)  # [B, T]
+    n_eligible = eligible.sum(1)  # [B]
+    u = torch.rand(tokens.shape[0], generator=generator)  # [B]
+    k = (mask_prob * n_eligible + u).long().clamp(min=1)
+    k = torch.minimum(k, n_eligible) if mask_prob > 0 else torch.zeros_like(k)
+    scores = torch.rand(tokens.shape, generator=generator).masked_fill(~eligible, 2.0)  # ineligible sort last
+    rank = scores.argsort(1).argsort(1)  # [B, T] position of each token in its row's random order
+    return rank < k[:, None]  # [B, T]
+
+
 def token_mask(tokens: Tensor, mask_prob: float, *, generator: torch.Generator, mask_id: int, vocab_size: int,
                special_ids: Sequence[int], random_prob: float = 0.1,
                keep_prob: float = 0.1) -> tuple[Tensor, Tensor]:
@@ -128,15 +150,7 @@ def token_mask(tokens: Tensor, mask_prob: float, *, generator: torch.Generator, 
     _check(allowed.numel() > 0 or random_prob == 0,
            "token_mask: vocab_size leaves no non-special token for random replacement; set random_prob=0")
 
-    eligible = ~torch.isin(tokens, special)  # [B, T]
-    n_eligible = eligible.sum(1)  # [B]
-    u = torch.rand(tokens.shape[0], generator=generator)  # [B]
-    k = (mask_prob * n_eligible + u).long().clamp(min=1)
-    k = torch.minimum(k, n_eligible) if mask_prob > 0 else torch.zeros_like(k)
-    scores = torch.rand(tokens.shape, generator=generator).masked_fill(~eligible, 2.0)  # ineligible sort last
-    rank = scores.argsort(1).argsort(1)  # [B, T] position of each token in its row's random order
-    chosen = rank < k[:, None]  # [B, T]
-
+    chosen = token_choice(tokens, mask_prob, generator=generator, special_ids=special_ids)  # [B, T]
     action = torch.rand(tokens.shape, generator=generator)  # [B, T]
     random_tokens = tokens
     if allowed.numel() > 0:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from data2vec.data.seeding import sample_generator
 from data2vec.errors import Data2VecError
-from data2vec.masking import token_mask
+from data2vec.masking import token_choice, token_mask
 
 log = logging.getLogger("data2vec")
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's order: ids 0..4 in a new tokenizer
@@ -234,11 +234,12 @@ class TextBlockDataset:
     """Pretraining samples: ``<s> block </s>`` with BERT masking drawn from the sample's own generator."""
 
     def __init__(self, shards: TokenShards, block_size: int, seed: int, mask_prob: float, random_prob: float,
-                 keep_prob: float, ids: dict[str, int], vocab_size: int) -> None:
+                 keep_prob: float, ids: dict[str, int], vocab_size: int, clones: int = 0) -> None:
         if block_size < 3:
             raise Data2VecError(f"text.block_size must be at least 3 (<s>, a token, </s>), got {block_size}")
         self.shards, self.seed, self.ids, self.vocab_size = shards, seed, ids, vocab_size
         self.mask_prob, self.random_prob, self.keep_prob = mask_prob, random_prob, keep_prob
+        self.clones = clones  # > 0: data2vec 2.0, `clones` independent masks per sample and no corruption
         self.blocks = document_blocks(shards.docs, block_size - 2)
         self.collate = make_collate(ids["pad_id"])
         if len(self.blocks) == 0:
@@ -254,6 +255,10 @@ class TextBlockDataset:
         body = torch.from_numpy(self.shards.tokens(int(start), int(end)))
         ids = torch.cat([torch.tensor([self.ids["bos_id"]]), body, torch.tensor([self.ids["eos_id"]])])
         specials = [self.ids[k] for k in ("bos_id", "pad_id", "eos_id", "mask_id")]
+        if self.clones:  # v2: the student drops the chosen tokens, so the ids stay clean
+            chosen = token_choice(ids[None].expand(self.clones, -1), self.mask_prob, generator=g,
+                                  special_ids=specials)
+            return {"ids": ids, "mask": chosen, "index": index, "label": -1}  # mask [M, T]
         corrupted, chosen = token_mask(ids[None], self.mask_prob, generator=g, mask_id=self.ids["mask_id"],
                                        vocab_size=self.vocab_size, special_ids=specials,
                                        random_prob=self.random_prob, keep_prob=self.keep_prob)
@@ -292,7 +297,8 @@ class LabelledTextDataset:
 
 def make_collate(pad_id: int):
     """A collate function padding to the longest sample: ``inputs`` (clean ids) and, when the items are
-    masked, ``student_inputs`` (corrupted ids) int64 ``[B, T]``, ``mask`` and ``padding_mask`` bool ``[B, T]``,
+    masked for v1, ``student_inputs`` (corrupted ids) int64 ``[B, T]``, ``mask`` (``[B, T]``, or ``[B, M, T]`` for
+    v2) and ``padding_mask`` bool ``[B, T]``,
     ``label``, ``index``, ``skipped``."""
     return _Collate(pad_id)
 
@@ -316,13 +322,16 @@ class _Collate:
         batch.update(inputs=inputs, padding_mask=padding,
                      label=torch.tensor([it["label"] for it in kept], dtype=torch.long),
                      index=torch.tensor([it["index"] for it in kept], dtype=torch.long))
-        if "mask" in kept[0]:
+        if "mask" in kept[0]:  # [T] (v1) or [M, T] (v2) per item; padding is never chosen
+            mask = torch.zeros(B, *kept[0]["mask"].shape[:-1], T, dtype=torch.bool)
+            for b, it in enumerate(kept):
+                mask[b, ..., : len(it["ids"])] = it["mask"]
+            batch["mask"] = mask
+        if "student_ids" in kept[0]:
             student = inputs.clone()
-            mask = torch.zeros(B, T, dtype=torch.bool)
             for b, it in enumerate(kept):
                 student[b, : len(it["ids"])] = it["student_ids"]
-                mask[b, : len(it["ids"])] = it["mask"]
-            batch.update(student_inputs=student, mask=mask)
+            batch["student_inputs"] = student
         return batch
 
 
@@ -363,7 +372,8 @@ def pretrain_text_dataset(cfg) -> TextBlockDataset:
     folder, tokenizer, ids = _resolve(cfg)
     m = cfg.masking
     return TextBlockDataset(TokenShards(folder), cfg.text.block_size, cfg.train.seed, m.token_prob, m.token_random,
-                            m.token_keep, ids, tokenizer.get_vocab_size())
+                            m.token_keep, ids, tokenizer.get_vocab_size(),
+                            clones=cfg.objective.clones if cfg.objective.version == 2 else 0)
 
 
 def eval_text_dataset(cfg, split: str, path: str | None = None) -> LabelledTextDataset:
