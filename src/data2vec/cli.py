@@ -68,6 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-tokens", type=int, default=2**26, help="tokens per shard file")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("convert", help="convert a Hugging Face transformers model folder to a checkpoint, or back")
+    way = p.add_mutually_exclusive_group(required=True)
+    way.add_argument("--from-hf", metavar="DIR", help="HF Data2VecVision / Data2VecText folder (config.json + "
+                                                      "model.safetensors or pytorch_model.bin)")
+    way.add_argument("--to-hf", metavar="CHECKPOINT", help="data2vec checkpoint or run folder")
+    p.add_argument("--out", required=True, help="--from-hf: new run folder for the checkpoint; --to-hf: folder for "
+                                                "config.json and model.safetensors")
+    p.add_argument("--teacher", action="store_true", help="--to-hf: export the EMA teacher instead of the student")
+
     p = sub.add_parser("recipes", help="list the recipes that ship with the package")
     return parser
 
@@ -117,6 +126,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"{meta['tokens']} tokens in {meta['documents']} documents, {len(meta['shard_sizes'])} shard(s) of "
               f"{meta['dtype']}; {meta['bad_utf8_lines']} lines with bad UTF-8, {meta['empty_lines']} empty lines, "
               f"{meta['empty_files']} empty files: {args.out}")
+    elif args.command == "convert":
+        from data2vec.interop.hf import from_hf, to_hf
+
+        if args.from_hf:
+            print(f"checkpoint: {from_hf(args.from_hf, args.out)}")
+        else:
+            print(f"Hugging Face folder: {to_hf(args.to_hf, args.out, 'teacher' if args.teacher else 'student')}")
     elif args.command == "recipes":
         from data2vec.config import recipe_names
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from data2vec.config import Config, build_config, save_config
+from data2vec.config import Config, build_config, save_config, to_dict
 from data2vec.errors import Data2VecError
 
 log = logging.getLogger("data2vec")
@@ -276,14 +276,47 @@ def from_hf(folder: str | Path, out: str | Path) -> Path:
         ours["frontend.token_type_embeddings.weight"] = token_types[:1]
     head = _head_from_hf(model_type, hf, weights, cfg.model.dim, used)
     _warn_dropped(set(weights) - used)
-    cfg.objective.top_k = min(cfg.objective.top_k, cfg.model.depth)  # the recipe's, for a model this deep
     cfg.name = f"hf-{folder.resolve().name}"
+    if isinstance(hf.get("data2vec"), dict):  # written by to_hf: our settings that HF's config has no room for
+        _restore(cfg, hf["data2vec"], ours, headless=head is None)
+    cfg.objective.top_k = min(cfg.objective.top_k, cfg.model.depth)  # the recipe's, for a model this deep
     cfg.out = str(out)
     extra = {HEAD_FILE: head_file(head)} if head is not None else {}
     if (folder / "tokenizer.json").is_file() and model_type == TEXT:
         extra["tokenizer.json"] = (folder / "tokenizer.json").read_bytes()
         cfg.text.tokenizer = str((out / "checkpoints" / "step_00000000" / "tokenizer.json").resolve())
     return _write_checkpoint(cfg, ours, out, extra)
+
+
+def _restore(cfg: Config, stored: dict, ours: dict[str, Tensor], headless: bool) -> None:
+    """Bring back what `to_hf` kept under config.json's "data2vec" key: the training sections whole, and the
+    front-end choices HF computes identically (only where the weights still agree), so that a round trip
+    ours -> HF -> ours gives the same config. The architecture itself always comes from HF's keys."""
+    import yaml
+
+    from data2vec.config import config_from_yaml_text
+    from data2vec.nn.image import sincos_pos_embed
+
+    try:
+        saved = config_from_yaml_text(yaml.safe_dump(stored), source="config.json key 'data2vec'")
+    except Data2VecError as err:
+        log.warning("ignoring config.json key 'data2vec': %s", err)
+        return
+    if saved.modality != cfg.modality:
+        return
+    cfg.name, cfg.masking, cfg.objective, cfg.data, cfg.train = saved.name, saved.masking, saved.objective, saved.data, saved.train
+    if cfg.modality == "image":
+        if headless:  # HF's base model has no pooler, so our choice of pooling is free
+            cfg.image.pool = saved.image.pool
+        side = cfg.image.image_size // cfg.image.patch_size
+        if saved.image.pos_embed == "sincos" and cfg.image.pos_embed == "learned":
+            fixed = torch.cat([torch.zeros(1, cfg.model.dim), sincos_pos_embed(cfg.model.dim, (side, side))]).unsqueeze(0)
+            if torch.equal(ours["frontend.pos_embed"], fixed):
+                cfg.image.pos_embed = "sincos"
+                del ours["frontend.pos_embed"]
+    elif cfg.modality == "text":
+        cfg.text.mask_id, cfg.text.tokenizer = saved.text.mask_id, saved.text.tokenizer
+        cfg.text.block_size = min(saved.text.block_size, cfg.text.max_positions - cfg.text.pad_id - 1)
 
 
 def _weights_from_hf(cfg: Config, weights: dict[str, Tensor], pairs: list[tuple[str, str]],
@@ -411,6 +444,7 @@ def to_hf(checkpoint: str | Path, out: str | Path, which: str = "student") -> Pa
         hf, tensors = _text_to_hf(cfg, ours, head)
     else:
         raise Data2VecError(f"cannot export a '{cfg.modality}' checkpoint to Hugging Face yet; image and text are supported")
+    hf["data2vec"] = to_dict(cfg)  # transformers keeps unknown keys; from_hf restores what HF cannot express
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(out / "model.safetensors"),
