@@ -134,3 +134,27 @@ def test_labelled_lines_read_with_fixed_classes(tok_dir, tmp_path):
     (tmp_path / "bad.tsv").write_text("no tab here\n")
     with pytest.raises(Data2VecError, match="label<TAB>text"):
         LabelledTextDataset(tmp_path / "bad.tsv", load_tokenizer(tok_dir), 16, special_ids(load_tokenizer(tok_dir)))
+
+
+def test_word_order_probe_swaps_one_adjacent_pair_and_keeps_the_words():
+    from data2vec.data.builtin_text import word_order_rows
+
+    paragraphs = [f"The model number {w} reads every sentence of the corpus before it predicts the next one."
+                  for w in ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")] * 3
+    paragraphs += ["Too short.", "this one starts in lower case and has enough words to qualify otherwise."]
+    rows = word_order_rows(paragraphs, {"train": 100, "test": 100})
+    assert rows == word_order_rows(paragraphs, {"train": 100, "test": 100})  # deterministic
+    lines = rows["train"] + rows["test"]
+    assert len(lines) == 10  # repeats, short and lower-case sentences dropped
+    originals = {p.split()[3]: p.split() for p in paragraphs[:10]}
+    for line in lines:
+        label, text = line.rstrip("\n").split("\t")
+        words = text.split()
+        source = originals[next(w for w in originals if w in words)]
+        assert sorted(words) == sorted(source)  # a bag of words cannot tell the labels apart
+        diff = [i for i, (a, b) in enumerate(zip(words, source)) if a != b]
+        if label == "original":
+            assert diff == []
+        else:
+            assert label == "shifted" and len(diff) == 2 and diff[1] == diff[0] + 1
+            assert 0 < diff[0] and diff[1] < len(words) - 1

@@ -26,6 +26,9 @@ from data2vec.errors import Data2VecError
 PACKAGES = ("numpy", "scipy", "sklearn", "torch")
 PER_CLASS = {"train": 800, "test": 200}
 BUILTIN_TEXT = ("pydocs",)
+# Labelled sets for probing: name -> (corpus, file prefix of its train/test TSVs).
+LABELLED_TEXT = {"pydocs": ("pydocs", ""), "pydocs-wordorder": ("pydocs", "wordorder-")}
+WORD_ORDER_SIZES = {"train": 2000, "test": 500}
 
 
 def cache_dir() -> Path:
@@ -63,12 +66,50 @@ def _first_paragraph(doc: str) -> str:
     return " ".join(para.split())
 
 
+def _sentences(paragraph: str) -> list[str]:
+    """Plain prose sentences of 8 to 30 words (no code, markup or parameter lists)."""
+    out = []
+    for sent in re.split(r"(?<=[.!?])\s+", paragraph):
+        words = sent.split()
+        if 8 <= len(words) <= 30 and sent[:1].isupper() and sent.endswith(".") \
+                and all(re.fullmatch(r"[A-Za-z][A-Za-z'-]*[,;:.]?", w) for w in words):
+            out.append(" ".join(words))
+    return out
+
+
+def word_order_rows(paragraphs: list[str], sizes: dict[str, int]) -> dict[str, list[str]]:
+    """SentEval's bigram-shift probe (Conneau et al., 2018) on our own sentences: label ``shifted`` when two
+    adjacent words were swapped, ``original`` otherwise. A bag of words cannot tell the two apart, so a
+    random-weight encoder scores near chance and any gain comes from what pretraining learned about order.
+    Split by a hash of the sentence; which sentences are shifted, and where, comes from the same hash."""
+    rows: dict[str, list[str]] = {"train": [], "test": []}
+    seen = set()
+    for para in paragraphs:
+        for sent in _sentences(para):
+            if sent in seen:
+                continue
+            seen.add(sent)
+            h = hashlib.sha1(sent.encode()).digest()
+            split = "test" if h[0] < 52 else "train"
+            if len(rows[split]) >= sizes[split]:
+                continue
+            words = sent.split()
+            if h[1] % 2:
+                i = 1 + h[2] % (len(words) - 3)  # never the first or the last word
+                words[i], words[i + 1] = words[i + 1], words[i]
+                rows[split].append(f"shifted\t{' '.join(words)}\n")
+            else:
+                rows[split].append(f"original\t{sent}\n")
+    return rows
+
+
 def build_pydocs(folder: Path) -> Path:
     """Write corpus.txt, train.tsv and test.tsv into `folder` (about a minute, once)."""
     from pydoc_data.topics import topics
 
     folder.mkdir(parents=True, exist_ok=True)
-    rows = {"train": [], "test": []}
+    rows: dict[str, list[str]] = {"train": [], "test": []}
+    paragraphs = []
     with open(folder / "corpus.txt.tmp", "w", encoding="utf-8") as fh:
         for text in topics.values():
             fh.write("\n".join(_clean(text)) + "\n\n")
@@ -76,25 +117,38 @@ def build_pydocs(folder: Path) -> Path:
             for doc in _docstrings(package):
                 fh.write("\n".join(_clean(doc)) + "\n\n")
                 para = _first_paragraph(doc)
+                paragraphs += [" ".join(p.split()) for p in re.split(r"\n\s*\n", doc)]
                 if len(para) >= 40:
                     split = "test" if hashlib.sha1(para.encode()).digest()[0] < 64 else "train"
                     if sum(r.startswith(package + "\t") for r in rows[split]) < PER_CLASS[split]:
                         rows[split].append(f"{package}\t{para}\n")
     for split, lines in rows.items():
         (folder / f"{split}.tsv").write_text("".join(lines), encoding="utf-8")
+    for split, lines in word_order_rows(paragraphs, WORD_ORDER_SIZES).items():
+        (folder / f"wordorder-{split}.tsv").write_text("".join(lines), encoding="utf-8")
     os.replace(folder / "corpus.txt.tmp", folder / "corpus.txt")
     return folder
 
 
 def builtin_text_folder(name: str) -> Path:
-    """The cache folder of a built-in text set, generated on first use."""
+    """The cache folder of a built-in text set, generated on first use (or again when an older version of
+    this library left it without a file this version adds)."""
     if name not in BUILTIN_TEXT:
         raise Data2VecError(f"unknown built-in text set 'builtin:{name}'; choose one of "
                             f"{', '.join('builtin:' + n for n in BUILTIN_TEXT)}")
     folder = cache_dir() / "text" / name
-    if not (folder / "corpus.txt").is_file():
+    if not all((folder / f).is_file() for f in ("corpus.txt", "test.tsv", "wordorder-test.tsv")):
         build_pydocs(folder)
     return folder
+
+
+def builtin_labelled_file(name: str, split: str) -> Path:
+    """The TSV of one split of a built-in labelled set (`builtin:pydocs`, `builtin:pydocs-wordorder`)."""
+    if name not in LABELLED_TEXT:
+        raise Data2VecError(f"unknown built-in labelled text 'builtin:{name}'; choose one of "
+                            f"{', '.join('builtin:' + n for n in LABELLED_TEXT)}")
+    corpus, prefix = LABELLED_TEXT[name]
+    return builtin_text_folder(corpus) / f"{prefix}{split}.tsv"
 
 
 def prepare_builtin(name: str, vocab_size: int, progress: bool = False) -> Path:

@@ -378,19 +378,19 @@ def pretrain_text_dataset(cfg) -> TextBlockDataset:
 
 def eval_text_dataset(cfg, split: str, path: str | None = None) -> LabelledTextDataset:
     """Labelled split: `builtin:NAME`, a folder holding SPLIT.tsv, or one TSV file read whole for every split."""
-    from data2vec.data.builtin_text import builtin_text_folder
+    from data2vec.data.builtin_text import builtin_labelled_file
 
     path = path or cfg.data.eval_path or cfg.data.path
     tok_source = cfg.data.path if cfg.data.path.startswith("builtin:") or Path(cfg.data.path).is_dir() else path
     _, tokenizer, ids = _resolve(cfg, tok_source)
     if path.startswith("builtin:"):
-        folder = builtin_text_folder(path.split(":", 1)[1])
-        file = folder / f"{split}.tsv"
+        file = builtin_labelled_file(path.split(":", 1)[1], split)
     elif Path(path).is_dir():
         file = Path(path) / f"{split}.tsv"
     else:
         file = Path(path)
-    classes_file = file.parent / "train.tsv" if file.name == f"{split}.tsv" else file
+    suffix = f"{split}.tsv"  # labels are named by the train split, so every split numbers them alike
+    classes_file = file.with_name(file.name[: -len(suffix)] + "train.tsv") if file.name.endswith(suffix) else file
     classes = sorted({line.split("\t", 1)[0] for line in classes_file.read_text(errors="replace").splitlines()
                       if "\t" in line}) if classes_file.is_file() else None
     return LabelledTextDataset(file, tokenizer, cfg.text.block_size, ids, classes)
