@@ -110,3 +110,15 @@ def test_fsdp_matches_ddp_and_its_checkpoint_loads_anywhere(two_process_run, tmp
     run(single("pretrain", "image-tiny", *TINY, "train.max_steps=6",
                f"resume={sharded / 'checkpoints' / 'step_00000003'}", f"out={resumed}"))
     assert_same_weights(weights(resumed, 6), weights(two_process_run, 6))
+
+
+def test_v2_trains_under_ddp_although_the_mask_token_is_unused(tmp_path):
+    out = tmp_path / "v2"
+    v2 = ["objective.version=2", "objective.clones=2", "masking.inverse=true", "masking.block_size=2",
+          "masking.ratio=0.75", "image.pos_embed=sincos", "image.rel_pos_bias=none", "objective.decoder_dim=16",
+          "objective.decoder_layers=1", "objective.decoder_groups=4"]
+    run(torchrun("--nproc_per_node=2", f"--master_port={free_port()}") +
+        ["pretrain", "image-tiny", *TINY, *v2, "train.max_steps=3", f"out={out}"])
+    start, end = weights(out, 3), load_file(str(out / "checkpoints" / "step_00000003" / "model.safetensors"))
+    assert all(torch.isfinite(torch.tensor(loss)) for loss in losses(out)) and len(losses(out)) == 3
+    assert torch.equal(start["student.frontend.mask_token"], end["teacher.frontend.mask_token"])  # frozen in v2

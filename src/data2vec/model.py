@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from data2vec.config import Config
 from data2vec.ema import ema_update
 from data2vec.losses import regression_loss
+from data2vec.nn.audio import AudioFrontend
 from data2vec.nn.decoder import ConvDecoder
 from data2vec.nn.image import ImageFrontend
 from data2vec.nn.text import TextFrontend
@@ -25,6 +26,7 @@ from data2vec.targets import build_targets
 FRONTENDS = {
     "image": lambda cfg: ImageFrontend(cfg.image, cfg.model),
     "text": lambda cfg: TextFrontend(cfg.text, cfg.model),
+    "audio": lambda cfg: AudioFrontend(cfg.audio, cfg.model),
 }
 
 
@@ -108,6 +110,21 @@ class Data2Vec(nn.Module):
         for module in (getattr(self, name, None) for name in ("head", "decoder", "cls_head")):
             if module is not None:
                 module.apply(_init_linear_and_norm)
+        self._freeze_unused()
+
+    def _freeze_unused(self) -> None:
+        """Freeze student parameters the pretraining loss never reaches: the pooling norm (pooling is for
+        probes and fine-tuning) and, in v2, the mask embedding (masked tokens are dropped, not replaced).
+        DDP expects every parameter that requires a gradient to get one, and fails on the second step
+        otherwise. They stay in the optimiser's list (with no gradient, untouched), so checkpoints and
+        resumes keep the same layout."""
+        unused = ["pool_norm"]
+        if self.cfg.objective.version == 2:
+            unused += ["mask_token", "masked_spec_embed"]
+        for name in unused:
+            item = getattr(self.student.frontend, name, None)
+            if item is not None:
+                item.requires_grad_(False)
 
     def train(self, mode: bool = True) -> "Data2Vec":
         super().train(mode)
