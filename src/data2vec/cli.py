@@ -30,12 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="pooled features of input files or folders, written to .npy")
     p.add_argument("checkpoint")
     p.add_argument("inputs", nargs="+", help="image files or folders; for a text model, text files (one "
-                                             "embedding per non-empty line)")
+                                             "embedding per non-empty line); for a speech model, audio files "
+                                             "or folders (one embedding per file)")
     p.add_argument("--out", default="embeddings.npy", help="output .npy path (a .txt of input names goes beside it)")
     p.add_argument("--batch-size", type=int, default=64)
 
     p = sub.add_parser("demo", help="pretrain on built-in data, probe, and compare with random weights")
-    p.add_argument("modality", nargs="?", default="image", choices=["image", "text"])
+    p.add_argument("modality", nargs="?", default="image", choices=["image", "text", "audio"])
     p.add_argument("overrides", nargs="*", help="key=value overrides of the demo recipe")
     p.add_argument("--out", default=None, help="run folder (default: runs/demo-MODALITY)")
     p.add_argument("--v2", action="store_true", help="use the data2vec 2.0 recipe (faster to the same accuracy)")

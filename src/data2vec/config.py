@@ -67,6 +67,25 @@ class TextConfig:
 
 
 @dataclass
+class AudioConfig:
+    """The speech front-end and its input (defaults: data2vec Base / HF Data2VecAudio, 16 kHz, 20 ms frames)."""
+
+    sample_rate: int = 16000  # everything is resampled to this rate on loading
+    conv_dim: list[int] = field(default_factory=lambda: [512] * 7)  # channels of each feature-encoder conv
+    conv_kernel: list[int] = field(default_factory=lambda: [10, 3, 3, 3, 3, 2, 2])
+    conv_stride: list[int] = field(default_factory=lambda: [5, 2, 2, 2, 2, 2, 2])
+    conv_bias: bool = False
+    pos_conv_layers: int = 5  # data2vec: 5 layers of kernel 19 (total width 95); wav2vec 2.0: 1 of 128
+    pos_conv_kernel: int = 19
+    pos_conv_groups: int = 16
+    feature_dropout: float = 0.0  # after the projection to model width (HF feat_proj_dropout)
+    normalize: bool = True  # zero mean, unit variance per utterance (the reference recipe's `normalize: true`)
+    max_sample_size: int = 320000  # random crop for pretraining (20 s); evaluation keeps the centre
+    min_sample_size: int = 0  # pretraining skips shorter files (never below the receptive field, 400)
+    max_batch_samples: int = 0  # most padded samples per global batch (0: only train.batch_size limits it)
+
+
+@dataclass
 class MaskingConfig:
     """How the student's input is masked (block-wise for images)."""
 
@@ -78,6 +97,8 @@ class MaskingConfig:
     token_prob: float = 0.15  # text: BERT masking, share of non-special tokens chosen (paper: 15%)
     token_random: float = 0.1  # text: share of chosen tokens replaced by a random token
     token_keep: float = 0.1  # text: share of chosen tokens left unchanged (the rest become the mask token)
+    span_prob: float = 0.65  # audio: chance that a frame starts a masked span (paper: 0.65, ~49% masked)
+    span_length: int = 10  # audio: frames per masked span (paper: 10, i.e. 200 ms)
 
 
 @dataclass
@@ -150,13 +171,14 @@ class Config:
     """Everything one run needs; saved beside every checkpoint."""
 
     name: str = "custom"
-    modality: Literal["image", "text"] = "image"
+    modality: Literal["image", "text", "audio"] = "image"
     out: str = "runs/data2vec"
     resume: Optional[str] = None  # "auto": newest complete checkpoint in `out`; or a checkpoint path
     device: str = "auto"
     model: EncoderConfig = field(default_factory=EncoderConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -257,6 +279,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
         return _coerce(next(a for a in args if a is not type(None)), value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise Data2VecError(f"config key '{key}' must be a list such as [1, 2, 3]; got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is Literal:
         if value not in args:
             raise Data2VecError(f"config key '{key}' must be one of {', '.join(map(str, args))}; got {value!r}")

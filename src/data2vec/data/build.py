@@ -32,6 +32,10 @@ def pretrain_dataset(cfg: Config) -> ImageDataset:
         from data2vec.data.text import pretrain_text_dataset
 
         return pretrain_text_dataset(cfg)
+    if cfg.modality == "audio":
+        from data2vec.data.audio import pretrain_audio_dataset
+
+        return pretrain_audio_dataset(cfg)
     source = resolve_image_source(cfg.data.path, "train", cfg.data.strict)
     transform = ImageTransform(size=cfg.image.image_size, train=True, scale=(cfg.data.crop_scale_min, 1.0),
                                hflip=cfg.data.hflip)
@@ -43,8 +47,11 @@ def pretrain_loader(cfg: Config, start_step: int = 0, rank: int = 0, world_size:
                     pin_memory: bool = False) -> DataLoader:
     """Yields one rank's share of each step's global batch, from `start_step` to `train.max_steps`."""
     dataset = pretrain_dataset(cfg)
-    sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, start_step=start_step,
-                               max_steps=cfg.train.max_steps, rank=rank, world_size=world_size)
+    if hasattr(dataset, "batch_sampler"):  # audio: batches of similar length
+        sampler = dataset.batch_sampler(start_step, cfg.train.max_steps, rank, world_size)
+    else:
+        sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, start_step=start_step,
+                                   max_steps=cfg.train.max_steps, rank=rank, world_size=world_size)
     workers = cfg.data.num_workers
     collate = getattr(dataset, "collate", collate_images)  # text datasets carry their own (padding id)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
@@ -58,12 +65,19 @@ def eval_dataset(cfg: Config, split: str, path: str | None = None) -> ImageDatas
         from data2vec.data.text import eval_text_dataset
 
         return eval_text_dataset(cfg, split, path)
+    if cfg.modality == "audio":
+        from data2vec.data.audio import eval_audio_dataset
+
+        return eval_audio_dataset(cfg, split, path)
     source = resolve_image_source(path or cfg.data.eval_path or cfg.data.path, split, cfg.data.strict)
     transform = ImageTransform(size=cfg.image.image_size, train=False)
     return ImageDataset(source, transform, seed=cfg.train.seed, strict=cfg.data.strict)
 
 
 def eval_loader(dataset: ImageDataset, batch_size: int = 256, num_workers: int = 0) -> DataLoader:
+    if hasattr(dataset, "eval_batches"):  # audio: length-sorted batches under a budget of padded samples
+        return DataLoader(dataset, batch_sampler=dataset.eval_batches(batch_size), collate_fn=dataset.collate,
+                          num_workers=num_workers)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False,
                       collate_fn=getattr(dataset, "collate", collate_images),
                       num_workers=num_workers)

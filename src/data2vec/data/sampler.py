@@ -63,3 +63,68 @@ class StepBatchSampler:
         if self.max_steps is None:
             raise TypeError("an endless StepBatchSampler (max_steps=None) has no length")
         return max(self.max_steps - self.start_step, 0)
+
+
+class LengthBucketSampler:
+    """Like StepBatchSampler, but each step's global batch holds samples of similar length (speech), so
+    little of it is padding: at most `batch_size` samples and at most `max_samples` padded samples
+    (``count x longest``; 0: no such limit).
+
+    Epoch e sorts the samples by length, breaking ties with a permutation seeded by (seed, e), packs them
+    longest first into batches, and shuffles the batch order with a generator seeded by (seed, e, 1). The
+    packing depends only on the sorted lengths, so every epoch has the same number of batches and step s is
+    batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``: resuming reproduces the run. A last
+    batch with fewer samples than processes joins the one before it. Rank r takes every world_size-th sample.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, max_samples: int, seed: int, start_step: int = 0,
+                 max_steps: int | None = None, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size < 1:
+            raise Data2VecError(f"train.batch_size={batch_size} must be at least 1")
+        if len(lengths) < world_size:
+            raise Data2VecError(f"the data set has {len(lengths)} samples, fewer than the {world_size} processes")
+        if max_samples and max(lengths) > max_samples:
+            raise Data2VecError(f"a sample of {max(lengths)} samples does not fit max_samples={max_samples} "
+                                "(audio.max_batch_samples); raise it above audio.max_sample_size")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        self.lengths = torch.as_tensor(lengths, dtype=torch.long)
+        self.batch_size, self.max_samples, self.seed = batch_size, max_samples, seed
+        self.start_step, self.max_steps = start_step, max_steps
+        self.rank, self.world_size = rank, world_size
+        self._plan_epoch, self._plan = -1, []
+        self.steps_per_epoch = len(self.plan(0))
+
+    def plan(self, epoch: int) -> list[list[int]]:
+        """The batches of `epoch` in step order, each a list of sample indices (the latest epoch is cached)."""
+        if epoch == self._plan_epoch:
+            return self._plan
+        ties = torch.randperm(len(self.lengths), generator=keyed_generator(self.seed, epoch))
+        order = ties[torch.argsort(self.lengths[ties], descending=True, stable=True)].tolist()
+        batches: list[list[int]] = []
+        while order:
+            longest = int(self.lengths[order[0]])
+            room = self.batch_size if not self.max_samples else min(self.batch_size, self.max_samples // longest)
+            batches.append(order[:room])
+            order = order[room:]
+        if len(batches) > 1 and len(batches[-1]) < self.world_size:
+            batches[-2] += batches.pop()
+        shuffle = torch.randperm(len(batches), generator=keyed_generator(self.seed, epoch, 1)).tolist()
+        self._plan_epoch, self._plan = epoch, [batches[i] for i in shuffle]
+        return self._plan
+
+    def batch_at(self, step: int) -> list[tuple[int, int]]:
+        """This rank's share of `step`'s batch as (index, epoch) pairs."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        return [(i, epoch) for i in self.plan(epoch)[pos][self.rank::self.world_size]]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start_step
+        while self.max_steps is None or step < self.max_steps:
+            yield self.batch_at(step)
+            step += 1
+
+    def __len__(self) -> int:
+        if self.max_steps is None:
+            raise TypeError("an endless LengthBucketSampler (max_steps=None) has no length")
+        return max(self.max_steps - self.start_step, 0)

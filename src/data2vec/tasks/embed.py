@@ -34,6 +34,8 @@ def embed(checkpoint: str | Path, inputs: list[str], out: str | Path = "embeddin
     encoder = load(checkpoint)
     if encoder.cfg.modality == "text":
         return _embed_text(encoder, inputs, Path(out), batch_size)
+    if encoder.cfg.modality == "audio":
+        return _embed_audio(encoder, inputs, Path(out), batch_size)
     transform = ImageTransform(size=encoder.cfg.image.image_size, train=False)
     paths = _collect(inputs)
     generator = torch.Generator().manual_seed(0)
@@ -81,4 +83,43 @@ def _embed_text(encoder, inputs: list[str], out: Path, batch_size: int) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, torch.cat(feats).numpy())
     out.with_suffix(".txt").write_text("".join(f"{n}\n" for n in names))
+    return out
+
+
+@torch.no_grad()
+def _embed_audio(encoder, inputs: list[str], out: Path, batch_size: int) -> Path:
+    """Audio files (or folders of them): one embedding per file, the mean over its non-padded frames of the
+    whole file (16 kHz mono, normalised as in training); `out.txt` lists the files in order."""
+    from data2vec.data.audio import AUDIO_EXTENSIONS, AudioCollate, find_audio_files, load_audio, normalize_wave
+
+    cfg = encoder.cfg.audio
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            raise Data2VecError(f"input '{item}' does not exist; give audio files ({' '.join(AUDIO_EXTENSIONS)}) "
+                                "or folders of them")
+        paths += find_audio_files(path) if path.is_dir() else [path]
+    if not paths:
+        raise Data2VecError(f"no audio files ({' '.join(AUDIO_EXTENSIONS)}) in {', '.join(inputs)}")
+    collate = AudioCollate(cfg.conv_kernel, cfg.conv_stride)
+    encoder.eval()
+    feats = []
+    for start in range(0, len(paths), batch_size):
+        items = []
+        for path in paths[start:start + batch_size]:
+            try:
+                wave = torch.from_numpy(load_audio(path, cfg.sample_rate))
+            except Exception as err:  # noqa: BLE001 - any decoder failure is the file's problem
+                raise Data2VecError(f"cannot read audio file '{path}' ({err.__class__.__name__}); remove it or "
+                                    "convert it to WAV/FLAC") from None
+            if wave.numel() < encoder.frontend.receptive_field:
+                raise Data2VecError(f"audio file '{path}' has {wave.numel()} samples at {cfg.sample_rate} Hz, fewer "
+                                    f"than the {encoder.frontend.receptive_field} one frame needs; remove it")
+            items.append({"audio": normalize_wave(wave) if cfg.normalize else wave, "index": 0, "label": -1})
+        batch = collate(items)
+        feats.append(encoder.embed(batch["inputs"], batch["padding_mask"]).float())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, torch.cat(feats).numpy())
+    out.with_suffix(".txt").write_text("".join(f"{p}\n" for p in paths))
     return out
