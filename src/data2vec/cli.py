@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from data2vec.errors import Data2VecError
@@ -78,6 +79,18 @@ def _parser() -> argparse.ArgumentParser:
                                                 "config.json and model.safetensors")
     p.add_argument("--teacher", action="store_true", help="--to-hf: export the EMA teacher instead of the student")
 
+    p = sub.add_parser("finetune", help="fine-tune a pretrained checkpoint as an image or text classifier")
+    p.add_argument("recipe", help="fine-tuning recipe (e.g. image-tiny-ft, text-tiny-ft) or path to a YAML file")
+    p.add_argument("overrides", nargs="*", help="checkpoint=PATH (pretrained run or checkpoint folder), "
+                                                "data.path=TRAIN data.eval_path=VALID, out=..., other key=value")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("evaluate", help="metrics of a fine-tuned checkpoint (accuracy, F1, MCC, top-5)")
+    p.add_argument("checkpoint", help="checkpoint folder or run folder (RUN/best: the best validation checkpoint)")
+    p.add_argument("overrides", nargs="*", help="data=PATH (labelled data; default: the run's validation set), "
+                                                "split=valid|train")
+    p.add_argument("--out", default=None, help="folder for eval.json (default: the checkpoint folder)")
+
     p = sub.add_parser("recipes", help="list the recipes that ship with the package")
     return parser
 
@@ -134,6 +147,30 @@ def run(args: argparse.Namespace) -> int:
             print(f"checkpoint: {from_hf(args.from_hf, args.out)}")
         else:
             print(f"Hugging Face folder: {to_hf(args.to_hf, args.out, 'teacher' if args.teacher else 'student')}")
+    elif args.command == "finetune":
+        from data2vec.config import build_config
+        from data2vec.tasks.finetune import finetune
+
+        overrides = [f"finetune.{o}" if o.startswith("checkpoint=") else o for o in args.overrides]
+        out = finetune(build_config(args.recipe, overrides), progress=not args.no_progress)
+        result = json.loads((out / "results.json").read_text())
+        best, metric = result["best"] or {}, result["metric"]
+        print(f"run folder: {out}   best validation {metric} {best.get(metric, float('nan')):.4f} at step "
+              f"{best.get('step')}: {out / 'best'}")
+    elif args.command == "evaluate":
+        from data2vec.tasks.evaluate import evaluate
+
+        options = {"data": None, "split": "valid"}
+        for item in args.overrides:
+            key, sep, value = item.partition("=")
+            if not sep or key not in options:
+                raise Data2VecError(f"evaluate takes data=PATH and split=valid|train, not '{item}'")
+            options[key] = value
+        if options["split"] not in ("valid", "train"):
+            raise Data2VecError(f"split={options['split']}: use split=valid or split=train")
+        result = evaluate(args.checkpoint, options["data"], options["split"], args.out)
+        shown = "  ".join(f"{k} {result[k]:.4f}" for k in ("accuracy", "top5", "f1", "mcc") if k in result)
+        print(f"{result['samples']} samples of {result['data']} ({result['split']}): {shown}")
     elif args.command == "recipes":
         from data2vec.config import recipe_names
 

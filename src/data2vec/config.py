@@ -167,6 +167,40 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Supervised fine-tuning (`data2vec finetune`; pretraining ignores this section).
+
+    The architecture (model, image, text, audio sections) always comes from `checkpoint`; these keys say how
+    to train on top of it. `data.path` is the labelled training set, `data.eval_path` the validation set
+    (default: the validation split of `data.path`).
+    """
+
+    checkpoint: str = ""  # pretrained checkpoint or run folder (the command line also takes checkpoint=PATH)
+    random_init: bool = False  # keep the checkpoint's architecture, not its weights: the from-scratch baseline
+    head: Literal["linear", "sentence"] = "linear"  # linear on pooled features, or RoBERTa's head on <s> (text)
+    pool: Literal["mean", "cls"] = "mean"  # images: LayerNorm(mean of patches) without final norm (BEiT), or CLS
+    head_dropout: float = 0.0
+    head_init_scale: float = 1.0  # scales the head's initial weights (BEiT: 0.001)
+    layer_decay: float = 1.0  # lr of layer l (0 = embeddings, depth + 1 = head) is lr x decay^(depth + 1 - l)
+    label_smoothing: float = 0.0
+    mixup: float = 0.0  # images: Beta(alpha, alpha) of mixup; 0 turns it off
+    cutmix: float = 0.0  # images: Beta(alpha, alpha) of cutmix; 0 turns it off
+    mix_prob: float = 1.0  # chance that a batch is mixed at all (when mixup or cutmix is on)
+    mix_switch_prob: float = 0.5  # with both on: chance of cutmix rather than mixup for a batch
+    drop_path: Optional[float] = None  # regularisation while fine-tuning; None keeps the checkpoint's value
+    dropout: Optional[float] = None
+    attn_dropout: Optional[float] = None
+    freeze_frontend_steps: int = 0  # the front-end gets no updates for this many steps (-1: never trained)
+    freeze_encoder_steps: int = 0  # only the head trains for this many steps (wav2vec 2.0's frozen start)
+    eval_every: int = 100  # validate every N updates (and at the end); the best checkpoint goes to OUT/best
+    metric: Literal["accuracy", "top5", "f1", "mcc"] = "accuracy"  # what "best" means
+    eval_batch_size: int = 128
+    text_column: str = ""  # text files: column of the (first) sentence; empty: guessed from the header
+    pair_column: str = ""  # text files: column of the second sentence of a pair; empty: guessed, or none
+    label_column: str = ""  # text files: column of the label; empty: guessed (label, gold_label, ...)
+
+
+@dataclass
 class Config:
     """Everything one run needs; saved beside every checkpoint."""
 
@@ -183,6 +217,7 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 def recipe_names() -> list[str]:

@@ -356,16 +356,23 @@ def _resolve(cfg, path: str | None = None) -> tuple[Path, object, dict[str, int]
     else:
         folder = Path(path)
         tok_path = cfg.text.tokenizer or folder / "tokenizer.json"
+    tokenizer, ids = checked_tokenizer(tok_path, cfg.text)
+    return folder, tokenizer, ids
+
+
+def checked_tokenizer(tok_path: str | Path, text_cfg) -> tuple[object, dict[str, int]]:
+    """(tokenizer, special ids) of `tok_path`, checked against the model's `text` settings: the special ids
+    must agree and the vocabulary must fit."""
     tokenizer = load_tokenizer(tok_path)
     ids = special_ids(tokenizer)
     for key, value in ids.items():
-        if getattr(cfg.text, key) != value:
+        if getattr(text_cfg, key) != value:
             raise Data2VecError(f"tokenizer '{tok_path}' has {key}={value} but the config says text.{key}="
-                                f"{getattr(cfg.text, key)}; set text.{key}={value}")
-    if tokenizer.get_vocab_size() > cfg.text.vocab_size:
+                                f"{getattr(text_cfg, key)}; set text.{key}={value}")
+    if tokenizer.get_vocab_size() > text_cfg.vocab_size:
         raise Data2VecError(f"tokenizer '{tok_path}' has {tokenizer.get_vocab_size()} tokens but text.vocab_size="
-                            f"{cfg.text.vocab_size}; set text.vocab_size={tokenizer.get_vocab_size()}")
-    return folder, tokenizer, ids
+                            f"{text_cfg.vocab_size}; set text.vocab_size={tokenizer.get_vocab_size()}")
+    return tokenizer, ids
 
 
 def pretrain_text_dataset(cfg) -> TextBlockDataset:

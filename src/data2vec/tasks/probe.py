@@ -1,70 +1,17 @@
-"""`data2vec probe CHECKPOINT`: what frozen features are worth, by a linear and a kNN classifier.
+"""`data2vec probe CHECKPOINT`: linear and kNN probes of a checkpoint's frozen features.
 
-Features are pooled outputs of the final layer; the linear probe is a multinomial logistic regression on
-standardised features, the kNN probe a cosine-distance vote of the 20 nearest training samples.
+The probes themselves live in :mod:`data2vec.evaluation.probe` (shared by every modality and by the demo);
+this task loads the checkpoint, runs them and writes ``probe.json``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
-import numpy as np
-import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from data2vec.evaluation.probe import extract_features, knn_probe, linear_probe, probe_encoder
 
-from data2vec.config import Config
-from data2vec.data.build import eval_dataset, eval_loader
-from data2vec.errors import Data2VecError
-from data2vec.model import Data2VecEncoder
-
-log = logging.getLogger("data2vec")
-
-
-@torch.no_grad()
-def extract_features(encoder: Data2VecEncoder, cfg: Config, split: str, path: str | None = None,
-                     device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features `[N, D]` and labels `[N]` of a labelled split."""
-    dataset = eval_dataset(cfg, split, path)
-    encoder = encoder.to(device).eval()
-    feats, labels = [], []
-    for batch in eval_loader(dataset):
-        if "inputs" not in batch:
-            continue
-        padding = batch.get("padding_mask")
-        feats.append(encoder.embed(batch["inputs"].to(device),
-                                   padding.to(device) if padding is not None else None).float().cpu())
-        labels.append(batch["label"])
-    x, y = torch.cat(feats).numpy(), torch.cat(labels).numpy()
-    if (y < 0).any():
-        raise Data2VecError(f"probe data '{path or cfg.data.eval_path or cfg.data.path}' has no labels; give a "
-                            "folder with one sub-folder per class (data.eval_path=...)")
-    return x, y
-
-
-def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
-    """Top-1 accuracy of a logistic regression on standardised features."""
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
-    clf.fit(train_x, train_y)
-    return float((clf.predict(test_x) == test_y).mean())
-
-
-def knn_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, k: int = 20) -> float:
-    """Top-1 accuracy of a distance-weighted cosine kNN vote."""
-    clf = KNeighborsClassifier(n_neighbors=min(k, len(train_x)), metric="cosine", weights="distance")
-    clf.fit(train_x, train_y)
-    return float((clf.predict(test_x) == test_y).mean())
-
-
-def probe_encoder(encoder: Data2VecEncoder, cfg: Config, path: str | None = None) -> dict[str, float]:
-    """Linear and kNN accuracy of `encoder`'s frozen features, trained on the train split, scored on test."""
-    train_x, train_y = extract_features(encoder, cfg, "train", path)
-    test_x, test_y = extract_features(encoder, cfg, "test", path)
-    return {"linear": linear_probe(train_x, train_y, test_x, test_y), "knn": knn_probe(train_x, train_y, test_x, test_y)}
+__all__ = ["probe", "probe_encoder", "extract_features", "linear_probe", "knn_probe"]
 
 
 def probe(checkpoint: str | Path, data: str | None = None, out: str | Path | None = None) -> dict[str, float]:

@@ -35,7 +35,7 @@ class MetricsLogger:
     """Appends one JSON object per logged step to `metrics.jsonl` and mirrors scalars to TensorBoard."""
 
     def __init__(self, out: Path, total_steps: int, start_step: int, progress: bool = True,
-                 tensorboard: bool = True) -> None:
+                 tensorboard: bool = True, desc: str = "pretrain") -> None:
         self.path = out / "metrics.jsonl"
         torn = self.path.exists() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
         self.file = open(self.path, "a")
@@ -49,21 +49,24 @@ class MetricsLogger:
                 self.writer = SummaryWriter(str(out / "tensorboard"))
             except ImportError:  # tensorboard is a dependency, but keep training if a user removed it
                 log.warning("tensorboard is not installed; writing metrics.jsonl only")
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", unit="step",
+        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step",
                         disable=not progress, dynamic_ncols=True, file=sys.stderr)
 
     def step(self) -> None:
         self.bar.update(1)
 
-    def log(self, record: dict[str, Any]) -> None:
+    def log(self, record: dict[str, Any], group: str = "train") -> None:
+        """Append `record` (it has a "step"); its numbers go to TensorBoard as `group/key` (e.g. valid/accuracy)."""
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(f"train/{key}", value, record["step"])
-        self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                             ema=f"{record['ema_decay']:.5f}", sps=f"{record['samples_per_s']:.1f}")
+                    self.writer.add_scalar(f"{group}/{key}", value, record["step"])
+        if group == "train":
+            shown = {"loss": ("loss", ".4f"), "lr": ("lr", ".2e"), "ema": ("ema_decay", ".5f"),
+                     "sps": ("samples_per_s", ".1f")}
+            self.bar.set_postfix({name: f"{record[key]:{fmt}}" for name, (key, fmt) in shown.items() if key in record})
 
     def close(self) -> None:
         self.bar.close()

@@ -1,8 +1,10 @@
-"""AdamW with decoupled weight decay, and the cosine learning-rate schedule with linear warm-up."""
+"""AdamW with decoupled weight decay, layer-wise learning-rate decay for fine-tuning, and the cosine
+learning-rate schedule with linear warm-up."""
 
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
@@ -12,22 +14,74 @@ from data2vec.config import TrainConfig
 NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed", "rel_pos", "table")
 
 
+def _decayed(name: str, p: nn.Parameter) -> bool:
+    """Weight matrices are decayed; norms, biases, embeddings, tokens and scales are not."""
+    return not (p.ndim <= 1 or any(key in name for key in NO_DECAY_NAMES))
+
+
 def param_groups(named_params: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
     """Split parameters into decayed (weight matrices) and not decayed (norms, biases, embeddings, scales)."""
     decay, no_decay = [], []
     for name, p in named_params:
         if not p.requires_grad:
             continue
-        if p.ndim <= 1 or any(key in name for key in NO_DECAY_NAMES):
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        (decay if _decayed(name, p) else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def layer_id(name: str, depth: int, per_layer_rel_pos: bool = False) -> int:
+    """Depth of an encoder parameter for layer-wise lr decay (BEiT's numbering): 0 for the front-end
+    (patch / token / feature embeddings, positions, CLS), i + 1 for block i and its own relative position
+    bias, depth + 1 for everything above the blocks (final norm, pooler norm, classifier head) and for a
+    relative position bias shared by all blocks. `name` is relative to the encoder (``frontend.…``,
+    ``encoder.blocks.3.…``) or the head (``head.…``)."""
+    block = re.match(r"encoder\.blocks\.(\d+)\.", name)
+    if block:
+        return int(block.group(1)) + 1
+    rel_pos = re.match(r"frontend\.rel_pos\.(\d+)\.", name)
+    if rel_pos:
+        return int(rel_pos.group(1)) + 1 if per_layer_rel_pos else depth + 1
+    if name.startswith("frontend.") and not name.startswith("frontend.pool_norm."):
+        return 0
+    return depth + 1
+
+
+def layer_decay_groups(named_params: list[tuple[str, nn.Parameter]], weight_decay: float, depth: int,
+                       decay: float, per_layer_rel_pos: bool = False) -> list[dict]:
+    """One optimiser group per (layer, decayed or not), its `lr_scale` = decay^(depth + 1 - layer): the head
+    learns at the full rate and each block below it at `decay` times the rate of the block above, so the
+    pretrained lower layers move least (BEiT / data2vec fine-tuning). :func:`set_lr` applies the scale."""
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in named_params:
+        if not p.requires_grad:
+            continue
+        layer, decayed = layer_id(name, depth, per_layer_rel_pos), _decayed(name, p)
+        group = groups.setdefault((layer, decayed), {"params": [], "weight_decay": weight_decay if decayed else 0.0,
+                                                     "lr_scale": decay ** (depth + 1 - layer), "layer": layer})
+        group["params"].append(p)
+    return [groups[key] for key in sorted(groups)]
+
+
 def build_optimizer(named_params: list[tuple[str, nn.Parameter]], cfg: TrainConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(named_params, cfg.weight_decay), lr=cfg.lr,
-                             betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    """AdamW, fused into one kernel per parameter group where torch has one for the parameters' device.
+
+    The fused update reads and writes each tensor once instead of once per elementwise op, and keeps the
+    step count on the device (no host read per parameter): at ViT-B size on 2 CPU threads it is about 5x
+    faster than the default per-parameter loop (BENCHMARKS.md). It computes the same update up to rounding.
+    """
+    groups = param_groups(named_params, cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                             fused=can_fuse([p for g in groups for p in g["params"]]))
+
+
+def can_fuse(params: list[torch.Tensor]) -> bool:
+    """Whether torch's fused AdamW takes these parameters: plain floating-point tensors (not the DTensors of
+    FSDP) on a device with fused kernels."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    devices = _get_fused_kernels_supported_devices()
+    return bool(params) and all(type(p.data) is torch.Tensor and p.is_floating_point() and p.device.type in devices
+                                for p in params)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -40,5 +94,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's rate to `lr`, times the group's `lr_scale` where it has one (layer-wise decay)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

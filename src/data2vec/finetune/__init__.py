@@ -1,0 +1,1 @@
+"""Supervised fine-tuning of a pretrained encoder: classifier, optimiser groups, mixing, data, the loop."""

@@ -1,0 +1,109 @@
+"""The fine-tuning loop: data, freeze, mix, forward, loss, backward, step, log, validate, save. Nothing hidden.
+
+Like the pretraining loop, everything it needs (model on its device, optimiser, loader positioned at
+`start_step`) is built before it is called. What is random in a step is a function of (seed, step) or of the
+restored RNG state, so a resumed run repeats an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from data2vec.config import Config
+from data2vec.data.seeding import keyed_generator
+from data2vec.errors import Data2VecError
+from data2vec.finetune.classifier import Classifier, apply_freezing
+from data2vec.finetune.mixing import mix_batch, smooth_one_hot
+from data2vec.train.device import autocast
+from data2vec.train.logging import MetricsLogger
+from data2vec.train.loop import Preempted, micro_batches
+from data2vec.train.optim import lr_at, set_lr
+
+log = logging.getLogger("data2vec")
+MIX_KEY = 0x6D6978  # keeps the mixing generator of a step apart from the samples' own generators
+
+
+def finetune_loop(
+    model: Classifier,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[dict[str, Any]],
+    cfg: Config,
+    device: torch.device,
+    start_step: int,
+    save: Callable[[int], None],
+    validate: Callable[[int], None],
+    logger: MetricsLogger | None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Run updates `start_step .. train.max_steps - 1`, one item of `batches` per update; `validate(done)`
+    every `finetune.eval_every` updates and at the end, `save(done)` every `train.save_every` and at the end.
+    A pre-emption signal (`should_stop`) saves and raises :class:`Preempted`."""
+    tc, ft = cfg.train, cfg.finetune
+    num_classes = len(model.labels)
+    mix = cfg.modality == "image" and (ft.mixup > 0 or ft.cutmix > 0)
+    model.train()
+    window = {"loss": torch.zeros((), device=device), "samples": 0, "steps": 0, "start": time.perf_counter()}
+    bad_in_a_row = 0
+    for step, batch in zip(range(start_step, tc.max_steps), batches):
+        lr = lr_at(step, tc)
+        set_lr(optimizer, lr)
+        apply_freezing(model, step, ft)
+        if "inputs" not in batch or batch["inputs"].shape[0] == 0:
+            log.warning("step %d: every sample of the batch was unreadable; skipping the update", step + 1)
+            continue
+        inputs, labels = batch["inputs"].to(device), batch["label"].to(device)
+        padding = batch.get("padding_mask")
+        targets = smooth_one_hot(labels, num_classes, ft.label_smoothing)  # [B, C]
+        if mix:
+            inputs, targets, _ = mix_batch(inputs, targets, keyed_generator(tc.seed, step, MIX_KEY), ft.mixup,
+                                           ft.cutmix, ft.mix_prob, ft.mix_switch_prob)
+        total = inputs.shape[0]
+        chunks = micro_batches(total, cfg)
+        pads = padding.to(device).chunk(chunks) if padding is not None else [None] * chunks
+        loss_sum = torch.zeros((), device=device)
+        for x, t, pad in zip(inputs.chunk(chunks), targets.chunk(chunks), pads):
+            with autocast(device, tc.precision):
+                logits = model(x, pad)
+            loss = F.cross_entropy(logits.float(), t)  # soft targets: smoothing and mixing included
+            share = x.shape[0] / total
+            (loss * share).backward()
+            loss_sum += loss.detach() * share
+        params = [p for p in model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.clip_grad if tc.clip_grad > 0 else math.inf)
+        if tc.skip_nonfinite and not torch.isfinite(grad_norm).item():
+            optimizer.zero_grad(set_to_none=True)
+            bad_in_a_row += 1
+            log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step + 1, bad_in_a_row)
+            if bad_in_a_row >= tc.max_bad_steps:
+                raise Data2VecError(f"{bad_in_a_row} updates in a row had a non-finite loss or gradient; lower "
+                                    "train.lr or use train.precision=fp32")
+            continue
+        bad_in_a_row = 0
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        window["loss"] += loss_sum
+        window["samples"] += total
+        window["steps"] += 1
+        if logger is not None:
+            logger.step()
+        done = step + 1
+        if done % tc.log_every == 0 or done == tc.max_steps:
+            elapsed = time.perf_counter() - window["start"]
+            record = {"step": done, "loss": float(window["loss"]) / max(window["steps"], 1), "lr": lr,
+                      "grad_norm": float(grad_norm), "samples_per_s": window["samples"] / max(elapsed, 1e-9)}
+            if logger is not None:
+                logger.log(record)
+            window.update(loss=torch.zeros((), device=device), samples=0, steps=0, start=time.perf_counter())
+        if (ft.eval_every > 0 and done % ft.eval_every == 0) or done == tc.max_steps:
+            validate(done)
+        stop = should_stop()
+        if done % tc.save_every == 0 or done == tc.max_steps or stop:
+            save(done)
+        if stop and done < tc.max_steps:
+            raise Preempted(done)

@@ -1,0 +1,54 @@
+"""`data2vec evaluate CHECKPOINT [data=PATH]`: the metrics of a fine-tuned classifier on labelled data.
+
+Works on any checkpoint with a classifier head (``head.safetensors``): one written by `data2vec finetune`,
+or a fine-tuned Hugging Face model converted with `data2vec convert --from-hf`. Labels are matched by name
+to the head's labels.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from data2vec.data.image import collate_images
+from data2vec.data.labelled import classification_set
+from data2vec.errors import Data2VecError
+from data2vec.evaluation.classify import evaluate_classifier
+from data2vec.finetune.classifier import Classifier
+from data2vec.nn.heads import load_head
+from data2vec.train.device import resolve_device
+
+
+def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "valid", out: str | Path | None = None,
+             batch_size: int = 128, device: str = "auto") -> dict[str, float]:
+    """Score the checkpoint's classifier on `split` of `data` (default: the run's validation set); writes
+    `eval.json` beside the checkpoint (or into `out`) and returns the metrics."""
+    from data2vec.api import load
+    from data2vec.train.checkpoint import resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint)
+    head = load_head(path)
+    if head is None:
+        raise Data2VecError(f"checkpoint '{path}' has no classifier (head.safetensors); fine-tune it first with "
+                            "`data2vec finetune RECIPE checkpoint=...`, or probe its features with `data2vec probe`")
+    encoder = load(path)
+    cfg = encoder.cfg
+    if cfg.modality == "text" and (path / "tokenizer.json").is_file():
+        cfg.text.tokenizer = str(path / "tokenizer.json")
+    dataset = classification_set(cfg, split, classes=head.labels, path=data)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        collate_fn=getattr(dataset, "collate", collate_images))
+    dev = resolve_device(device)
+    model = Classifier(encoder, head).to(dev)
+    metrics = evaluate_classifier(model, loader, dev)
+    if metrics["samples"] == 0:
+        raise Data2VecError(f"no readable labelled samples in '{data or cfg.data.eval_path or cfg.data.path}'")
+    result = {"checkpoint": str(path), "data": data or cfg.data.eval_path or cfg.data.path, "split": split, **metrics}
+    target = Path(out) if out else path
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "eval.json").write_text(json.dumps(result, indent=1))
+    return result
+
+

@@ -1,0 +1,162 @@
+"""`data2vec finetune RECIPE checkpoint=PATH [key=value ...]`: train a classifier on a pretrained encoder.
+
+A run folder like pretraining's: ``config.yaml`` (the resolved config, architecture from the checkpoint),
+``metrics.jsonl`` (training records, and validation records with ``"split": "valid"``), ``checkpoints/``
+(exact resume with ``resume=auto``), ``best/`` (the checkpoint with the best validation `finetune.metric`)
+and ``results.json``. Each checkpoint holds the encoder as ``student.*`` in ``model.safetensors`` (so
+``data2vec.load`` reads it) and the classifier as ``head.safetensors`` (the Hugging Face head layouts).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+from torch.utils.data import DataLoader
+
+from data2vec.config import Config, save_config
+from data2vec.data.image import collate_images
+from data2vec.data.labelled import classification_set, text_tokenizer
+from data2vec.data.sampler import StepBatchSampler
+from data2vec.errors import Data2VecError
+from data2vec.evaluation.classify import evaluate_classifier
+from data2vec.finetune.classifier import Classifier, load_pretrained, new_head
+from data2vec.finetune.loop import finetune_loop
+from data2vec.finetune.setup import resolve_config, tokenizer_json
+from data2vec.model import Data2VecEncoder
+from data2vec.nn.heads import HEAD_FILE, head_file, load_head
+from data2vec.tasks.pretrain import StopSignal, _resume_path
+from data2vec.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from data2vec.train.device import resolve_device
+from data2vec.train.distributed import DistInfo, full_state
+from data2vec.train.logging import MetricsLogger, setup_logging
+from data2vec.train.loop import Preempted, rng_state, set_rng_state
+from data2vec.train.optim import layer_decay_groups
+
+log = logging.getLogger("data2vec")
+BEST = "best"
+
+
+def finetune(cfg: Config, progress: bool = True) -> Path:
+    """Fine-tune per `cfg` (`finetune.checkpoint` gives the encoder); returns the run folder. Resumes exactly
+    when `cfg.resume` points at a checkpoint of the run (`auto`: the newest)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    setup_logging(out)
+    device = resolve_device(cfg.device)
+    if cfg.train.precision == "fp16":
+        raise Data2VecError("finetune runs in train.precision=fp32 or bf16; fp16 (with its loss scaler) is for "
+                            "pretraining only")
+    resume_from = _resume_path(cfg)
+    if not cfg.finetune.checkpoint and resume_from is None:
+        raise Data2VecError("no checkpoint to fine-tune: give checkpoint=PATH (a pretraining run or checkpoint "
+                            "folder); add finetune.random_init=true for the from-scratch baseline")
+    # The architecture comes from where the weights come from: the run's own checkpoint when resuming.
+    source_dir = resolve_checkpoint(resume_from or cfg.finetune.checkpoint)
+    weights, state, source = load_checkpoint(source_dir, with_state=resume_from is not None)
+    cfg = resolve_config(cfg, source, str(source_dir))
+    tokenizer = None
+    if cfg.modality == "text":
+        (out / "tokenizer.json").write_text(tokenizer_json(cfg.text.tokenizer if resume_from is None else "",
+                                                           source, source_dir))
+        cfg.text.tokenizer = str((out / "tokenizer.json").resolve())
+        tokenizer = text_tokenizer(cfg)
+
+    # Data before the model: a bad path or label fails in a second.
+    train_set = classification_set(cfg, "train", augment=True, tokenizer=tokenizer)
+    classes = train_set.classes
+    if len(classes) < 2:
+        raise Data2VecError(f"the training data '{cfg.data.path}' has {len(classes)} class; a classifier needs at "
+                            "least two")
+    head = load_head(source_dir) if resume_from is not None else None
+    if head is not None and head.labels != classes:
+        raise Data2VecError(f"the classes of '{cfg.data.path}' ({', '.join(classes[:5])}...) differ from those of "
+                            f"the run being resumed ({', '.join(head.labels[:5])}...); resume with the same data")
+    valid_set = classification_set(cfg, "valid", classes=classes, tokenizer=tokenizer)
+    if cfg.finetune.metric == "top5" and len(classes) <= 5:
+        raise Data2VecError(f"finetune.metric=top5 needs more than five classes, the data has {len(classes)}; use "
+                            "accuracy, f1 or mcc")
+    start_step = state["step"] if state else 0
+    sampler = StepBatchSampler(len(train_set), cfg.train.batch_size, cfg.train.seed, start_step=start_step,
+                               max_steps=cfg.train.max_steps)
+    workers = cfg.data.num_workers
+    # The loader's own generator: starting its iterator draws a seed, which must not shift the global RNG
+    # that drop path and dropout use (or a resumed run would drop other paths than an uninterrupted one).
+    loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=getattr(train_set, "collate", collate_images),
+                        num_workers=workers, persistent_workers=workers > 0,
+                        generator=torch.Generator().manual_seed(cfg.train.seed))
+    valid_loader = DataLoader(valid_set, batch_size=cfg.finetune.eval_batch_size, shuffle=False,
+                              collate_fn=getattr(valid_set, "collate", collate_images), generator=torch.Generator())
+
+    torch.manual_seed(cfg.train.seed)
+    encoder = Data2VecEncoder(cfg)
+    if head is None:
+        head = new_head(cfg.finetune.head, cfg.model.dim, classes, cfg.finetune.head_dropout,
+                        cfg.finetune.head_init_scale)
+    if resume_from is not None:
+        encoder.load_state_dict({k[len("student."):]: v for k, v in weights.items() if k.startswith("student.")})
+    elif not cfg.finetune.random_init:
+        load_pretrained(encoder, weights, str(source_dir))
+    model = Classifier(encoder, head).to(device)
+    tc = cfg.train
+    groups = layer_decay_groups(model.named_for_decay(), tc.weight_decay, cfg.model.depth, cfg.finetune.layer_decay,
+                                per_layer_rel_pos=cfg.modality == "image" and cfg.image.rel_pos_bias == "per_layer")
+    optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps)
+    best: dict | None = None
+    if state:
+        # Not strict: parameters frozen so far (or never trained) have no optimiser state yet.
+        set_optimizer_state_dict(model, optimizer, state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True, strict=False))
+        set_rng_state(state["rng"])
+        best = state.get("best")
+        log.info("resumed from %s at step %d", resume_from, start_step)
+    save_config(cfg, out / "config.yaml")
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("fine-tune %s: %s from %s%s, %.2fM parameters, %d classes, %d train / %d validation samples, %d steps",
+             out, cfg.name, cfg.finetune.checkpoint, " (random init)" if cfg.finetune.random_init else "",
+             n_params / 1e6, len(classes), len(train_set), len(valid_set), tc.max_steps)
+    extra = {"tokenizer.json": (out / "tokenizer.json").read_bytes()} if cfg.modality == "text" else {}
+
+    def weights_now() -> dict[str, torch.Tensor]:
+        return {f"student.{k}": v for k, v in model.encoder.state_dict().items()}
+
+    def save(step: int) -> None:
+        _, optim = full_state(model, optimizer)
+        train_state = {"step": step, "optimizer": optim, "rng": rng_state(), "best": best, "world_size": 1}
+        save_checkpoint(out, step, weights_now(), train_state, cfg, tc.keep_last,
+                        extra_files={HEAD_FILE: head_file(model.head), **extra})
+
+    last: dict = {}
+
+    def validate(step: int) -> None:
+        nonlocal best
+        metrics = evaluate_classifier(model, valid_loader, device, tc.precision)
+        last.update(step=step, **metrics)
+        if logger is not None:
+            logger.log({"step": step, "split": "valid", **metrics}, group="valid")
+        log.info("step %d validation: %s", step, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                                               if k != "samples"))
+        if best is None or metrics[cfg.finetune.metric] > best[cfg.finetune.metric]:
+            best = {"step": step, **metrics}
+            save_checkpoint(out / BEST, step, weights_now(), {"step": step, "metrics": metrics}, cfg, keep_last=1,
+                            extra_files={HEAD_FILE: head_file(model.head), **extra})
+
+    logger = MetricsLogger(out, tc.max_steps, start_step, progress=progress, desc="finetune")
+    stop = StopSignal(DistInfo())
+    start = time.perf_counter()
+    try:
+        with stop.installed():
+            finetune_loop(model, optimizer, loader, cfg, device, start_step, save, validate, logger, should_stop=stop)
+    except Preempted as err:
+        log.warning("%s in %s; continue with resume=auto", err, out)
+        raise
+    finally:
+        logger.close()
+    result = {"recipe": cfg.name, "checkpoint": cfg.finetune.checkpoint, "random_init": cfg.finetune.random_init,
+              "metric": cfg.finetune.metric, "classes": classes, "final": last, "best": best, "seconds": round(time.perf_counter() - start, 1)}
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    return out

@@ -1,0 +1,64 @@
+"""Layer-wise learning-rate decay: each parameter's rate against the formula lr x decay^(depth + 1 - layer)."""
+
+import pytest
+import torch
+
+from data2vec.config import build_config
+from data2vec.finetune.classifier import Classifier, new_head
+from data2vec.model import Data2VecEncoder
+from data2vec.train.optim import layer_decay_groups, layer_id, set_lr
+
+
+def tiny_classifier(*extra):
+    cfg = build_config("image-tiny", ["model.dim=16", "model.depth=3", "model.heads=2", "image.image_size=8",
+                                      "image.patch_size=4", "image.pool_norm=true", *extra])
+    return Classifier(Data2VecEncoder(cfg), new_head("linear", 16, ["a", "b"], 0.0)), cfg
+
+
+def test_layer_ids_follow_beit_numbering():
+    depth = 12
+    assert layer_id("frontend.patch_embed.weight", depth) == 0
+    assert layer_id("frontend.cls_token", depth) == 0
+    assert layer_id("frontend.word_embeddings.weight", depth) == 0
+    assert layer_id("encoder.blocks.0.attn.qkv.weight", depth) == 1
+    assert layer_id("encoder.blocks.11.mlp.fc2.bias", depth) == 12
+    assert layer_id("encoder.norm.weight", depth) == 13
+    assert layer_id("frontend.pool_norm.weight", depth) == 13  # the pooler norm sits above the blocks
+    assert layer_id("head.fc.weight", depth) == 13
+    assert layer_id("frontend.rel_pos.0.table", depth) == 13  # shared bias: BEiT puts it at the top
+    assert layer_id("frontend.rel_pos.4.table", depth, per_layer_rel_pos=True) == 5
+
+
+def test_each_parameter_gets_lr_times_decay_to_its_distance_from_the_head():
+    model, cfg = tiny_classifier()
+    lr, decay, depth = 1e-3, 0.5, cfg.model.depth
+    optimizer = torch.optim.AdamW(layer_decay_groups(model.named_for_decay(), 0.05, depth, decay), lr=lr)
+    set_lr(optimizer, lr)
+    rate = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    expected = {  # written out by hand for depth 3: embeddings 0.5^4, block i 0.5^(3 - i), above the blocks 1
+        "encoder.frontend.patch_embed.weight": lr * 0.0625, "encoder.frontend.cls_token": lr * 0.0625,
+        "encoder.encoder.blocks.0.attn.qkv.weight": lr * 0.125, "encoder.encoder.blocks.1.norm1.weight": lr * 0.25,
+        "encoder.encoder.blocks.2.mlp.fc1.weight": lr * 0.5, "encoder.frontend.pool_norm.weight": lr,
+        "head.fc.weight": lr, "head.fc.bias": lr}
+    params = dict(model.named_parameters())
+    for name, want in expected.items():
+        assert rate[id(params[name])] == pytest.approx(want), name
+    trained = [n for n, p in params.items() if n != "encoder.frontend.mask_token"]  # classifying never masks
+    assert sorted(trained) == sorted(n for n, p in params.items() if id(p) in rate)
+
+
+def test_weight_decay_only_on_matrices_and_one_decay_keeps_every_rate():
+    model, cfg = tiny_classifier()
+    groups = layer_decay_groups(model.named_for_decay(), 0.05, cfg.model.depth, 1.0)
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert all(g["lr_scale"] == 1.0 for g in groups)
+    for name, p in model.named_parameters():
+        matrix = p.ndim > 1 and not name.endswith(("cls_token", "mask_token"))
+        assert (id(p) in decayed) == matrix, name
+
+
+def test_set_lr_without_scale_is_unchanged_for_pretraining_groups():
+    p = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([{"params": [p]}], lr=1.0)
+    set_lr(optimizer, 3e-4)
+    assert optimizer.param_groups[0]["lr"] == 3e-4
