@@ -37,6 +37,7 @@ from data2vec.nn.audio import conv_output_length, receptive_field
 log = logging.getLogger("data2vec")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 MAX_NAMED = 20  # skipped files named one by one in the log; the rest only counted
+EVAL_BATCH_SAMPLES = 1_600_000  # padded samples per evaluation batch (100 s at 16 kHz), whatever the recipe
 _NOTIFIED_RATES: set[int] = set()
 
 
@@ -72,13 +73,13 @@ def _skip(skipped: dict[str, list[str]], reason: str, name: str, strict: bool, f
 
 def _report(files: AudioFiles, total: int) -> AudioFiles:
     n = sum(len(v) for v in files.skipped.values())
+    detail = ", ".join(f"{len(v)} {k}" for k, v in files.skipped.items())
     if n:
         named = 0
         for reason, names in files.skipped.items():
             for name in names[: max(MAX_NAMED - named, 0)]:
                 log.warning("skipping audio file %s: %s", name, reason)
             named += len(names)
-        detail = ", ".join(f"{len(v)} {k}" for k, v in files.skipped.items())
         log.warning("skipped %d of %d audio files in %s (%s)", n, total, files.where, detail)
     if not files.paths:
         raise Data2VecError(f"none of the {total} audio files in '{files.where}' is usable ({detail}); check the "
@@ -243,7 +244,8 @@ def normalize_wave(wave: Tensor) -> Tensor:
 class AudioDataset(torch.utils.data.Dataset):
     """Items keyed by (index, epoch), randomness from a generator seeded by (seed, epoch, index).
 
-    An item is ``{"audio": float32 [S], "mask": bool [N] (training), "label": int (-1 unlabelled), "index"}``.
+    An item is ``{"audio": float32 [S], "mask": bool [N] (training; [M, N] for v2 with M clones), "label": int
+    (-1 unlabelled), "index"}``.
     Training crops a random window of at most ``audio.max_sample_size`` samples and draws span masks over its
     frames; evaluation keeps the centred window. An unreadable file gives None with a warning (the collate
     function counts it), or raises Data2VecError under `strict`.
@@ -254,7 +256,9 @@ class AudioDataset(torch.utils.data.Dataset):
         self.audio, self.masking, self.seed = cfg.audio, cfg.masking, cfg.train.seed
         self.min_samples = receptive_field(cfg.audio.conv_kernel, cfg.audio.conv_stride)
         self.collate = AudioCollate(cfg.audio.conv_kernel, cfg.audio.conv_stride)
-        self.max_batch, self.world_size = cfg.train.batch_size, 1
+        self.max_batch = cfg.train.batch_size
+        self.eval_batch_samples = max(EVAL_BATCH_SAMPLES, cfg.audio.max_sample_size)
+        self.clones = cfg.objective.clones if cfg.objective.version == 2 else 0  # v2: masks per utterance
 
     def __len__(self) -> int:
         return len(self.files)
@@ -287,7 +291,9 @@ class AudioDataset(torch.utils.data.Dataset):
         item = {"audio": wave, "index": index, "label": labels[index] if labels is not None else -1}
         if self.train:
             frames = conv_output_length(wave.numel(), self.audio.conv_kernel, self.audio.conv_stride)
-            item["mask"] = span_mask(1, frames, self.masking.span_prob, self.masking.span_length, generator=g)[0]
+            masks = span_mask(max(self.clones, 1), frames, self.masking.span_prob, self.masking.span_length,
+                              generator=g)  # [M, N]
+            item["mask"] = masks if self.clones else masks[0]
         return item
 
     def batch_sampler(self, start_step: int, max_steps: int, rank: int, world_size: int) -> LengthBucketSampler:
@@ -296,10 +302,10 @@ class AudioDataset(torch.utils.data.Dataset):
                                    start_step, max_steps, rank, world_size)
 
     def eval_batches(self, batch_size: int) -> list[list[int]]:
-        """Evaluation batches in length order, at most `batch_size` files and ``audio.max_batch_samples``
-        padded samples each (default: 16 x the crop length), so long files do not exhaust memory."""
+        """Evaluation batches in length order, at most `batch_size` files and `eval_batch_samples` padded
+        samples each, so long files do not exhaust memory (the training budget is for many GPUs)."""
         lengths = self.crop_lengths()
-        budget = self.audio.max_batch_samples or 16 * self.audio.max_sample_size
+        budget = self.eval_batch_samples
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         batches = []
         while order:
@@ -311,7 +317,8 @@ class AudioDataset(torch.utils.data.Dataset):
 
 class AudioCollate:
     """Pads a batch at the end: ``inputs`` float32 ``[B, S]``, ``padding_mask`` bool ``[B, S]`` (True =
-    padding; None when no row is padded), ``mask`` bool ``[B, N]`` over frames (False on padding frames),
+    padding; None when no row is padded), ``mask`` bool ``[B, N]`` (v2: ``[B, M, N]``) over frames (False on
+    padding frames),
     ``label``, ``index`` int64 ``[B]`` and ``skipped`` (unreadable files dropped)."""
 
     def __init__(self, kernels: list[int], strides: list[int]) -> None:
@@ -333,9 +340,10 @@ class AudioCollate:
                      label=torch.tensor([it["label"] for it in kept], dtype=torch.long),
                      index=torch.tensor([it["index"] for it in kept], dtype=torch.long))
         if "mask" in kept[0]:
-            mask = torch.zeros(B, conv_output_length(S, self.kernels, self.strides), dtype=torch.bool)
+            frames = conv_output_length(S, self.kernels, self.strides)
+            mask = torch.zeros(B, *kept[0]["mask"].shape[:-1], frames, dtype=torch.bool)  # [B, N] or [B, M, N]
             for b, it in enumerate(kept):
-                mask[b, : it["mask"].numel()] = it["mask"]
+                mask[b, ..., : it["mask"].shape[-1]] = it["mask"]
             batch["mask"] = mask
         return batch
 

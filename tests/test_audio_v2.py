@@ -1,0 +1,46 @@
+"""data2vec 2.0 on speech: M span masks per utterance over real frames only, visible-only student, one teacher."""
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from data2vec.config import build_config
+from data2vec.data.build import pretrain_loader
+from data2vec.model import Data2Vec
+
+V2 = ["audio.conv_dim=[16,16,16,16,16,16,16]", "model.dim=32", "model.heads=4", "model.depth=2",
+      "objective.top_k=2", "audio.pos_conv_groups=4", "audio.pos_conv_kernel=5", "data.num_workers=0",
+      "objective.version=2", "objective.clones=3", "objective.decoder_dim=16", "objective.decoder_layers=2",
+      "objective.decoder_kernel=3", "objective.decoder_groups=4", "masking.span_prob=0.5",
+      "masking.span_length=2", "train.batch_size=4", "train.max_steps=2"]
+
+
+def test_v2_speech_masks_clones_over_real_frames_and_drops_them(tmp_path):
+    rng = np.random.default_rng(0)
+    for i, n in enumerate((3000, 4200, 5000, 6400)):  # different lengths: the batch is padded
+        sf.write(tmp_path / f"{i}.wav", rng.normal(0, 0.1, n).astype(np.float32), 16000)
+    cfg = build_config("audio-tiny", [*V2, f"data.path={tmp_path}", f"out={tmp_path / 'run'}"])
+    batch = next(iter(pretrain_loader(cfg)))
+    torch.manual_seed(0)
+    model = Data2Vec(cfg)
+    frames = model.student.frontend.num_frames
+    B, M, N = batch["mask"].shape
+    assert M == 3 and N == frames(batch["inputs"].shape[1])
+    real = torch.tensor([frames(int(n)) for n in (~batch["padding_mask"]).sum(1)]) if batch["padding_mask"] \
+        is not None else torch.full((B,), N)
+    assert (real < N).any()  # some rows are padded
+    for b in range(B):
+        assert not batch["mask"][b, :, real[b]:].any()  # padding frames are never masked
+        assert batch["mask"][b, :, : real[b]].any(-1).all()  # every clone masks something
+    assert not torch.equal(batch["mask"][:, 0], batch["mask"][:, 1])  # clones differ
+
+    lengths, teacher_calls = [], []
+    model.student.encoder.register_forward_pre_hook(lambda m, a, k: lengths.append(a[0].shape[1]), with_kwargs=True)
+    model.teacher.register_forward_pre_hook(lambda m, a: teacher_calls.append(1))
+    out = model(batch["inputs"], batch["mask"], batch["padding_mask"])
+    out["loss"].backward()
+    pad_frames = torch.arange(N)[None] >= real[:, None]  # [B, N]
+    visible = (~(batch["mask"] | pad_frames[:, None])).sum(-1)  # [B, M]
+    assert lengths == [int(visible.max())] and teacher_calls == [1]
+    assert torch.isfinite(out["loss"]) and model.decoder.proj_in.weight.grad is not None
+    assert model.student.frontend.masked_spec_embed.grad is None  # v2 drops masked frames: no mask embedding
