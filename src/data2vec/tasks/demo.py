@@ -22,7 +22,8 @@ from data2vec.tasks.probe import linear_probe, probe_encoder
 
 log = logging.getLogger("data2vec")
 RECIPES = {"image": "image-tiny", "text": "text-tiny", "audio": "audio-tiny"}
-RECIPES_V2 = {"image": "image-tiny-v2", "text": "text-tiny-v2", "audio": "audio-tiny-v2"}  # data2vec 2.0: same encoders, cheaper objective
+# data2vec 2.0: the same encoders, the cheaper objective
+RECIPES_V2 = {"image": "image-tiny-v2", "text": "text-tiny-v2", "audio": "audio-tiny-v2"}
 
 
 def _raw_pixels(cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
