@@ -58,7 +58,8 @@ def test_evaluate_reports_the_best_checkpoints_metrics(finetuned, tmp_path, caps
     got = evaluate(finetuned / "best", out=tmp_path)
     for key in ("accuracy", "f1", "mcc", "top5"):
         assert got[key] == pytest.approx(best[key], abs=1e-6), key
-    assert main(["evaluate", str(finetuned / "best"), "data=builtin:digits", "split=train", "--out", str(tmp_path)]) == 0
+    argv = ["evaluate", str(finetuned / "best"), "data=builtin:digits", "split=train", "--out", str(tmp_path)]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "accuracy" in out and "top5" in out and json.loads((tmp_path / "eval.json").read_text())["samples"] == 1347
 
@@ -199,3 +200,59 @@ def test_text_checkpoint_with_an_image_recipe_or_bad_labels_is_a_one_line_error(
     assert main(["finetune", "text-tiny-ft", f"checkpoint={pre}", f"out={tmp_path / 'b'}", f"data.path={bad}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "dev.tsv:2: label 'maybe'" in err
+
+
+# ---------------------------------------------------------------------------------------------------- speech
+
+AUDIO = ["audio.conv_dim=[16,16,16,16,16,16,16]", "model.dim=32", "model.heads=4", "model.depth=2",
+         "objective.top_k=2", "audio.pos_conv_groups=4", "audio.pos_conv_kernel=5", "data.num_workers=0"]
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    """Two 'words' (a high and a low tone of varying length) in train/WORD and test/WORD, and a tiny
+    pretrained speech model."""
+    import numpy as np
+    import soundfile as sf
+
+    root = tmp_path_factory.mktemp("speech")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 4)):
+        for word, hz in (("hi", 880.0), ("lo", 220.0)):
+            (root / "words" / split / word).mkdir(parents=True)
+            for i in range(n):
+                t = np.arange(int(16000 * rng.uniform(0.4, 0.8))) / 16000
+                wave = 0.5 * np.sin(2 * np.pi * hz * t) + 0.05 * rng.standard_normal(t.size)
+                sf.write(root / "words" / split / word / f"{i}.wav", wave.astype(np.float32), 16000)
+    pre = pretrain(build_config("audio-tiny", [*AUDIO, f"data.path={root / 'words'}", "train.batch_size=8",
+                                               "train.max_steps=3", f"out={root / 'pre'}"]), progress=False)
+    return pre, root / "words"
+
+
+def test_ctc_fine_tuning_transcribes_with_a_frozen_feature_encoder(speech, tmp_path):
+    pre, words = speech
+    run = finetune(build_config("audio-tiny-ctc", [
+        f"finetune.checkpoint={pre}", f"data.path={words}", f"out={tmp_path / 'ctc'}", "train.batch_size=8",
+        "train.max_steps=30", "train.warmup_steps=3", "train.log_every=1", "finetune.freeze_encoder_steps=5",
+        "finetune.eval_every=15"]), progress=False)
+    result = json.loads((run / "results.json").read_text())
+    assert result["metric"] == "wer" and {"wer", "cer"} <= set(result["best"]) and result["classes"][0] == "<blank>"
+    losses = [r["loss"] for r in rows(run)]
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5]), losses  # CTC learns (measured: about 0.35x)
+    got = evaluate(run / "best", out=tmp_path)
+    assert got["wer"] == pytest.approx(result["best"]["wer"]) and got["samples"] == 8
+    start, end = data2vec.load(pre).state_dict(), data2vec.load(run).state_dict()
+    convs = [k for k in start if k.startswith("frontend.feature_extractor.")]
+    assert convs and all(torch.equal(start[k], end[k]) for k in convs)  # never trained (freeze_frontend_steps=-1)
+    assert not torch.equal(start["encoder.blocks.0.attn.qkv.weight"], end["encoder.blocks.0.attn.qkv.weight"])
+
+
+def test_spoken_word_classification_and_task_metric_mismatch(speech, tmp_path, capsys):
+    pre, words = speech
+    run = finetune(build_config("audio-tiny-cls", [
+        f"finetune.checkpoint={pre}", f"data.path={words}", f"out={tmp_path / 'cls'}", "train.batch_size=8",
+        "train.max_steps=4", "finetune.eval_every=2"]), progress=False)
+    assert load_head(run).labels == ["hi", "lo"] and evaluate(run / "best")["samples"] == 8
+    assert main(["finetune", "audio-tiny-ctc", f"checkpoint={pre}", f"data.path={words}", f"out={tmp_path / 'x'}",
+                 "finetune.metric=accuracy"]) == 2
+    assert "does not score finetune.task=ctc" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from data2vec.config import build_config
-from data2vec.data.labelled import TextClassificationSet, classification_set, read_text_rows, sort_labels, text_file
+from data2vec.data.labelled import TextClassificationSet, labelled_set, read_text_rows, sort_labels, text_file
 from data2vec.data.text import special_ids, train_tokenizer
 from data2vec.errors import Data2VecError
 
@@ -108,13 +108,13 @@ def test_image_folders_need_classes_and_validation_classes_follow_training(tmp_p
             (tmp_path / split / c).mkdir(parents=True)
             Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / split / c / "0.png")
     cfg = build_config("image-tiny-ft", ["image.image_size=8", "image.patch_size=4", f"data.path={tmp_path}"])
-    train = classification_set(cfg, "train")
-    valid = classification_set(cfg, "valid", classes=train.classes)
+    train = labelled_set(cfg, "train")
+    valid = labelled_set(cfg, "valid", classes=train.classes)
     assert train.classes == ["cat", "dog"] and valid[0]["label"] == 1  # "dog" keeps its training number
     loose = tmp_path / "loose"
     loose.mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(loose / "0.png")
     with pytest.raises(Data2VecError, match="no labels"):
-        classification_set(build_config("image-tiny-ft", [f"data.path={loose}", f"data.eval_path={loose}"]), "train")
+        labelled_set(build_config("image-tiny-ft", [f"data.path={loose}", f"data.eval_path={loose}"]), "train")
     with pytest.raises(Data2VecError, match="data.eval_path"):
-        classification_set(build_config("image-tiny-ft", [f"data.path={loose}"]), "valid")
+        labelled_set(build_config("image-tiny-ft", [f"data.path={loose}"]), "valid")

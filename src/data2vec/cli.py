@@ -79,13 +79,13 @@ def _parser() -> argparse.ArgumentParser:
                                                 "config.json and model.safetensors")
     p.add_argument("--teacher", action="store_true", help="--to-hf: export the EMA teacher instead of the student")
 
-    p = sub.add_parser("finetune", help="fine-tune a pretrained checkpoint as an image or text classifier")
-    p.add_argument("recipe", help="fine-tuning recipe (e.g. image-tiny-ft, text-tiny-ft) or path to a YAML file")
+    p = sub.add_parser("finetune", help="fine-tune a pretrained checkpoint: a classifier, or CTC speech recognition")
+    p.add_argument("recipe", help="fine-tuning recipe (image-tiny-ft, text-tiny-ft, audio-tiny-ctc, ...) or YAML path")
     p.add_argument("overrides", nargs="*", help="checkpoint=PATH (pretrained run or checkpoint folder), "
                                                 "data.path=TRAIN data.eval_path=VALID, out=..., other key=value")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("evaluate", help="metrics of a fine-tuned checkpoint (accuracy, F1, MCC, top-5)")
+    p = sub.add_parser("evaluate", help="metrics of a fine-tuned checkpoint (accuracy, F1, MCC, top-5; WER, CER)")
     p.add_argument("checkpoint", help="checkpoint folder or run folder (RUN/best: the best validation checkpoint)")
     p.add_argument("overrides", nargs="*", help="data=PATH (labelled data; default: the run's validation set), "
                                                 "split=valid|train")
@@ -169,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
         if options["split"] not in ("valid", "train"):
             raise Data2VecError(f"split={options['split']}: use split=valid or split=train")
         result = evaluate(args.checkpoint, options["data"], options["split"], args.out)
-        shown = "  ".join(f"{k} {result[k]:.4f}" for k in ("accuracy", "top5", "f1", "mcc") if k in result)
+        shown = "  ".join(f"{k} {result[k]:.4f}" for k in ("accuracy", "top5", "f1", "mcc", "wer", "cer")
+                          if k in result)
         print(f"{result['samples']} samples of {result['data']} ({result['split']}): {shown}")
     elif args.command == "recipes":
         from data2vec.config import recipe_names

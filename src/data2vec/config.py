@@ -177,6 +177,7 @@ class FinetuneConfig:
 
     checkpoint: str = ""  # pretrained checkpoint or run folder (the command line also takes checkpoint=PATH)
     random_init: bool = False  # keep the checkpoint's architecture, not its weights: the from-scratch baseline
+    task: Literal["classify", "ctc"] = "classify"  # ctc: speech recognition on characters (a linear head per frame)
     head: Literal["linear", "sentence"] = "linear"  # linear on pooled features, or RoBERTa's head on <s> (text)
     pool: Literal["mean", "cls"] = "mean"  # images: LayerNorm(mean of patches) without final norm (BEiT), or CLS
     head_dropout: float = 0.0
@@ -190,10 +191,10 @@ class FinetuneConfig:
     drop_path: Optional[float] = None  # regularisation while fine-tuning; None keeps the checkpoint's value
     dropout: Optional[float] = None
     attn_dropout: Optional[float] = None
-    freeze_frontend_steps: int = 0  # the front-end gets no updates for this many steps (-1: never trained)
+    freeze_frontend_steps: int = 0  # the front-end (speech: its conv feature encoder) is frozen this long (-1: always)
     freeze_encoder_steps: int = 0  # only the head trains for this many steps (wav2vec 2.0's frozen start)
     eval_every: int = 100  # validate every N updates (and at the end); the best checkpoint goes to OUT/best
-    metric: Literal["accuracy", "top5", "f1", "mcc"] = "accuracy"  # what "best" means
+    metric: Literal["accuracy", "top5", "f1", "mcc", "wer", "cer"] = "accuracy"  # what "best" means (ctc: wer)
     eval_batch_size: int = 128
     text_column: str = ""  # text files: column of the (first) sentence; empty: guessed from the header
     pair_column: str = ""  # text files: column of the second sentence of a pair; empty: guessed, or none

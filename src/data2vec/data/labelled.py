@@ -1,11 +1,14 @@
-"""Labelled sets for fine-tuning and evaluation: image classes, and text sentences or sentence pairs.
+"""Labelled sets for fine-tuning and evaluation: image classes, text sentences or sentence pairs, and speech
+(utterance classes, or transcripts for CTC).
 
 Images come from `builtin:digits` or a folder with one sub-folder per class (`train/` and `val/` or `test/`
 sub-folders give the splits). Text comes from a built-in labelled set (`builtin:pydocs`), or from GLUE-style
 files: TSV (GLUE's own files, read without quoting), CSV or JSON lines, with a header row naming the columns
 (`sentence`, `sentence1` / `sentence2`, `question` / `sentence`, `label`, ...), or a header-less TSV of
-``label<TAB>text[<TAB>text2]``. Labels are names: the sorted labels of the training split are the classes, so
-every split (and a later evaluation) numbers them alike.
+``label<TAB>text[<TAB>text2]``. Speech comes from the sources of :mod:`data2vec.data.audio`; its classes are
+class sub-folders or a manifest's label column, and its transcripts (CTC) a manifest's ``.wrd`` / ``.ltr``
+file or third column, or the word sub-folders of `builtin:spoken-words`. Labels are names: the sorted labels
+of the training split are the classes, so every split (and a later evaluation) numbers them alike.
 
 Items are keyed by (index, epoch) like the pretraining sets, so augmentation is a function of the sample,
 and the step sampler gives exact resumes.
@@ -26,6 +29,7 @@ from data2vec.data.builtin import resolve_image_source
 from data2vec.data.image import ImageDataset, ImageSource, ImageTransform
 from data2vec.data.text import checked_tokenizer, make_collate
 from data2vec.errors import Data2VecError
+from data2vec.finetune.ctc import char_vocabulary
 
 log = logging.getLogger("data2vec")
 SPLITS = ("train", "valid")
@@ -305,13 +309,18 @@ def image_source_path(cfg: Config, split: str, path: str | None = None) -> tuple
     return root, "test"
 
 
-def classification_set(cfg: Config, split: str, classes: list[str] | None = None, path: str | None = None,
-                       augment: bool = False, tokenizer=None):
-    """The labelled `split` ("train" or "valid") for `cfg`'s modality. `classes` (the training split's) numbers
-    the labels; None reads them from this split. `augment`: the training transform (images). Text needs the
-    model's `tokenizer` and its ids, as returned by :func:`text_tokenizer`."""
+def labelled_set(cfg: Config, split: str, classes: list[str] | None = None, path: str | None = None,
+                 augment: bool = False, tokenizer=None):
+    """The labelled `split` ("train" or "valid") for `cfg`'s modality and `finetune.task`. `classes` (the
+    training split's classes, or for CTC its character vocabulary) numbers the labels; None reads them from
+    this split. `augment`: the training transform (image crops, speech crops and masks). Text needs the
+    model's `tokenizer` and its ids, as returned by :func:`text_tokenizer`. The set has `classes` and
+    `collate`; speech sets also `batch_sampler` and `eval_batches` (batches of similar length)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if cfg.finetune.task == "ctc" and cfg.modality != "audio":
+        raise Data2VecError(f"finetune.task=ctc is speech recognition; this is a {cfg.modality} model, use "
+                            "finetune.task=classify")
     if cfg.modality == "text":
         tok, ids = tokenizer if tokenizer is not None else text_tokenizer(cfg)
         where = path or (cfg.data.path if split == "train" else cfg.data.eval_path)
@@ -325,8 +334,8 @@ def classification_set(cfg: Config, split: str, classes: list[str] | None = None
             rows = [TextRow(r.text, r.pair, classes[int(r.label)], r.line) for r in rows]
         classes = classes or sort_labels({r.label for r in rows})
         return TextClassificationSet(rows, classes, tok, cfg.text.block_size, ids, str(file))
-    if cfg.modality != "image":
-        raise Data2VecError(f"fine-tuning a '{cfg.modality}' model is not supported yet; image and text are")
+    if cfg.modality == "audio":
+        return _audio_set(cfg, split, classes, path, augment)
     where, which = image_source_path(cfg, split, path)
     source = resolve_image_source(where, which, cfg.data.strict)
     relabelled = _Relabelled(source, classes or list(source.classes), where)
@@ -338,3 +347,116 @@ def classification_set(cfg: Config, split: str, classes: list[str] | None = None
     dataset = ImageDataset(relabelled, transform, seed=cfg.train.seed, strict=cfg.data.strict)
     dataset.classes = relabelled.classes
     return dataset
+
+
+# ----------------------------------------------------------------------------------------------- speech
+
+def _audio_set(cfg: Config, split: str, classes: list[str] | None, path: str | None, augment: bool):
+    from data2vec.data.audio import AudioDataset, _min_samples, resolve_audio_files
+
+    where = path or (cfg.data.path if split == "train" else cfg.data.eval_path)
+    if where is None:
+        where = cfg.data.path
+        root = Path(where)
+        if not where.startswith("builtin:") and not ((root / "train").is_dir() or (root / "train.tsv").is_file()):
+            raise Data2VecError(f"data.path '{where}' has no train/ and test/ (or train.tsv and valid.tsv), so there "
+                                "is no validation split; set data.eval_path=... to labelled validation audio")
+    files = resolve_audio_files(where, "train" if split == "train" else "test", _min_samples(cfg, augment),
+                                cfg.audio.sample_rate, cfg.data.strict)
+    if cfg.finetune.task == "ctc":
+        texts = audio_transcripts(files)
+        vocab = classes or char_vocabulary(texts)
+        return TranscribedAudio(AudioDataset(files, cfg, train=augment), texts, vocab)
+    if files.labels is None:
+        raise Data2VecError(f"audio in '{files.where}' has no labels; put each file in a sub-folder named for its "
+                            "class, or give a manifest with a label column")
+    classes = classes or list(files.classes)
+    lookup = {c: i for i, c in enumerate(classes)}
+    names = [files.classes[y] if y >= 0 else None for y in files.labels]
+    unknown = sorted({n for n in names if n not in lookup}, key=str)
+    if unknown:
+        raise Data2VecError(f"'{files.where}' has classes the training data lacks ({', '.join(map(str, unknown[:5]))})"
+                            "; use the same classes in every split")
+    files.labels, files.classes = [lookup[n] for n in names], classes
+    dataset = AudioDataset(files, cfg, train=augment)
+    dataset.classes = classes
+    return dataset
+
+
+def audio_transcripts(files) -> list[str]:
+    """The transcript of each file: from a manifest's ``.wrd`` (or ``.ltr``) file of the same name, one line
+    per manifest line (fairseq's layout), or its third column; for a folder with one sub-folder per word (such
+    as `builtin:spoken-words`), the sub-folder name."""
+    from data2vec.finetune.ctc import letters_to_words, normalize_transcript
+
+    source = Path(files.where)
+    if source.is_file():
+        lines = source.read_text(encoding="utf-8", errors="replace").splitlines()
+        root = Path(lines[0].strip())
+        rows = [line.split("\t") for line in lines[1:] if line.strip()]
+        texts = None
+        for suffix, convert in ((".wrd", normalize_transcript), (".ltr", letters_to_words)):
+            paired = source.with_suffix(suffix)
+            if paired.is_file():
+                given = paired.read_text(encoding="utf-8", errors="replace").splitlines()
+                if len(given) != len(rows):
+                    raise Data2VecError(f"'{paired}' has {len(given)} lines but '{source}' lists {len(rows)} files; "
+                                        "it needs one transcript line per manifest line")
+                texts = [convert(t) for t in given]
+                break
+        if texts is None:
+            if not all(len(r) > 2 for r in rows):
+                raise Data2VecError(f"no transcripts for '{source}': put {source.with_suffix('.wrd').name} (words) or "
+                                    f"{source.with_suffix('.ltr').name} (letters) beside it, or add a third column")
+            texts = [normalize_transcript(r[2]) for r in rows]
+        by_path = {root / r[0]: t for r, t in zip(rows, texts)}
+        return [by_path[p] for p in files.paths]
+    parts = [p.relative_to(source).parts for p in files.paths]
+    if not all(len(p) > 1 for p in parts):
+        raise Data2VecError(f"no transcripts for the audio in '{source}': use a folder with one sub-folder per word "
+                            "(the word is the transcript) or a fairseq manifest with a .wrd or .ltr file")
+    return [normalize_transcript(p[0].replace("_", " ")) for p in parts]
+
+
+class TranscribedAudio:
+    """Speech with transcripts for CTC: each item of `dataset` gains ``target`` (token ids) and ``text``; a
+    batch gains ``targets`` int `[B, L]` (padded with 0), ``target_lengths`` `[B]` and ``texts``."""
+
+    def __init__(self, dataset, texts: list[str], vocab: list[str]) -> None:
+        from data2vec.finetune.ctc import encode
+
+        self.dataset, self.texts, self.classes = dataset, texts, vocab
+        self.targets = [torch.tensor(encode(t, vocab), dtype=torch.long) for t in texts]
+        self.collate = _TranscriptCollate(dataset.collate)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
+        item = self.dataset[key]
+        if item is not None:
+            item["target"], item["text"] = self.targets[item["index"]], self.texts[item["index"]]
+        return item
+
+    def batch_sampler(self, *args, **kwargs):
+        return self.dataset.batch_sampler(*args, **kwargs)
+
+    def eval_batches(self, batch_size: int) -> list[list[int]]:
+        return self.dataset.eval_batches(batch_size)
+
+
+class _TranscriptCollate:
+    def __init__(self, base) -> None:
+        self.base = base
+
+    def __call__(self, items: list[dict | None]) -> dict:
+        batch = self.base(items)
+        kept = [it for it in items if it is not None]
+        if kept:
+            lengths = [len(it["target"]) for it in kept]
+            targets = torch.zeros(len(kept), max(max(lengths), 1), dtype=torch.long)
+            for b, it in enumerate(kept):
+                targets[b, : lengths[b]] = it["target"]
+            batch.update(targets=targets, target_lengths=torch.tensor(lengths, dtype=torch.long),
+                         texts=[it["text"] for it in kept])
+        return batch

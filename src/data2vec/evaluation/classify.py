@@ -1,4 +1,5 @@
-"""Scoring a classifier on a labelled set: logits of every sample, then the metrics of `metrics.py`."""
+"""Scoring a fine-tuned model on a labelled set: classifier metrics from logits, or word and character error
+rates of greedy CTC transcripts."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ from torch import Tensor, nn
 
 from data2vec.evaluation.metrics import classification_metrics
 from data2vec.train.device import autocast
+
+LOWER_IS_BETTER = ("wer", "cer")
+
+
+def better(metric: str, value: float, best: float | None) -> bool:
+    """Whether `value` of `metric` beats `best` (None: nothing yet); error rates improve downwards."""
+    if best is None:
+        return True
+    return value < best if metric in LOWER_IS_BETTER else value > best
 
 
 @torch.no_grad()
@@ -40,3 +50,34 @@ def evaluate_classifier(model: nn.Module, batches: Iterable[dict], device: torch
     if labels.numel() == 0:
         return {"samples": 0}
     return {**classification_metrics(logits, labels), "samples": int(labels.numel())}
+
+
+@torch.no_grad()
+def transcribe(model: nn.Module, batches: Iterable[dict], device: torch.device, vocab: list[str],
+               precision: str = "fp32") -> tuple[list[str], list[str]]:
+    """(greedy CTC transcripts, reference transcripts) of every utterance in `batches`."""
+    from data2vec.finetune.ctc import decode, greedy_decode
+
+    was_training = model.training
+    model.eval()
+    hyps, refs = [], []
+    for batch in batches:
+        if "inputs" not in batch:
+            continue
+        padding = batch.get("padding_mask")
+        with autocast(device, precision):
+            logits, frames = model.run(batch["inputs"].to(device), padding.to(device) if padding is not None else None)
+        hyps += [decode(ids, vocab) for ids in greedy_decode(logits.float().cpu(),
+                                                             frames.cpu() if frames is not None else None)]
+        refs += batch["texts"]
+    model.train(was_training)
+    return hyps, refs
+
+
+def evaluate_ctc(model: nn.Module, batches: Iterable[dict], device: torch.device, vocab: list[str],
+                 precision: str = "fp32") -> dict[str, float]:
+    """Corpus WER and CER of greedy transcripts, plus the utterance count."""
+    from data2vec.finetune.ctc import error_rates
+
+    hyps, refs = transcribe(model, batches, device, vocab, precision)
+    return {**error_rates(hyps, refs), "samples": len(refs)}

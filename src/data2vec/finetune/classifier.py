@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from data2vec.config import FinetuneConfig
 from data2vec.errors import Data2VecError
 from data2vec.model import Data2VecEncoder
-from data2vec.nn.heads import HEADS, LinearClassifier, SentenceClassifier
+from data2vec.nn.heads import HEADS, CTCHead, LinearClassifier, SentenceClassifier
 from data2vec.train.optim import layer_id
 
 log = logging.getLogger("data2vec")
@@ -29,7 +29,7 @@ NOT_TRAINED = ("frontend.mask_token",)  # classification never masks its input, 
 class Classifier(nn.Module):
     """Logits `[B, C]` of inputs: the encoder's last layer, its front-end's pooling, then the head."""
 
-    def __init__(self, encoder: Data2VecEncoder, head: LinearClassifier | SentenceClassifier) -> None:
+    def __init__(self, encoder: Data2VecEncoder, head: LinearClassifier | SentenceClassifier | CTCHead) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
@@ -41,10 +41,17 @@ class Classifier(nn.Module):
     def labels(self) -> list[str]:
         return self.head.labels
 
-    def forward(self, inputs: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        out = self.encoder(inputs, padding_mask=padding_mask)
+    def forward(self, inputs: Tensor, padding_mask: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """Logits: `[B, C]` for a classifier, `[B, T, V]` per frame for CTC. `mask` `[B, N]` (True = masked)
+        replaces tokens by the mask embedding, as wav2vec 2.0 fine-tuning does for speech."""
+        return self.run(inputs, padding_mask, mask)[0]
+
+    def run(self, inputs: Tensor, padding_mask: Tensor | None = None, mask: Tensor | None = None
+            ) -> tuple[Tensor, Tensor | None]:
+        """(logits, token padding mask `[B, T]` or None): CTC needs to know which frames are real."""
+        out = self.encoder(inputs, mask=mask, padding_mask=padding_mask)
         pooled = self.encoder.frontend.pool(out.last_hidden_state, out.padding_mask)  # [B, D]
-        return self.head(out.last_hidden_state, pooled)
+        return self.head(out.last_hidden_state, pooled), out.padding_mask
 
     def named_for_decay(self) -> list[tuple[str, nn.Parameter]]:
         """Parameters named as :func:`data2vec.train.optim.layer_id` expects (encoder-relative, or head.*)."""
@@ -52,7 +59,7 @@ class Classifier(nn.Module):
 
 
 def new_head(kind: str, dim: int, labels: list[str], dropout: float, init_scale: float = 1.0
-             ) -> LinearClassifier | SentenceClassifier:
+             ) -> LinearClassifier | SentenceClassifier | CTCHead:
     """A freshly initialised head: truncated normal (std 0.02) weights, the output layer's scaled by
     `init_scale` (BEiT starts its classifier near zero with 0.001), zero biases."""
     head = HEADS[kind](dim, len(labels), dropout, labels)
@@ -86,19 +93,24 @@ def load_pretrained(encoder: Data2VecEncoder, weights: dict[str, Tensor], source
                  ", ".join(sorted(unused)) or "none")
 
 
-def frozen(name: str, step: int, depth: int, ft: FinetuneConfig) -> bool:
+def frozen(name: str, step: int, depth: int, ft: FinetuneConfig, feature_encoder: bool = False) -> bool:
     """Whether encoder parameter `name` (encoder-relative) gets no update at update `step` (0-based): all of
-    them during the first `freeze_encoder_steps`, the front-end (layer 0) during `freeze_frontend_steps`
-    (always when -1)."""
+    them during the first `freeze_encoder_steps`; during `freeze_frontend_steps` (always when -1) the
+    front-end's feature encoder when it has one (speech: ``frontend.feature_extractor``, the convolutions
+    wav2vec 2.0 and data2vec keep fixed), else the whole front-end (layer 0: patch or token embeddings)."""
     if step < ft.freeze_encoder_steps:
         return True
-    front = ft.freeze_frontend_steps < 0 or step < ft.freeze_frontend_steps
-    return front and layer_id(name, depth) == 0
+    if not (ft.freeze_frontend_steps < 0 or step < ft.freeze_frontend_steps):
+        return False
+    if feature_encoder:
+        return name.startswith("frontend.feature_extractor.")
+    return layer_id(name, depth) == 0
 
 
 def apply_freezing(model: Classifier, step: int, ft: FinetuneConfig) -> None:
     """Set `requires_grad` of the encoder's parameters for update `step`. A frozen parameter gets no gradient,
     so AdamW skips it entirely: no moment update and no weight decay."""
     depth = len(model.encoder.encoder.blocks)
+    features = hasattr(model.encoder.frontend, "feature_extractor")
     for name, p in model.encoder.named_parameters():
-        p.requires_grad_(name not in NOT_TRAINED and not frozen(name, step, depth, ft))
+        p.requires_grad_(name not in NOT_TRAINED and not frozen(name, step, depth, ft, features))

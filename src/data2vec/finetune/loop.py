@@ -1,5 +1,8 @@
 """The fine-tuning loop: data, freeze, mix, forward, loss, backward, step, log, validate, save. Nothing hidden.
 
+The loss is cross-entropy against soft targets (label smoothing, mixup and cutmix folded in) for a
+classifier, or CTC against character targets for speech recognition (`finetune.task`).
+
 Like the pretraining loop, everything it needs (model on its device, optimiser, loader positioned at
 `start_step`) is built before it is called. What is random in a step is a function of (seed, step) or of the
 restored RNG state, so a resumed run repeats an uninterrupted one exactly.
@@ -19,6 +22,7 @@ from data2vec.config import Config
 from data2vec.data.seeding import keyed_generator
 from data2vec.errors import Data2VecError
 from data2vec.finetune.classifier import Classifier, apply_freezing
+from data2vec.finetune.ctc import ctc_loss
 from data2vec.finetune.mixing import mix_batch, smooth_one_hot
 from data2vec.train.device import autocast
 from data2vec.train.logging import MetricsLogger
@@ -57,21 +61,25 @@ def finetune_loop(
         if "inputs" not in batch or batch["inputs"].shape[0] == 0:
             log.warning("step %d: every sample of the batch was unreadable; skipping the update", step + 1)
             continue
-        inputs, labels = batch["inputs"].to(device), batch["label"].to(device)
-        padding = batch.get("padding_mask")
-        targets = smooth_one_hot(labels, num_classes, ft.label_smoothing)  # [B, C]
+        batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        if ft.task == "classify":
+            batch["soft"] = smooth_one_hot(batch["label"], num_classes, ft.label_smoothing)  # [B, C]
         if mix:
-            inputs, targets, _ = mix_batch(inputs, targets, keyed_generator(tc.seed, step, MIX_KEY), ft.mixup,
-                                           ft.cutmix, ft.mix_prob, ft.mix_switch_prob)
-        total = inputs.shape[0]
+            batch["inputs"], batch["soft"], _ = mix_batch(batch["inputs"], batch["soft"],
+                                                          keyed_generator(tc.seed, step, MIX_KEY), ft.mixup,
+                                                          ft.cutmix, ft.mix_prob, ft.mix_switch_prob)
+        total = batch["inputs"].shape[0]
         chunks = micro_batches(total, cfg)
-        pads = padding.to(device).chunk(chunks) if padding is not None else [None] * chunks
+        pieces = [dict(zip(batch, values)) for values in zip(*(v.chunk(chunks) for v in batch.values()))]
         loss_sum = torch.zeros((), device=device)
-        for x, t, pad in zip(inputs.chunk(chunks), targets.chunk(chunks), pads):
+        for piece in pieces:
             with autocast(device, tc.precision):
-                logits = model(x, pad)
-            loss = F.cross_entropy(logits.float(), t)  # soft targets: smoothing and mixing included
-            share = x.shape[0] / total
+                logits, frames = model.run(piece["inputs"], piece.get("padding_mask"), piece.get("mask"))
+            if ft.task == "ctc":
+                loss = ctc_loss(logits, frames, piece["targets"], piece["target_lengths"])
+            else:  # soft targets: smoothing and mixing included
+                loss = F.cross_entropy(logits.float(), piece["soft"])
+            share = piece["inputs"].shape[0] / total
             (loss * share).backward()
             loss_sum += loss.detach() * share
         params = [p for p in model.parameters() if p.requires_grad]

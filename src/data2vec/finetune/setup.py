@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from data2vec.config import Config
+from data2vec.config import AudioConfig, Config
 from data2vec.errors import Data2VecError
 
 ARCH_SECTIONS = ("model", "image", "text", "audio")  # what the weights fix; the recipe cannot change them
+AUDIO_DATA_KEYS = ("max_sample_size", "min_sample_size", "max_batch_samples")  # audio.* keys about data, not weights
+CTC_MIN_CROP_SECONDS = 35  # LibriSpeech's longest utterance: a transcribed utterance must never be cut
 
 
 def resolve_config(cfg: Config, source: Config, source_name: str) -> Config:
@@ -34,6 +36,8 @@ def resolve_config(cfg: Config, source: Config, source_name: str) -> Config:
         out.image.pool, out.image.pool_norm = ft.pool, ft.pool == "mean"
         if out.model.norm_first:
             out.model.final_norm = ft.pool == "cls"
+    if out.modality == "audio":
+        _audio_data_keys(cfg, out)
     if ft.head == "sentence" and out.modality != "text":
         raise Data2VecError("finetune.head=sentence is RoBERTa's head on the <s> token, for text models; use "
                             "finetune.head=linear")
@@ -54,3 +58,15 @@ def tokenizer_json(given: str, source: Config, source_dir: Path) -> str:
         return load_tokenizer(source.text.tokenizer).to_str()
     _, tokenizer, _ = _resolve(source)
     return tokenizer.to_str()
+
+
+def _audio_data_keys(cfg: Config, out: Config) -> None:
+    """The audio section comes from the checkpoint, but its data keys (crop length, shortest file, padded
+    samples per batch) are the fine-tuning run's own when its recipe or command line sets them (to values
+    other than the defaults). CTC never crops: its crop is at least CTC_MIN_CROP_SECONDS."""
+    default = AudioConfig()
+    for key in AUDIO_DATA_KEYS:
+        if getattr(cfg.audio, key) != getattr(default, key):
+            setattr(out.audio, key, getattr(cfg.audio, key))
+    if out.finetune.task == "ctc" and cfg.audio.max_sample_size == default.max_sample_size:
+        out.audio.max_sample_size = max(out.audio.max_sample_size, CTC_MIN_CROP_SECONDS * out.audio.sample_rate)

@@ -51,10 +51,22 @@ class SentenceClassifier(nn.Module):
         return self.out_proj(self.dropout(torch.tanh(self.dense(x))))
 
 
-HEADS = {"linear": LinearClassifier, "sentence": SentenceClassifier}
+class CTCHead(LinearClassifier):
+    """A linear layer on every frame for CTC speech recognition: logits `[B, T, V]` over a character
+    vocabulary whose index 0 is the CTC blank (HF `Data2VecAudioForCTC`'s `lm_head`). `labels` is the
+    vocabulary."""
+
+    kind = "ctc"
+
+    def forward(self, hidden: Tensor, pooled: Tensor) -> Tensor:
+        """hidden `[B, T, D]`, pooled `[B, D]` (unused) -> logits `[B, T, V]`."""
+        return self.fc(self.dropout(hidden))
 
 
-def head_file(head: LinearClassifier | SentenceClassifier) -> bytes:
+HEADS = {"linear": LinearClassifier, "sentence": SentenceClassifier, "ctc": CTCHead}
+
+
+def head_file(head: LinearClassifier | SentenceClassifier | CTCHead) -> bytes:
     """The content of ``head.safetensors`` for `head`."""
     from safetensors.torch import save
 
@@ -63,7 +75,7 @@ def head_file(head: LinearClassifier | SentenceClassifier) -> bytes:
     return save(tensors, metadata=meta)
 
 
-def load_head(checkpoint: str | Path) -> LinearClassifier | SentenceClassifier | None:
+def load_head(checkpoint: str | Path) -> LinearClassifier | SentenceClassifier | CTCHead | None:
     """The classifier stored with a checkpoint (or run folder), in eval mode; None when it has none."""
     from safetensors import safe_open
 

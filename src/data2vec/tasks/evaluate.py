@@ -1,8 +1,9 @@
-"""`data2vec evaluate CHECKPOINT [data=PATH]`: the metrics of a fine-tuned classifier on labelled data.
+"""`data2vec evaluate CHECKPOINT [data=PATH]`: the metrics of a fine-tuned model on labelled data.
 
-Works on any checkpoint with a classifier head (``head.safetensors``): one written by `data2vec finetune`,
-or a fine-tuned Hugging Face model converted with `data2vec convert --from-hf`. Labels are matched by name
-to the head's labels.
+Works on any checkpoint with a head (``head.safetensors``): one written by `data2vec finetune`, or a
+fine-tuned Hugging Face model converted with `data2vec convert --from-hf`. Classifiers report accuracy, F1,
+MCC (and top-5 above five classes), labels matched by name to the head's; CTC models report WER and CER of
+greedy transcripts.
 """
 
 from __future__ import annotations
@@ -10,14 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
-from data2vec.data.image import collate_images
-from data2vec.data.labelled import classification_set
+from data2vec.data.labelled import labelled_set
 from data2vec.errors import Data2VecError
-from data2vec.evaluation.classify import evaluate_classifier
+from data2vec.evaluation.classify import evaluate_classifier, evaluate_ctc
 from data2vec.finetune.classifier import Classifier
 from data2vec.nn.heads import load_head
+from data2vec.tasks.finetune import eval_loader
 from data2vec.train.device import resolve_device
 
 
@@ -37,12 +36,16 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "vali
     cfg = encoder.cfg
     if cfg.modality == "text" and (path / "tokenizer.json").is_file():
         cfg.text.tokenizer = str(path / "tokenizer.json")
-    dataset = classification_set(cfg, split, classes=head.labels, path=data)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                        collate_fn=getattr(dataset, "collate", collate_images))
+    if head.kind == "ctc":
+        cfg.finetune.task = "ctc"
+    dataset = labelled_set(cfg, split, classes=head.labels, path=data)
     dev = resolve_device(device)
     model = Classifier(encoder, head).to(dev)
-    metrics = evaluate_classifier(model, loader, dev)
+    loader = eval_loader(dataset, batch_size)
+    if head.kind == "ctc":
+        metrics = evaluate_ctc(model, loader, dev, head.labels)
+    else:
+        metrics = evaluate_classifier(model, loader, dev)
     if metrics["samples"] == 0:
         raise Data2VecError(f"no readable labelled samples in '{data or cfg.data.eval_path or cfg.data.path}'")
     result = {"checkpoint": str(path), "data": data or cfg.data.eval_path or cfg.data.path, "split": split, **metrics}

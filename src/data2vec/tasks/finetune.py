@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader
 
 from data2vec.config import Config, save_config
 from data2vec.data.image import collate_images
-from data2vec.data.labelled import classification_set, text_tokenizer
+from data2vec.data.labelled import labelled_set, text_tokenizer
 from data2vec.data.sampler import StepBatchSampler
 from data2vec.errors import Data2VecError
-from data2vec.evaluation.classify import evaluate_classifier
+from data2vec.evaluation.classify import better, evaluate_classifier, evaluate_ctc
 from data2vec.finetune.classifier import Classifier, load_pretrained, new_head
 from data2vec.finetune.loop import finetune_loop
 from data2vec.finetune.setup import resolve_config, tokenizer_json
@@ -67,35 +67,41 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
         tokenizer = text_tokenizer(cfg)
 
     # Data before the model: a bad path or label fails in a second.
-    train_set = classification_set(cfg, "train", augment=True, tokenizer=tokenizer)
-    classes = train_set.classes
-    if len(classes) < 2:
+    train_set = labelled_set(cfg, "train", augment=True, tokenizer=tokenizer)
+    classes = train_set.classes  # for CTC, the character vocabulary
+    if cfg.finetune.task == "classify" and len(classes) < 2:
         raise Data2VecError(f"the training data '{cfg.data.path}' has {len(classes)} class; a classifier needs at "
                             "least two")
     head = load_head(source_dir) if resume_from is not None else None
     if head is not None and head.labels != classes:
         raise Data2VecError(f"the classes of '{cfg.data.path}' ({', '.join(classes[:5])}...) differ from those of "
                             f"the run being resumed ({', '.join(head.labels[:5])}...); resume with the same data")
-    valid_set = classification_set(cfg, "valid", classes=classes, tokenizer=tokenizer)
+    valid_set = labelled_set(cfg, "valid", classes=classes, tokenizer=tokenizer)
+    ctc = cfg.finetune.task == "ctc"
+    if ctc != (cfg.finetune.metric in ("wer", "cer")):
+        raise Data2VecError(f"finetune.metric={cfg.finetune.metric} does not score finetune.task="
+                            f"{cfg.finetune.task}; use {'wer or cer' if ctc else 'accuracy, top5, f1 or mcc'}")
     if cfg.finetune.metric == "top5" and len(classes) <= 5:
         raise Data2VecError(f"finetune.metric=top5 needs more than five classes, the data has {len(classes)}; use "
                             "accuracy, f1 or mcc")
     start_step = state["step"] if state else 0
-    sampler = StepBatchSampler(len(train_set), cfg.train.batch_size, cfg.train.seed, start_step=start_step,
-                               max_steps=cfg.train.max_steps)
+    if hasattr(train_set, "batch_sampler"):  # speech: batches of similar length
+        sampler = train_set.batch_sampler(start_step, cfg.train.max_steps, 0, 1)
+    else:
+        sampler = StepBatchSampler(len(train_set), cfg.train.batch_size, cfg.train.seed, start_step=start_step,
+                                   max_steps=cfg.train.max_steps)
     workers = cfg.data.num_workers
     # The loader's own generator: starting its iterator draws a seed, which must not shift the global RNG
     # that drop path and dropout use (or a resumed run would drop other paths than an uninterrupted one).
     loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=getattr(train_set, "collate", collate_images),
                         num_workers=workers, persistent_workers=workers > 0,
                         generator=torch.Generator().manual_seed(cfg.train.seed))
-    valid_loader = DataLoader(valid_set, batch_size=cfg.finetune.eval_batch_size, shuffle=False,
-                              collate_fn=getattr(valid_set, "collate", collate_images), generator=torch.Generator())
+    valid_loader = eval_loader(valid_set, cfg.finetune.eval_batch_size)
 
     torch.manual_seed(cfg.train.seed)
     encoder = Data2VecEncoder(cfg)
     if head is None:
-        head = new_head(cfg.finetune.head, cfg.model.dim, classes, cfg.finetune.head_dropout,
+        head = new_head("ctc" if ctc else cfg.finetune.head, cfg.model.dim, classes, cfg.finetune.head_dropout,
                         cfg.finetune.head_init_scale)
     if resume_from is not None:
         encoder.load_state_dict({k[len("student."):]: v for k, v in weights.items() if k.startswith("student.")})
@@ -134,13 +140,17 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
 
     def validate(step: int) -> None:
         nonlocal best
-        metrics = evaluate_classifier(model, valid_loader, device, tc.precision)
+        if ctc:
+            metrics = evaluate_ctc(model, valid_loader, device, classes, tc.precision)
+        else:
+            metrics = evaluate_classifier(model, valid_loader, device, tc.precision)
         last.update(step=step, **metrics)
         if logger is not None:
             logger.log({"step": step, "split": "valid", **metrics}, group="valid")
         log.info("step %d validation: %s", step, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                                                if k != "samples"))
-        if best is None or metrics[cfg.finetune.metric] > best[cfg.finetune.metric]:
+        metric = cfg.finetune.metric
+        if better(metric, metrics[metric], best[metric] if best is not None else None):
             best = {"step": step, **metrics}
             save_checkpoint(out / BEST, step, weights_now(), {"step": step, "metrics": metrics}, cfg, keep_last=1,
                             extra_files={HEAD_FILE: head_file(model.head), **extra})
@@ -157,6 +167,17 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
     finally:
         logger.close()
     result = {"recipe": cfg.name, "checkpoint": cfg.finetune.checkpoint, "random_init": cfg.finetune.random_init,
-              "metric": cfg.finetune.metric, "classes": classes, "final": last, "best": best, "seconds": round(time.perf_counter() - start, 1)}
+              "metric": cfg.finetune.metric, "classes": classes, "final": last, "best": best,
+              "seconds": round(time.perf_counter() - start, 1)}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     return out
+
+
+def eval_loader(dataset, batch_size: int) -> DataLoader:
+    """Evaluation batches in order (speech: by length, under a budget of padded samples). The loader has its
+    own generator, so starting it leaves the global RNG, which dropout draws from, untouched."""
+    collate = getattr(dataset, "collate", collate_images)
+    if hasattr(dataset, "eval_batches"):
+        return DataLoader(dataset, batch_sampler=dataset.eval_batches(batch_size), collate_fn=collate,
+                          generator=torch.Generator())
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator())
