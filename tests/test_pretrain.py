@@ -51,6 +51,18 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert [r["loss"] for r in read_metrics(full)[4:]] == [r["loss"] for r in read_metrics(resumed)]
 
 
+def test_resume_is_exact_with_drop_path(tmp_path):
+    # drop path draws from the global RNG, which the checkpoint restores; nothing else may draw from it
+    extra = ["train.max_steps=6", "train.save_every=3", "train.keep_last=5", "model.drop_path=0.3"]
+    full = pretrain(tiny(tmp_path / "full", *extra), progress=False)
+    resumed = pretrain(tiny(tmp_path / "resumed", *extra, f"resume={full / 'checkpoints' / 'step_00000003'}"),
+                       progress=False)
+    a = load_file(str(full / "checkpoints" / "step_00000006" / "model.safetensors"))
+    b = load_file(str(resumed / "checkpoints" / "step_00000006" / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
 def test_resume_auto_continues_from_newest_checkpoint(tmp_path):
     run = pretrain(tiny(tmp_path / "run", "train.max_steps=4", "train.save_every=2"), progress=False)
     pretrain(tiny(tmp_path / "run", "train.max_steps=6", "train.save_every=2", "resume=auto"), progress=False)

@@ -54,9 +54,12 @@ def pretrain_loader(cfg: Config, start_step: int = 0, rank: int = 0, world_size:
                                    max_steps=cfg.train.max_steps, rank=rank, world_size=world_size)
     workers = cfg.data.num_workers
     collate = getattr(dataset, "collate", collate_images)  # text datasets carry their own (padding id)
+    # Its own generator: starting the iterator draws a base seed, which must not come from the global RNG that
+    # dropout and drop path use, or a resumed run (RNG restored, then a fresh iterator) drops other paths.
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
                       persistent_workers=workers > 0, pin_memory=pin_memory,
-                      prefetch_factor=4 if workers > 0 else None)
+                      prefetch_factor=4 if workers > 0 else None,
+                      generator=torch.Generator().manual_seed(cfg.train.seed))
 
 
 def eval_dataset(cfg: Config, split: str, path: str | None = None) -> ImageDataset:
