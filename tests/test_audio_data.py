@@ -175,8 +175,8 @@ def test_pretrain_loader_counts_files_that_fail_at_load_time(folder, tmp_path):
 
 
 def test_eval_loader_keeps_labels_aligned_in_length_buckets(folder):
-    cfg = cfg_for(folder, "audio.max_batch_samples=12000")
-    dataset = eval_dataset(cfg, "train")
+    dataset = eval_dataset(cfg_for(folder), "train")
+    dataset.eval_batch_samples = 12000
     seen = []
     for batch in eval_loader(dataset, batch_size=3):
         assert batch["inputs"].shape[0] * batch["inputs"].shape[1] <= 12000

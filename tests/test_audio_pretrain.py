@@ -124,5 +124,9 @@ def test_pretrain_probe_and_embed_tasks(tones, tmp_path):
     out = embed(run, [str(tones / "test" / "low"), str(tones / "test" / "high" / "0.wav")], tmp_path / "e.npy")
     assert np.load(out).shape == (5, 32)
     assert out.with_suffix(".txt").read_text().splitlines()[-1].endswith("high/0.wav")
+    from data2vec.tasks.report import audio_examples
+
+    assert "spans of 5 frames of 20 ms" in audio_examples(cfg, tmp_path / "examples.png")
+    assert (tmp_path / "examples.png").stat().st_size > 1000
     (tmp_path / "bad.wav").write_bytes(b"nope")
     assert main(["embed", str(run), str(tmp_path / "bad.wav"), "--out", str(tmp_path / "x.npy")]) == 2

@@ -75,7 +75,7 @@ class AudioConfig:
     conv_kernel: list[int] = field(default_factory=lambda: [10, 3, 3, 3, 3, 2, 2])
     conv_stride: list[int] = field(default_factory=lambda: [5, 2, 2, 2, 2, 2, 2])
     conv_bias: bool = False
-    pos_conv_layers: int = 5  # data2vec: 5 layers of kernel 19 (total width 95); wav2vec 2.0: 1 of 128
+    pos_conv_layers: int = 5  # data2vec: 5 layers of kernel 19 (total width 95); 0: no positional convolution
     pos_conv_kernel: int = 19
     pos_conv_groups: int = 16
     feature_dropout: float = 0.0  # after the projection to model width (HF feat_proj_dropout)

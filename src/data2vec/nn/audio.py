@@ -198,7 +198,8 @@ class AudioFrontend(nn.Module):
             x = torch.where(mask.unsqueeze(-1), self.masked_spec_embed.to(x.dtype), x)
         if padding is not None:
             x = x.masked_fill(padding.unsqueeze(-1), 0.0)
-        x = x + self.pos_conv_embed(x, padding)
+        if len(self.pos_conv_embed.layers):
+            x = x + self.pos_conv_embed(x, padding)
         return self.dropout(self.layer_norm(x)), None, padding
 
     def pool(self, hidden: Tensor, padding_mask: Tensor | None = None) -> Tensor:

@@ -101,6 +101,27 @@ def _colormap(n: int):
     return cmap if n <= 20 else (lambda k: cmap(k / max(n - 1, 1)))
 
 
+def masked_waveforms(waves: list[np.ndarray], masks: list[np.ndarray], hop: int, field: int, rate: int,
+                     path: Path) -> Path:
+    """One waveform per row with its masked frames shaded. waves: `[S_i]` each; masks: bool `[N_i]` over
+    frames (True = masked); frame n covers samples ``[n * hop, n * hop + field)``."""
+    fig = Figure(figsize=(10, 1.1 * len(waves) + 0.4), layout="constrained")
+    for i, (wave, mask) in enumerate(zip(waves, masks)):
+        ax = fig.add_subplot(len(waves), 1, i + 1)
+        t = np.arange(len(wave)) / rate
+        ax.plot(t, wave, linewidth=0.4, color="#333")
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))  # run starts, ends
+        for start, end in zip(edges[::2], edges[1::2]):  # one span per run of masked frames
+            ax.axvspan(start * hop / rate, ((end - 1) * hop + field) / rate, color=TINT, alpha=0.2, linewidth=0)
+        ax.set_xlim(0, len(wave) / rate)
+        ax.set_yticks([])
+        ax.set_ylabel(f"{mask.mean():.0%} masked", fontsize=8)
+        if i < len(waves) - 1:
+            ax.set_xticklabels([])
+    fig.axes[-1].set_xlabel("seconds", fontsize=9)
+    return _save(fig, path)
+
+
 def masked_images(images: np.ndarray, masks: np.ndarray, path: Path) -> Path:
     """Inputs above, the same inputs with masked patches greyed below.
 

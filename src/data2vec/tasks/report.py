@@ -200,10 +200,31 @@ def image_examples(cfg: Config, png: Path, count: int = 8) -> str:
             "representation of them.")
 
 
+def audio_examples(cfg: Config, png: Path, count: int = 6) -> str:
+    """Draw `count` training waveforms as the pretraining loader makes them, masked spans shaded."""
+    from data2vec.data.build import pretrain_dataset
+    from data2vec.nn.audio import receptive_field
+
+    dataset = pretrain_dataset(cfg)
+    picks = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int)
+    items = [item for item in (dataset[(int(i), 0)] for i in picks) if item is not None]
+    if not items:
+        raise Data2VecError(f"none of the sampled training inputs of '{cfg.data.path}' could be read")
+    hop = math.prod(cfg.audio.conv_stride)
+    plots.masked_waveforms([it["audio"].numpy() for it in items], [it["mask"].numpy() for it in items], hop,
+                           receptive_field(cfg.audio.conv_kernel, cfg.audio.conv_stride), cfg.audio.sample_rate, png)
+    m = cfg.masking
+    return (f"{len(items)} training inputs as the pretraining loader makes them (random crop, normalised), with "
+            f"the frames the student does not see shaded: spans of {m.span_length} frames of "
+            f"{1000 * hop / cfg.audio.sample_rate:g} ms, each frame a start with probability {m.span_prob:g}. "
+            "The student sees masked frames only as a learned mask embedding and predicts the teacher's "
+            "representation of them.")
+
+
 # One entry per modality: draw example training inputs with their masks into a PNG, return an HTML caption.
-# Audio (a waveform with its masked spans shaded) goes here when the audio front-end lands.
 EXAMPLES: dict[str, Callable[[Config, Path], str]] = {
     "image": image_examples,
+    "audio": audio_examples,
 }
 
 
