@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from data2vec.config import Config
 from data2vec.data.sampler import LengthBucketSampler
 from data2vec.data.seeding import sample_generator
 from data2vec.errors import Data2VecError
@@ -87,7 +88,7 @@ def _report(files: AudioFiles, total: int) -> AudioFiles:
     return files
 
 
-def _min_samples(cfg, train: bool) -> int:
+def _min_samples(cfg: Config, train: bool) -> int:
     field_ = receptive_field(cfg.audio.conv_kernel, cfg.audio.conv_stride)
     return max(field_, cfg.audio.min_sample_size) if train else field_
 
@@ -251,7 +252,7 @@ class AudioDataset(torch.utils.data.Dataset):
     function counts it), or raises Data2VecError under `strict`.
     """
 
-    def __init__(self, files: AudioFiles, cfg, train: bool) -> None:
+    def __init__(self, files: AudioFiles, cfg: Config, train: bool) -> None:
         self.files, self.train, self.strict = files, train, cfg.data.strict
         self.audio, self.masking, self.seed = cfg.audio, cfg.masking, cfg.train.seed
         self.min_samples = receptive_field(cfg.audio.conv_kernel, cfg.audio.conv_stride)
@@ -348,13 +349,13 @@ class AudioCollate:
         return batch
 
 
-def pretrain_audio_dataset(cfg) -> AudioDataset:
+def pretrain_audio_dataset(cfg: Config) -> AudioDataset:
     files = resolve_audio_files(cfg.data.path, "train", _min_samples(cfg, True), cfg.audio.sample_rate,
                                 cfg.data.strict)
     return AudioDataset(files, cfg, train=True)
 
 
-def eval_audio_dataset(cfg, split: str, path: str | None = None) -> AudioDataset:
+def eval_audio_dataset(cfg: Config, split: str, path: str | None = None) -> AudioDataset:
     """Labelled, un-cropped (up to ``audio.max_sample_size``, centred), unmasked utterances for probing."""
     files = resolve_audio_files(path or cfg.data.eval_path or cfg.data.path, split, _min_samples(cfg, False),
                                 cfg.audio.sample_rate, cfg.data.strict)
