@@ -10,7 +10,8 @@ parameter-free LayerNorm and GELU, added once; LayerNorm; dropout. The post-LN T
 One deliberate difference, for padded batches only: padded frames are zeroed again before every positional
 conv layer, not only before the first. Hugging Face and fairseq zero them once, so with several layers a
 frame near the end of an utterance sees a little of the padding and changes with the amount of padding;
-here a real frame's output is the same however the batch is padded. Without padding both agree exactly.
+here a real frame's output is the same however the batch is padded. Without padding both agree exactly;
+``audio.pos_conv_zero_padding: once`` (what models converted from Hugging Face get) zeroes once, as they do.
 """
 
 from __future__ import annotations
@@ -117,18 +118,20 @@ class PositionalConvLayer(nn.Module):
 
 
 class PositionalConv(nn.Module):
-    """Relative positions from convolutions: data2vec uses 5 layers of kernel 19 (total width 95), 16 groups."""
+    """Relative positions from convolutions: data2vec uses 5 layers of kernel 19 (total width 95), 16 groups.
+    `zero_every_layer`: zero padded frames before every layer (ours), not only before the first (HF, fairseq)."""
 
-    def __init__(self, dim: int, layers: int, kernel: int, groups: int) -> None:
+    def __init__(self, dim: int, layers: int, kernel: int, groups: int, zero_every_layer: bool = True) -> None:
         super().__init__()
         self.layers = nn.ModuleList(PositionalConvLayer(dim, kernel, groups) for _ in range(layers))
+        self.zero_every_layer = zero_every_layer
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """x `[B, N, D]`, padding_mask `[B, N]` (True = padding) -> positional embedding `[B, N, D]`."""
         x = x.transpose(1, 2)  # [B, D, N]
         keep = None if padding_mask is None else (~padding_mask).unsqueeze(1).to(x.dtype)  # [B, 1, N]
-        for layer in self.layers:
-            x = layer(x if keep is None else x * keep)
+        for i, layer in enumerate(self.layers):
+            x = layer(x if keep is None or (i and not self.zero_every_layer) else x * keep)
         return x.transpose(1, 2)
 
 
@@ -152,7 +155,8 @@ class AudioFrontend(nn.Module):
         self.feature_projection = FeatureProjection(cfg.conv_dim[-1], enc.dim, enc.norm_eps,
                                                     cfg.feature_dropout)
         self.masked_spec_embed = nn.Parameter(torch.zeros(enc.dim))
-        self.pos_conv_embed = PositionalConv(enc.dim, cfg.pos_conv_layers, cfg.pos_conv_kernel, cfg.pos_conv_groups)
+        self.pos_conv_embed = PositionalConv(enc.dim, cfg.pos_conv_layers, cfg.pos_conv_kernel, cfg.pos_conv_groups,
+                                             zero_every_layer=cfg.pos_conv_zero_padding == "every_layer")
         self.layer_norm = nn.LayerNorm(enc.dim, eps=enc.norm_eps)
         self.dropout = nn.Dropout(enc.dropout)
         self._init_weights()
