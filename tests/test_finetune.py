@@ -58,6 +58,7 @@ def test_evaluate_reports_the_best_checkpoints_metrics(finetuned, tmp_path, caps
     got = evaluate(finetuned / "best", out=tmp_path)
     for key in ("accuracy", "f1", "mcc", "top5"):
         assert got[key] == pytest.approx(best[key], abs=1e-6), key
+    assert data2vec.evaluate(str(finetuned / "best"))["accuracy"] == got["accuracy"]  # the public API
     argv = ["evaluate", str(finetuned / "best"), "data=builtin:digits", "split=train", "--out", str(tmp_path)]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -87,6 +88,10 @@ def test_resume_gives_identical_results(pretrained, tmp_path):
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     assert [r["loss"] for r in rows(full)[3:]] == [r["loss"] for r in rows(resumed)]
     assert rows(full, "valid")[1] == rows(resumed, "valid")[0]
+    more = finetune(build_config("image-tiny-ft", [*FT, f"out={full}", "resume=auto", "train.max_steps=7",
+                                                   "finetune.eval_every=0"]), progress=False)  # no checkpoint=
+    assert [r["step"] for r in rows(more)][-1] == 7
+    assert data2vec.load(more).cfg.finetune.checkpoint == str(pretrained)  # where the run started is kept
 
 
 def test_frozen_parts_receive_no_updates_while_frozen(pretrained, tmp_path):
@@ -187,6 +192,14 @@ def test_text_pairs_fine_tune_and_evaluate_with_the_stored_tokenizer(text_run, t
     assert evaluate(run / "best", out=tmp_path)["mcc"] == pytest.approx(best["mcc"], abs=1e-6)
     assert main(["evaluate", str(run / "best"), f"data={glue / 'train.tsv'}", "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["samples"] == 32
+    from data2vec.interop.hf import to_hf
+
+    to_hf(run / "best", tmp_path / "hf")  # RoBERTa's head: Data2VecTextForSequenceClassification
+    linear = finetune(build_config("text-tiny-ft", [f"finetune.checkpoint={pre}", f"out={tmp_path / 'lin'}",
+                                                    f"data.path={glue}", "train.max_steps=1", "finetune.head=linear",
+                                                    "train.batch_size=8"]), progress=False)
+    with pytest.raises(data2vec.Data2VecError, match="finetune.head=sentence"):
+        to_hf(linear, tmp_path / "hf2")
 
 
 def test_text_checkpoint_with_an_image_recipe_or_bad_labels_is_a_one_line_error(text_run, tmp_path, capsys):

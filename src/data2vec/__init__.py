@@ -1,6 +1,7 @@
 """data2vec: self-supervised pretraining of speech, vision and text Transformers with one objective.
 
 Public API: :func:`load` (a trained encoder from a checkpoint), :func:`build_config`, :func:`pretrain`,
+:func:`finetune` / :func:`evaluate` (classifiers and CTC speech recognition on top of a checkpoint),
 :func:`from_hf` / :func:`to_hf` (Hugging Face `transformers` model folders).
 """
 
@@ -19,6 +20,22 @@ def pretrain(recipe: str, *overrides: str):
     return run(build_config(recipe, list(overrides)))
 
 
+def finetune(recipe: str, *overrides: str):
+    """Fine-tune a pretrained checkpoint (override ``finetune.checkpoint=PATH``) from a fine-tuning recipe
+    (``image-tiny-ft``, ``text-tiny-ft``, ``audio-tiny-ctc``, ...); returns the run folder."""
+    from data2vec.tasks.finetune import finetune as run
+
+    return run(build_config(recipe, list(overrides)))
+
+
+def evaluate(checkpoint: str, data: str | None = None, split: str = "valid") -> dict:
+    """Metrics of a fine-tuned checkpoint (or run folder; ``RUN/best`` for the best one) on labelled `data`
+    (default: the run's validation set): accuracy, F1, MCC (top-5 above five classes), or WER and CER."""
+    from data2vec.tasks.evaluate import evaluate as run
+
+    return run(checkpoint, data, split)
+
+
 def from_hf(folder: str, out: str):
     """Convert a local Hugging Face Data2VecVision / Data2VecText folder into a data2vec run folder `out`;
     returns the checkpoint path. Needs no `transformers` (see :mod:`data2vec.interop.hf`)."""
@@ -35,4 +52,5 @@ def to_hf(checkpoint: str, out: str, which: str = "student"):
     return convert(checkpoint, out, which)
 
 
-__all__ = ["load", "build_config", "pretrain", "from_hf", "to_hf", "Config", "Data2VecError", "version", "__version__"]
+__all__ = ["load", "build_config", "pretrain", "finetune", "evaluate", "from_hf", "to_hf", "Config", "Data2VecError",
+           "version", "__version__"]

@@ -518,6 +518,9 @@ def _vision_to_hf(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dic
 
 def _text_to_hf(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dict[str, Tensor]]:
     m, t = cfg.model, cfg.text
+    if head is not None and head.kind != "sentence":
+        raise _cannot_export("finetune.head", head.kind, "is not expressible: Data2VecTextForSequenceClassification "
+                             "has RoBERTa's sentence head on <s>; fine-tune with finetune.head=sentence")
     if m.norm_first:
         raise _cannot_export("model.norm_first", True, "(pre-LN): Data2VecText blocks are post-LN (RoBERTa)")
     if m.layer_scale > 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -44,6 +45,8 @@ BEST = "best"
 def finetune(cfg: Config, progress: bool = True) -> Path:
     """Fine-tune per `cfg` (`finetune.checkpoint` gives the encoder); returns the run folder. Resumes exactly
     when `cfg.resume` points at a checkpoint of the run (`auto`: the newest)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise Data2VecError("data2vec finetune runs in a single process; start it without torchrun (one GPU or CPU)")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     setup_logging(out)
@@ -58,6 +61,9 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
     # The architecture comes from where the weights come from: the run's own checkpoint when resuming.
     source_dir = resolve_checkpoint(resume_from or cfg.finetune.checkpoint)
     weights, state, source = load_checkpoint(source_dir, with_state=resume_from is not None)
+    if resume_from is not None:  # where the run started from, whatever this command line says
+        cfg.finetune.checkpoint = cfg.finetune.checkpoint or source.finetune.checkpoint
+        cfg.finetune.random_init = source.finetune.random_init
     cfg = resolve_config(cfg, source, str(source_dir))
     tokenizer = None
     if cfg.modality == "text":
