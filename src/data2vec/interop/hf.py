@@ -1,4 +1,5 @@
-"""Hugging Face `transformers` interop: Data2VecVision / Data2VecText model folders <-> data2vec checkpoints.
+"""Hugging Face `transformers` interop: Data2VecVision / Data2VecText / Data2VecAudio model folders <-> data2vec
+checkpoints.
 
 :func:`from_hf` reads a local model folder (``config.json`` and ``model.safetensors``, sharded or not, or
 ``pytorch_model.bin`` loaded with ``weights_only=True``) and writes a data2vec run folder holding one checkpoint;
@@ -27,8 +28,8 @@ from data2vec.errors import Data2VecError
 
 log = logging.getLogger("data2vec")
 
-VISION, TEXT = "data2vec-vision", "data2vec-text"
-BASE_PREFIX = {VISION: "data2vec_vision.", TEXT: "data2vec_text."}  # weight names inside task models
+VISION, TEXT, AUDIO = "data2vec-vision", "data2vec-text", "data2vec-audio"
+BASE_PREFIX = {VISION: "data2vec_vision.", TEXT: "data2vec_text.", AUDIO: "data2vec_audio."}  # inside task models
 # transformers' defaults (5.24) for the keys we read, for a config.json that leaves some out
 VISION_DEFAULTS = {
     "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
@@ -45,11 +46,24 @@ TEXT_DEFAULTS = {
     "bos_token_id": 0, "eos_token_id": 2, "is_decoder": False, "add_cross_attention": False,
     "position_embedding_type": "absolute", "classifier_dropout": None,
 }
+AUDIO_DEFAULTS = {
+    "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+    "hidden_act": "gelu", "hidden_dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.1,
+    "feat_proj_dropout": 0.0, "final_dropout": 0.1, "layerdrop": 0.1, "layer_norm_eps": 1e-5,
+    "feat_extract_activation": "gelu", "conv_dim": [512] * 7, "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+    "conv_kernel": [10, 3, 3, 3, 3, 2, 2], "conv_bias": False, "num_conv_pos_embedding_groups": 16,
+    "conv_pos_kernel_size": 19, "num_conv_pos_embeddings": 5, "vocab_size": 32, "pad_token_id": 0,
+    "use_weighted_layer_sum": False, "add_adapter": False,
+}
+# ours that an HF file may lack (HF builds them only for masking): freshly initialised, used only by pretraining
+OPTIONAL = {"frontend.mask_token", "frontend.masked_spec_embed"}
 # buffers that some HF files hold and both sides recompute
 IGNORED = re.compile(r"(relative_position_index|embeddings\.position_ids|embeddings\.token_type_ids)$")
 DROPPED_WHY = {"pooler.dense": "RoBERTa's CLS pooler; data2vec text pools by the mean over tokens",
                "lm_head": "masked-LM head", "decode_head": "segmentation head", "auxiliary_head": "segmentation head",
-               "fpn1": "segmentation head", "fpn2": "segmentation head"}
+               "fpn1": "segmentation head", "fpn2": "segmentation head",
+               "classifier": "frame classification head", "tdnn": "x-vector head", "objective": "x-vector head",
+               "projector": "x-vector head", "feature_extractor": "x-vector head"}
 
 
 # ---------------------------------------------------------------------------------------------- reading HF files
@@ -182,6 +196,59 @@ def _text_config(hf: dict, folder: Path) -> Config:
     return cfg
 
 
+def _audio_config(hf: dict, weights: dict[str, Tensor], folder: Path) -> Config:
+    get = lambda key: hf.get(key, AUDIO_DEFAULTS[key])  # noqa: E731
+    if get("feat_extract_activation") != "gelu":
+        raise _unsupported("feat_extract_activation", get("feat_extract_activation"),
+                           "is not supported: the data2vec speech front-end uses exact GELU ('gelu')")
+    # wav2vec 2.0 options that Data2VecAudio does not read: a config that sets them describes another model
+    if hf.get("feat_extract_norm", "layer") != "layer":
+        raise _unsupported("feat_extract_norm", hf["feat_extract_norm"], "is not supported: the data2vec speech "
+                           "feature encoder has a LayerNorm in every conv layer ('layer')")
+    if hf.get("do_stable_layer_norm"):
+        raise _unsupported("do_stable_layer_norm", True, "(pre-LN) is not supported: data2vec speech blocks are "
+                           "post-LN")
+    if get("add_adapter"):
+        raise _unsupported("add_adapter", True, "is not supported: data2vec has no adapter after the encoder")
+    if get("use_weighted_layer_sum") and ("layer_weights" in weights or "classifier.weight" in weights):
+        raise _unsupported("use_weighted_layer_sum", True, "is not supported: data2vec heads read the last layer")
+    layers = int(get("num_conv_pos_embeddings"))
+    if layers < 1:  # HF's empty stack returns its input, which doubles the features
+        raise _unsupported("num_conv_pos_embeddings", layers, "is not supported: the data2vec speech front-end "
+                           "needs at least one positional conv layer")
+    dims, kernels, strides = (list(get(k)) for k in ("conv_dim", "conv_kernel", "conv_stride"))
+    if not len(dims) == len(kernels) == len(strides) or not dims:
+        raise _unsupported("conv_dim", dims, f"needs one conv_kernel ({kernels}) and conv_stride ({strides}) per "
+                           "layer")
+    fields = _encoder_fields({**hf, "hidden_dropout_prob": get("hidden_dropout"),
+                              "attention_probs_dropout_prob": get("attention_dropout")},
+                             {**AUDIO_DEFAULTS, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1})
+    groups = int(get("num_conv_pos_embedding_groups"))
+    if groups < 1 or fields["dim"] % groups:
+        raise _unsupported("num_conv_pos_embedding_groups", groups, f"does not divide hidden_size={fields['dim']}")
+    cfg = build_config("audio-base")
+    for key, value in fields.items():
+        setattr(cfg.model, key, value)
+    m, a = cfg.model, cfg.audio
+    m.norm_first, m.qkv_bias, m.layer_scale, m.drop_path, m.final_norm = False, "all", 0.0, 0.0, False  # post-LN
+    a.conv_dim, a.conv_kernel, a.conv_stride = [int(d) for d in dims], [int(k) for k in kernels], [int(s) for s in strides]
+    a.conv_bias = bool(get("conv_bias"))
+    a.pos_conv_layers, a.pos_conv_kernel, a.pos_conv_groups = layers, int(get("conv_pos_kernel_size")), groups
+    a.pos_conv_zero_padding = "once"  # as HF: padded frames zeroed before the first positional conv only
+    a.feature_dropout = float(get("feat_proj_dropout"))
+    if float(get("layerdrop")) > 0:
+        log.info("layerdrop=%s is not converted (training only; data2vec has no layer drop)", get("layerdrop"))
+    preprocessor = folder / "preprocessor_config.json"
+    if preprocessor.is_file():  # the feature extractor's input settings, when the folder has them
+        try:
+            pre = json.loads(preprocessor.read_text())
+        except ValueError:
+            pre = {}
+        a.sample_rate = int(pre.get("sampling_rate", a.sample_rate))
+        a.normalize = bool(pre.get("do_normalize", a.normalize))
+    return cfg
+
+
 # ---------------------------------------------------------------------------------------------- weight names
 
 def _layer_pairs(hf_layer: str, our_block: str, names: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -229,10 +296,38 @@ def _text_pairs(cfg: Config) -> list[tuple[str, str]]:
     return pairs
 
 
+def _audio_pairs(cfg: Config) -> list[tuple[str, str]]:
+    """(HF name, our name) of every speech tensor that maps one to one (QKV is handled apart). Our front-end
+    keeps HF's names; HF puts the positional convs and the LayerNorm after them in its encoder."""
+    a = cfg.audio
+    pairs = [("masked_spec_embed", "frontend.masked_spec_embed")]
+    for i in range(len(a.conv_dim)):
+        h = f"feature_extractor.conv_layers.{i}."
+        pairs += [(f"{h}conv.weight", f"frontend.{h}conv.weight")] + _layer_pairs(h, f"frontend.{h}", [("layer_norm", "layer_norm")])
+        if a.conv_bias:
+            pairs.append((f"{h}conv.bias", f"frontend.{h}conv.bias"))
+    pairs += _layer_pairs("", "frontend.", [("feature_projection.layer_norm", "feature_projection.layer_norm"),
+                                            ("feature_projection.projection", "feature_projection.projection")])
+    pairs += _layer_pairs("encoder.", "frontend.", [(f"pos_conv_embed.layers.{i}.conv", f"pos_conv_embed.layers.{i}.conv")
+                                                    for i in range(a.pos_conv_layers)] + [("layer_norm", "layer_norm")])
+    for i in range(cfg.model.depth):
+        pairs += _layer_pairs(f"encoder.layers.{i}.", f"encoder.blocks.{i}.",
+                              [("attention.out_proj", "attn.proj"), ("layer_norm", "norm1"),
+                               ("feed_forward.intermediate_dense", "mlp.fc1"), ("feed_forward.output_dense", "mlp.fc2"),
+                               ("final_layer_norm", "norm2")])
+    return pairs
+
+
 def _attention_prefixes(cfg: Config) -> list[tuple[str, str]]:
     """(HF prefix of query/key/value, our attention prefix) per block."""
+    if cfg.modality == "audio":
+        return [(f"encoder.layers.{i}.attention.", f"encoder.blocks.{i}.attn.") for i in range(cfg.model.depth)]
     inner = "attention.attention." if cfg.modality == "image" else "attention.self."
     return [(f"encoder.layer.{i}.{inner}", f"encoder.blocks.{i}.attn.") for i in range(cfg.model.depth)]
+
+
+def _qkv_names(cfg: Config) -> tuple[str, str, str]:
+    return ("q_proj", "k_proj", "v_proj") if cfg.modality == "audio" else ("query", "key", "value")
 
 
 def _take(weights: dict[str, Tensor], name: str, used: set[str]) -> Tensor:
@@ -246,9 +341,10 @@ def _take(weights: dict[str, Tensor], name: str, used: set[str]) -> Tensor:
 # ---------------------------------------------------------------------------------------------- HF -> ours
 
 def from_hf(folder: str | Path, out: str | Path) -> Path:
-    """Convert a local HF `Data2VecVision*` / `Data2VecText*` folder into a data2vec run folder `out` holding
-    one checkpoint (step 0); returns the checkpoint path. `data2vec.load(out)` gives the encoder, a classifier
-    comes along as ``head.safetensors`` (:func:`data2vec.nn.heads.load_head`), and the run folder's
+    """Convert a local HF `Data2VecVision*` / `Data2VecText*` / `Data2VecAudio*` folder into a data2vec run folder
+    `out` holding one checkpoint (step 0); returns the checkpoint path. `data2vec.load(out)` gives the encoder, a
+    classifier or CTC head comes along as ``head.safetensors`` (:func:`data2vec.nn.heads.load_head`), and the run
+    folder's
     ``config.yaml`` continues pretraining with ``data2vec pretrain OUT/config.yaml resume=auto``."""
     from data2vec.nn.heads import HEAD_FILE, head_file
     from data2vec.train.checkpoint import list_checkpoints
@@ -258,14 +354,18 @@ def from_hf(folder: str | Path, out: str | Path) -> Path:
         raise Data2VecError(f"'{out}' already holds checkpoints; give a new --out folder for the converted model")
     hf, raw = read_hf_folder(folder)
     model_type = hf.get("model_type")
-    if model_type not in (VISION, TEXT):
-        raise Data2VecError(f"'{folder}' holds a '{model_type}' model; data2vec converts {VISION} and {TEXT}")
+    if model_type not in (VISION, TEXT, AUDIO):
+        raise Data2VecError(f"'{folder}' holds a '{model_type}' model; data2vec converts {VISION}, {TEXT} and "
+                            f"{AUDIO}")
     prefix = BASE_PREFIX[model_type]
     weights = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in raw.items()}
     used: set[str] = set()
     if model_type == VISION:
         cfg = _vision_config(hf, weights)
         ours = _weights_from_hf(cfg, weights, _vision_pairs(cfg), used)
+    elif model_type == AUDIO:
+        cfg = _audio_config(hf, weights, folder)
+        ours = _weights_from_hf(cfg, weights, _audio_pairs(cfg), used)
     else:
         cfg = _text_config(hf, folder)
         ours = _weights_from_hf(cfg, weights, _text_pairs(cfg), used)
@@ -274,7 +374,7 @@ def from_hf(folder: str | Path, out: str | Path) -> Path:
             log.warning("type_vocab_size=%d: keeping token type 0 only; data2vec text has no token type ids (HF "
                         "uses type 0 when token_type_ids is not passed)", token_types.shape[0])
         ours["frontend.token_type_embeddings.weight"] = token_types[:1]
-    head = _head_from_hf(model_type, hf, weights, cfg.model.dim, used)
+    head = _head_from_hf(model_type, hf, weights, cfg.model.dim, used, folder)
     _warn_dropped(set(weights) - used)
     cfg.name = f"hf-{folder.resolve().name}"
     if isinstance(hf.get("data2vec"), dict):  # written by to_hf: our settings that HF's config has no room for
@@ -314,6 +414,10 @@ def _restore(cfg: Config, stored: dict, ours: dict[str, Tensor], headless: bool)
             if torch.equal(ours["frontend.pos_embed"], fixed):
                 cfg.image.pos_embed = "sincos"
                 del ours["frontend.pos_embed"]
+    elif cfg.modality == "audio":  # input handling and the padding rule; the architecture stays HF's
+        for key in ("pos_conv_zero_padding", "normalize", "sample_rate", "max_sample_size", "min_sample_size",
+                    "max_batch_samples"):
+            setattr(cfg.audio, key, getattr(saved.audio, key))
     elif cfg.modality == "text":
         cfg.text.mask_id, cfg.text.tokenizer = saved.text.mask_id, saved.text.tokenizer
         cfg.text.block_size = min(saved.text.block_size, cfg.text.max_positions - cfg.text.pad_id - 1)
@@ -324,16 +428,17 @@ def _weights_from_hf(cfg: Config, weights: dict[str, Tensor], pairs: list[tuple[
     """Our encoder tensors from HF's: renamed, and query / key / value fused into one projection."""
     ours = {mine: weights[theirs] for theirs, mine in pairs if theirs in weights}
     used.update(theirs for theirs, _ in pairs if theirs in weights)
-    missing = [theirs for theirs, mine in pairs if theirs not in weights and mine != "frontend.mask_token"]
+    missing = [theirs for theirs, mine in pairs if theirs not in weights and mine not in OPTIONAL]
     if missing:
         _take(weights, missing[0], used)  # raises, naming it
+    q, k, v = _qkv_names(cfg)
     for h, o in _attention_prefixes(cfg):
-        ours[f"{o}qkv.weight"] = torch.cat([_take(weights, f"{h}{n}.weight", used) for n in ("query", "key", "value")])
+        ours[f"{o}qkv.weight"] = torch.cat([_take(weights, f"{h}{n}.weight", used) for n in (q, k, v)])
         if cfg.model.qkv_bias == "all":
-            ours[f"{o}qkv.bias"] = torch.cat([_take(weights, f"{h}{n}.bias", used) for n in ("query", "key", "value")])
+            ours[f"{o}qkv.bias"] = torch.cat([_take(weights, f"{h}{n}.bias", used) for n in (q, k, v)])
         else:  # BEiT: no key bias (it would cancel in the softmax anyway)
-            ours[f"{o}q_bias"] = _take(weights, f"{h}query.bias", used)
-            ours[f"{o}v_bias"] = _take(weights, f"{h}value.bias", used)
+            ours[f"{o}q_bias"] = _take(weights, f"{h}{q}.bias", used)
+            ours[f"{o}v_bias"] = _take(weights, f"{h}{v}.bias", used)
     return ours
 
 
@@ -343,9 +448,13 @@ def _labels(hf: dict, n: int) -> list[str]:
     return labels if all(isinstance(x, str) for x in labels) else [f"LABEL_{i}" for i in range(n)]
 
 
-def _head_from_hf(model_type: str, hf: dict, weights: dict[str, Tensor], dim: int, used: set[str]):
-    """The image classifier (linear on the pooled features) or RoBERTa sentence classifier, when present."""
+def _head_from_hf(model_type: str, hf: dict, weights: dict[str, Tensor], dim: int, used: set[str], folder: Path):
+    """The image classifier (linear on the pooled features), RoBERTa sentence classifier, speech CTC head or
+    utterance classifier, when present."""
     from data2vec.nn.heads import LinearClassifier, SentenceClassifier
+
+    if model_type == AUDIO:
+        return _audio_head_from_hf(hf, weights, dim, used, folder)
 
     if model_type == VISION and "classifier.weight" in weights:
         w, b = _take(weights, "classifier.weight", used), _take(weights, "classifier.bias", used)
@@ -362,6 +471,54 @@ def _head_from_hf(model_type: str, hf: dict, weights: dict[str, Tensor], dim: in
         head.load_state_dict(state)
         return head
     return None
+
+
+def _audio_head_from_hf(hf: dict, weights: dict[str, Tensor], dim: int, used: set[str], folder: Path):
+    """`Data2VecAudioForCTC`'s ``lm_head`` as a :class:`CTCHead`; `Data2VecAudioForSequenceClassification`'s
+    projector and classifier as one :class:`LinearClassifier` (the mean over frames commutes with the
+    projector, so classifier(mean(projector(h))) = (W_c W_p) mean(h) + W_c b_p + b_c)."""
+    from data2vec.nn.heads import CTCHead, LinearClassifier
+
+    if "lm_head.weight" in weights:
+        if int(hf.get("pad_token_id", AUDIO_DEFAULTS["pad_token_id"]) or 0) != 0:
+            raise _unsupported("pad_token_id", hf["pad_token_id"], "is the CTC blank of Data2VecAudioForCTC; "
+                               "data2vec's CTC blank is index 0")
+        w, b = _take(weights, "lm_head.weight", used), _take(weights, "lm_head.bias", used)
+        head = CTCHead(dim, w.shape[0], float(hf.get("final_dropout", AUDIO_DEFAULTS["final_dropout"])),
+                       _ctc_vocabulary(hf, folder, w.shape[0]))
+        head.load_state_dict({"fc.weight": w, "fc.bias": b})
+        return head
+    if "projector.weight" in weights and "classifier.weight" in weights and "tdnn.0.kernel.weight" not in weights:
+        wp, bp = _take(weights, "projector.weight", used).double(), _take(weights, "projector.bias", used).double()
+        wc, bc = _take(weights, "classifier.weight", used).double(), _take(weights, "classifier.bias", used).double()
+        dtype = weights["classifier.weight"].dtype
+        # HF's head has no dropout; one exported by to_hf keeps ours in final_dropout, which HF's classifier ignores
+        dropout = float(hf.get("final_dropout", 0.0)) if isinstance(hf.get("data2vec"), dict) else 0.0
+        head = LinearClassifier(dim, wc.shape[0], dropout, _labels(hf, wc.shape[0]))
+        head.load_state_dict({"fc.weight": (wc @ wp).to(dtype), "fc.bias": (wc @ bp + bc).to(dtype)})
+        return head
+    return None
+
+
+def _ctc_vocabulary(hf: dict, folder: Path, n: int) -> list[str]:
+    """The characters of the CTC head's outputs, from the tokenizer's ``vocab.json`` (token -> id), else
+    ``id2label``, else ``LABEL_i`` with a warning."""
+    path = folder / "vocab.json"
+    if path.is_file():
+        try:
+            vocab = json.loads(path.read_text())
+        except ValueError:
+            vocab = None
+        if isinstance(vocab, dict) and all(isinstance(i, int) for i in vocab.values()):
+            by_id = {i: token for token, i in vocab.items()}
+            if sorted(by_id) == list(range(n)):
+                return [by_id[i] for i in range(n)]
+        log.warning("'%s' is not a flat vocabulary of %d tokens numbered 0..%d; ignoring it", path, n, n - 1)
+    labels = _labels(hf, n)
+    if labels[0] == "LABEL_0":
+        log.warning("no vocab.json beside config.json: the CTC head's %d outputs are labelled LABEL_0... "
+                    "(decoding needs the characters; copy the tokenizer's vocab.json into the folder)", n)
+    return labels
 
 
 def _warn_dropped(names: set[str]) -> None:
@@ -391,12 +548,12 @@ def _write_checkpoint(cfg: Config, encoder_state: dict[str, Tensor], out: Path, 
         model = Data2Vec(cfg)
     state = model.student.state_dict()
     missing = set(state) - set(encoder_state)
-    if missing - {"frontend.mask_token"} or set(encoder_state) - set(state):  # a bug of ours, not the user's
+    if missing - OPTIONAL or set(encoder_state) - set(state):  # a bug of ours, not the user's
         raise RuntimeError(f"HF conversion mapped {sorted(set(encoder_state) - set(state))}, "
                            f"left {sorted(missing)}")
     if missing:
-        log.info("the Hugging Face model has no mask token (use_mask_token=false); data2vec's is freshly "
-                 "initialised (only pretraining uses it)")
+        log.info("the Hugging Face model has no mask embedding (use_mask_token=false, or mask_time_prob=0 for "
+                 "speech); data2vec's is freshly initialised (only pretraining uses it)")
     state.update(encoder_state)
     try:
         model.student.load_state_dict(state)
@@ -424,8 +581,11 @@ def _param_groups(model, optimizer) -> list[dict]:
 def to_hf(checkpoint: str | Path, out: str | Path, which: str = "student") -> Path:
     """Write checkpoint (or run folder) `checkpoint` as an HF model folder `out` (``config.json`` and
     ``model.safetensors``); `which="teacher"` exports the EMA teacher. A checkpoint with a classifier becomes
-    `Data2VecVisionForImageClassification` / `Data2VecTextForSequenceClassification`, one without a
-    `Data2VecVisionModel` / `Data2VecTextModel`, which `AutoModel.from_pretrained(out)` loads."""
+    `Data2VecVisionForImageClassification` / `Data2VecTextForSequenceClassification` /
+    `Data2VecAudioForSequenceClassification`, one with a CTC head `Data2VecAudioForCTC` (with the tokenizer's
+    ``vocab.json``), one without a head `Data2VecVisionModel` / `Data2VecTextModel` / `Data2VecAudioModel`,
+    which `AutoModel.from_pretrained(out)` loads. Speech also gets the feature extractor's
+    ``preprocessor_config.json``."""
     from safetensors.torch import save_file
 
     from data2vec.nn.heads import load_head
@@ -438,18 +598,23 @@ def to_hf(checkpoint: str | Path, out: str | Path, which: str = "student") -> Pa
     if not ours:
         raise Data2VecError(f"checkpoint '{path}' has no '{which}' weights; use which=student or which=teacher")
     head = load_head(path)
+    files: dict[str, dict] = {}  # other JSON files of the folder
     if cfg.modality == "image":
         hf, tensors = _vision_to_hf(cfg, ours, head)
     elif cfg.modality == "text":
         hf, tensors = _text_to_hf(cfg, ours, head)
+    elif cfg.modality == "audio":
+        hf, tensors, files = _audio_to_hf(cfg, ours, head)
     else:
-        raise Data2VecError(f"cannot export a '{cfg.modality}' checkpoint to Hugging Face yet; image and text are supported")
+        raise Data2VecError(f"cannot export a '{cfg.modality}' checkpoint to Hugging Face")
     hf["data2vec"] = to_dict(cfg)  # transformers keeps unknown keys; from_hf restores what HF cannot express
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(out / "model.safetensors"),
               metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+    for name, content in files.items():
+        (out / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n")
     return out
 
 
@@ -548,3 +713,59 @@ def _text_to_hf(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dict[
         return hf, tensors
     head_tensors = {f"classifier.{k}": v for k, v in head.state_dict().items()}
     return _with_head(hf, tensors, TEXT, head, head_tensors, "Data2VecTextForSequenceClassification")
+
+
+def _audio_to_hf(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dict[str, Tensor], dict[str, dict]]:
+    m, a = cfg.model, cfg.audio
+    if m.norm_first:
+        raise _cannot_export("model.norm_first", True, "(pre-LN): Data2VecAudio blocks are post-LN")
+    if m.layer_scale > 0:
+        raise _cannot_export("model.layer_scale", m.layer_scale, "is not expressible: Data2VecAudio blocks have no "
+                             "layer scale")
+    if a.pos_conv_layers < 1:
+        raise _cannot_export("audio.pos_conv_layers", a.pos_conv_layers, "is not expressible: Data2VecAudio with "
+                             "num_conv_pos_embeddings=0 adds its input to itself instead of nothing")
+    if head is not None and head.kind == "sentence":
+        raise _cannot_export("finetune.head", head.kind, "is not expressible for speech: Data2VecAudio classifies the "
+                             "mean over frames (finetune.head=linear)")
+    if a.pos_conv_zero_padding == "every_layer" and a.pos_conv_layers > 1:
+        log.warning("audio.pos_conv_zero_padding=every_layer: Hugging Face zeroes padded frames only before the "
+                    "first positional conv layer; outputs are identical without padding, but on a padded batch the "
+                    "shorter utterances' frames differ slightly (from_hf of the export restores the setting)")
+    hf = {"model_type": AUDIO, "architectures": ["Data2VecAudioModel"], "hidden_size": m.dim,
+          "num_hidden_layers": m.depth, "num_attention_heads": m.heads, "intermediate_size": int(m.dim * m.mlp_ratio),
+          "hidden_act": "gelu", "hidden_dropout": m.dropout, "activation_dropout": m.dropout,
+          "attention_dropout": m.attn_dropout, "feat_proj_dropout": a.feature_dropout, "layerdrop": 0.0,
+          "layer_norm_eps": m.norm_eps, "feat_extract_activation": "gelu", "conv_dim": list(a.conv_dim),
+          "conv_kernel": list(a.conv_kernel), "conv_stride": list(a.conv_stride), "conv_bias": a.conv_bias,
+          "num_conv_pos_embeddings": a.pos_conv_layers, "conv_pos_kernel_size": a.pos_conv_kernel,
+          "num_conv_pos_embedding_groups": a.pos_conv_groups, "mask_time_prob": 0.05,  # HF keeps masked_spec_embed
+          "initializer_range": 0.02, "use_weighted_layer_sum": False, "add_adapter": False}
+    tensors = {theirs: ours[mine] for theirs, mine in _audio_pairs(cfg)}
+    q, k, v = _qkv_names(cfg)
+    for h, o in _attention_prefixes(cfg):
+        (wq, wk, wv), (bq, bk, bv) = _split_qkv(cfg, ours, o)
+        tensors.update({f"{h}{q}.weight": wq, f"{h}{k}.weight": wk, f"{h}{v}.weight": wv,
+                        f"{h}{q}.bias": bq, f"{h}{k}.bias": bk, f"{h}{v}.bias": bv})
+    files = {"preprocessor_config.json": {
+        "feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1, "sampling_rate": a.sample_rate,
+        "padding_value": 0.0, "padding_side": "right", "do_normalize": a.normalize, "return_attention_mask": True}}
+    if head is None:
+        return hf, tensors, files
+    hf["final_dropout"] = head.dropout.p
+    if head.kind == "ctc":  # blank = pad = index 0; the vocabulary as the tokenizer's vocab.json
+        hf.update(vocab_size=len(head.labels), pad_token_id=0, bos_token_id=None, eos_token_id=None)
+        hf["architectures"] = ["Data2VecAudioForCTC"]
+        files["vocab.json"] = {label: i for i, label in enumerate(head.labels)}
+        files["tokenizer_config.json"] = {
+            "tokenizer_class": "Wav2Vec2CTCTokenizer", "pad_token": head.labels[0], "unk_token": head.labels[0],
+            "bos_token": None, "eos_token": None, "word_delimiter_token": "|", "do_lower_case": False}
+        prefixed = {BASE_PREFIX[AUDIO] + name: value for name, value in tensors.items()}
+        return hf, {**prefixed, "lm_head.weight": head.fc.weight, "lm_head.bias": head.fc.bias}, files
+    # utterance classifier: HF's projector (to classifier_proj_size) is the identity, its classifier ours
+    hf["classifier_proj_size"] = m.dim
+    head_tensors = {"projector.weight": torch.eye(m.dim, dtype=head.fc.weight.dtype),
+                    "projector.bias": torch.zeros(m.dim, dtype=head.fc.bias.dtype),
+                    "classifier.weight": head.fc.weight, "classifier.bias": head.fc.bias}
+    hf, tensors = _with_head(hf, tensors, AUDIO, head, head_tensors, "Data2VecAudioForSequenceClassification")
+    return hf, tensors, files
