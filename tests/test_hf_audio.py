@@ -16,7 +16,8 @@ from data2vec.config import build_config  # noqa: E402
 from data2vec.errors import Data2VecError  # noqa: E402
 from data2vec.interop.hf import from_hf, to_hf  # noqa: E402
 from data2vec.model import Data2Vec  # noqa: E402
-from data2vec.nn.heads import HEAD_FILE, CTCHead, LinearClassifier, SentenceClassifier, head_file, load_head  # noqa: E402
+from data2vec.nn.heads import (HEAD_FILE, CTCHead, LinearClassifier, SentenceClassifier, head_file,  # noqa: E402
+                                load_head)
 from data2vec.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
 TOL = 1e-5

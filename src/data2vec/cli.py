@@ -72,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert a Hugging Face transformers model folder to a checkpoint, or back")
     way = p.add_mutually_exclusive_group(required=True)
-    way.add_argument("--from-hf", metavar="DIR", help="HF Data2VecVision / Data2VecText folder (config.json + "
-                                                      "model.safetensors or pytorch_model.bin)")
+    way.add_argument("--from-hf", metavar="DIR", help="HF Data2VecVision / Data2VecText / Data2VecAudio folder "
+                                                      "(config.json + model.safetensors or pytorch_model.bin)")
     way.add_argument("--to-hf", metavar="CHECKPOINT", help="data2vec checkpoint or run folder")
     p.add_argument("--out", required=True, help="--from-hf: new run folder for the checkpoint; --to-hf: folder for "
                                                 "config.json and model.safetensors")

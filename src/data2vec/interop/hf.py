@@ -231,7 +231,8 @@ def _audio_config(hf: dict, weights: dict[str, Tensor], folder: Path) -> Config:
         setattr(cfg.model, key, value)
     m, a = cfg.model, cfg.audio
     m.norm_first, m.qkv_bias, m.layer_scale, m.drop_path, m.final_norm = False, "all", 0.0, 0.0, False  # post-LN
-    a.conv_dim, a.conv_kernel, a.conv_stride = [int(d) for d in dims], [int(k) for k in kernels], [int(s) for s in strides]
+    a.conv_dim, a.conv_kernel = [int(d) for d in dims], [int(k) for k in kernels]
+    a.conv_stride = [int(s) for s in strides]
     a.conv_bias = bool(get("conv_bias"))
     a.pos_conv_layers, a.pos_conv_kernel, a.pos_conv_groups = layers, int(get("conv_pos_kernel_size")), groups
     a.pos_conv_zero_padding = "once"  # as HF: padded frames zeroed before the first positional conv only
@@ -303,13 +304,14 @@ def _audio_pairs(cfg: Config) -> list[tuple[str, str]]:
     pairs = [("masked_spec_embed", "frontend.masked_spec_embed")]
     for i in range(len(a.conv_dim)):
         h = f"feature_extractor.conv_layers.{i}."
-        pairs += [(f"{h}conv.weight", f"frontend.{h}conv.weight")] + _layer_pairs(h, f"frontend.{h}", [("layer_norm", "layer_norm")])
+        pairs += [(f"{h}conv.weight", f"frontend.{h}conv.weight")]
+        pairs += _layer_pairs(h, f"frontend.{h}", [("layer_norm", "layer_norm")])
         if a.conv_bias:
             pairs.append((f"{h}conv.bias", f"frontend.{h}conv.bias"))
     pairs += _layer_pairs("", "frontend.", [("feature_projection.layer_norm", "feature_projection.layer_norm"),
                                             ("feature_projection.projection", "feature_projection.projection")])
-    pairs += _layer_pairs("encoder.", "frontend.", [(f"pos_conv_embed.layers.{i}.conv", f"pos_conv_embed.layers.{i}.conv")
-                                                    for i in range(a.pos_conv_layers)] + [("layer_norm", "layer_norm")])
+    convs = [f"pos_conv_embed.layers.{i}.conv" for i in range(a.pos_conv_layers)]
+    pairs += _layer_pairs("encoder.", "frontend.", [(c, c) for c in convs] + [("layer_norm", "layer_norm")])
     for i in range(cfg.model.depth):
         pairs += _layer_pairs(f"encoder.layers.{i}.", f"encoder.blocks.{i}.",
                               [("attention.out_proj", "attn.proj"), ("layer_norm", "norm1"),
