@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from data2vec.config import EncoderConfig
+from data2vec.nn.linear import linear
 
 
 class DropPath(nn.Module):
@@ -42,7 +43,8 @@ class LayerScale(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with one fused QKV projection, computed by SDPA.
+    """Multi-head self-attention with one fused QKV projection, computed by SDPA (the projections by
+    :func:`data2vec.nn.linear.linear`, which picks the fastest fp32 CPU kernel).
 
     `qkv_bias="qv"` keeps biases on queries and values only (the key bias cancels in softmax), which is the
     BEiT / Hugging Face Data2VecVision layout.
@@ -69,13 +71,13 @@ class Attention(nn.Module):
         bias = None
         if self.q_bias is not None:
             bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-        qkv = F.linear(x, self.qkv.weight, bias if bias is not None else self.qkv.bias)
+        qkv = linear(x, self.qkv.weight, bias if bias is not None else self.qkv.bias)
         q, k, v = qkv.view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, Dh]
         dropout = self.attn_dropout if self.training else 0.0
         if attn_bias is not None and attn_bias.dtype != torch.bool:
             attn_bias = attn_bias.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout)
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, T, D)))
+        return self.proj_drop(linear(out.transpose(1, 2).reshape(B, T, D), self.proj.weight, self.proj.bias))
 
 
 class Mlp(nn.Module):
@@ -86,7 +88,8 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.drop(F.gelu(self.fc1(x))))
+        hidden = F.gelu(linear(x, self.fc1.weight, self.fc1.bias))
+        return linear(self.drop(hidden), self.fc2.weight, self.fc2.bias)
 
 
 class Block(nn.Module):

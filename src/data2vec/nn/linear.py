@@ -1,0 +1,98 @@
+"""The matrix products of linear layers, routed to the fastest fp32 kernel the CPU has.
+
+PyTorch's CPU builds run fp32 `F.linear` through MKL's sgemm, which on AMD CPUs takes a code path that uses
+about half the machine: on the AMD EPYC (Zen 5) we develop on, MKL reaches ~100 GFLOP/s per core where
+oneDNN, which PyTorch also ships (it already runs bf16 matmuls and convolutions), reaches ~220 on the same
+products, at fp32 accuracy. :func:`linear` sends fp32 CPU products (forward and both backward products) to
+oneDNN when a one-off timing of the two on this machine says oneDNN is clearly faster, and everything else
+(GPUs, bf16 / fp16 autocast, compiled graphs, machines where MKL is as fast) to `F.linear` unchanged.
+BENCHMARKS.md has the measurements; :func:`set_cpu_matmul` overrides the choice.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Choice = Literal["auto", "onednn", "default"]
+_choice: Choice = "auto"
+_onednn_faster: bool | None = None  # the "auto" timing, done once per process
+
+
+def set_cpu_matmul(choice: Choice) -> None:
+    """`auto` (time both kernels once, use oneDNN when it is at least 1.25x faster), `onednn` or `default`
+    (always `F.linear`, i.e. MKL on CPU builds of PyTorch)."""
+    global _choice
+    if choice not in ("auto", "onednn", "default"):
+        raise ValueError(f"cpu matmul choice must be auto, onednn or default, got {choice!r}")
+    _choice = choice
+
+
+def onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _onednn_mm(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ weight.T + bias`` by oneDNN: x `[..., K]`, weight `[N, K]` (either may be a strided view)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def _time_kernels(n: int = 512, reps: int = 3) -> tuple[float, float]:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    times = []
+    for mm in (F.linear, _onednn_mm):
+        mm(a, b)
+        start = time.perf_counter()
+        for _ in range(reps):
+            mm(a, b)
+        times.append(time.perf_counter() - start)
+    return times[0], times[1]
+
+
+def use_onednn() -> bool:
+    """Whether fp32 CPU products go to oneDNN (decided on first use under `auto`)."""
+    global _onednn_faster
+    if _choice == "default" or not onednn_available():
+        return False
+    if _choice == "onednn":
+        return True
+    if _onednn_faster is None:
+        default, onednn = _time_kernels()
+        _onednn_faster = default > 1.25 * onednn
+    return _onednn_faster
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """F.linear with its forward and backward products computed by oneDNN."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_mm(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])  # [M, N]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _onednn_mm(grad, weight.t())  # [..., K] = g @ W
+        if ctx.needs_input_grad[1]:
+            grad_w = _onednn_mm(g.t(), x.reshape(-1, x.shape[-1]).t())  # [N, K] = g^T @ x
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`F.linear`, with fp32 CPU products done by oneDNN where that is faster (see the module docstring)."""
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+            and type(weight.data) is torch.Tensor and use_onednn()):
+        return _OneDNNLinear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)

@@ -1,0 +1,56 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from data2vec.nn import linear as lin
+
+pytestmark = pytest.mark.skipif(not lin.onednn_available(), reason="this PyTorch build has no oneDNN")
+
+
+@pytest.fixture
+def onednn():
+    lin.set_cpu_matmul("onednn")
+    yield
+    lin.set_cpu_matmul("auto")
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_onednn_linear_matches_float64_forward_and_gradients(onednn, with_bias):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 17, 24, generator=g, requires_grad=True)
+    w = torch.randn(40, 24, generator=g, requires_grad=True)
+    b = torch.randn(40, generator=g, requires_grad=True) if with_bias else None
+    up = torch.randn(3, 17, 40, generator=g)
+    out = lin.linear(x, w, b)
+    assert out.grad_fn.name().endswith("_OneDNNLinearBackward")  # the oneDNN path was taken
+    (out * up).sum().backward()
+
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    b64 = b.detach().double().requires_grad_() if with_bias else None
+    want = F.linear(x64, w64, b64)
+    (want * up.double()).sum().backward()
+    torch.testing.assert_close(out.double(), want.detach(), rtol=1e-5, atol=1e-5)
+    for got, ref in [(x.grad, x64.grad), (w.grad, w64.grad)] + ([(b.grad, b64.grad)] if with_bias else []):
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_strided_input_and_frozen_weight(onednn):
+    x = torch.randn(24, 10).t().requires_grad_()  # [10, 24], not contiguous
+    w = torch.randn(6, 24)  # no gradient wanted
+    out = lin.linear(x, w)
+    out.sum().backward()
+    torch.testing.assert_close(out, x.detach() @ w.t(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, torch.ones(10, 6) @ w, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_and_default_choice_use_f_linear(onednn):
+    x, w = torch.randn(4, 8), torch.randn(5, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert lin.linear(x, w).dtype == torch.bfloat16  # autocast's bf16 F.linear, not our fp32 path
+    lin.set_cpu_matmul("default")
+    assert "OneDNN" not in lin.linear(x, w).grad_fn.name()
+
+
+def test_unknown_choice_is_refused():
+    with pytest.raises(ValueError, match="auto, onednn or default"):
+        lin.set_cpu_matmul("mkl")
