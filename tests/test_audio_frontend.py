@@ -130,7 +130,18 @@ def _hf_state_dict(enc: Data2VecEncoder) -> dict[str, torch.Tensor]:
     return sd
 
 
-def test_matches_hugging_face_data2vec_audio_exactly_without_padding():
+@pytest.fixture
+def hf_matmul():
+    """F.linear for our products too, as in transformers: the tolerances below then check the layout, not how
+    two GEMM kernels round (oneDNN, which data2vec.nn.linear may pick on CPU, differs from MKL by ~1e-5)."""
+    from data2vec.nn import linear
+
+    linear.set_cpu_matmul("default")
+    yield
+    linear.set_cpu_matmul("auto")
+
+
+def test_matches_hugging_face_data2vec_audio_exactly_without_padding(hf_matmul):
     transformers = pytest.importorskip("transformers")
     enc = encoder("model.qkv_bias=all", "model.norm_first=false", "model.final_norm=false")
     hc = transformers.Data2VecAudioConfig(

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data2vec.config import AudioConfig, EncoderConfig
+from data2vec.nn.linear import linear
 
 Length = TypeVar("Length", int, Tensor)
 
@@ -65,7 +66,7 @@ class ConvLayer(nn.Module):
         """`[B, T, C_in]` -> `[B, T', C_out]`, ``T' = (T - kernel) // stride + 1``."""
         windows = x.unfold(1, self.conv.kernel_size[0], self.conv.stride[0])  # [B, T', C_in, k]
         weight = self.conv.weight.reshape(self.conv.out_channels, -1)  # [C_out, C_in * k]
-        x = F.linear(windows.reshape(*windows.shape[:2], -1), weight, self.conv.bias)
+        x = linear(windows.reshape(*windows.shape[:2], -1), weight, self.conv.bias)
         return F.gelu(self.layer_norm(x))
 
 
