@@ -50,3 +50,17 @@ def test_bench_data_reports_samples_per_second(capsys):
     assert main(["bench", "data", "image-tiny", *TINY, "--steps", "3"]) == 0
     out = capsys.readouterr().out
     assert "samples/s" in out and float(out.split("data pipeline:")[1].split()[0]) > 0
+
+
+def test_importing_data2vec_makes_openmp_threads_sleep_unless_the_user_chose():
+    import os
+    import subprocess
+    import sys
+
+    def policy(env):
+        probe = "import data2vec, os; print(os.environ['OMP_WAIT_POLICY'])"
+        return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True).stdout.strip()
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert policy(env) == "PASSIVE"
+    assert policy({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"

@@ -5,9 +5,17 @@ Public API: :func:`load` (a trained encoder from a checkpoint), :func:`build_con
 :func:`from_hf` / :func:`to_hf` (Hugging Face `transformers` model folders).
 """
 
-from data2vec.api import load
-from data2vec.config import Config, build_config
-from data2vec.errors import Data2VecError
+import os as _os
+
+# OpenMP threads that finish a parallel region spin while they wait for the next one (GNU OpenMP's default).
+# On a machine shared with other jobs (a laptop, a CI runner, a busy node) the spinning threads take the cores
+# the working threads need, and a training step took 3-10x longer here; sleeping threads avoid that. Only
+# effective when torch is not imported yet; export OMP_WAIT_POLICY=ACTIVE to keep the spinning.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from data2vec.api import load  # noqa: E402 - after the OpenMP setting, which must precede importing torch
+from data2vec.config import Config, build_config  # noqa: E402
+from data2vec.errors import Data2VecError  # noqa: E402
 
 __version__ = "0.1.0"
 version = __version__
