@@ -62,7 +62,7 @@ IGNORED = re.compile(r"(relative_position_index|embeddings\.position_ids|embeddi
 DROPPED_WHY = {"pooler.dense": "RoBERTa's CLS pooler; data2vec text pools by the mean over tokens",
                "lm_head": "masked-LM head", "decode_head": "segmentation head", "auxiliary_head": "segmentation head",
                "fpn1": "segmentation head", "fpn2": "segmentation head",
-               "classifier": "frame classification head", "tdnn": "x-vector head", "objective": "x-vector head",
+               "classifier": "frame classification or x-vector head", "tdnn": "x-vector head", "objective": "x-vector head",
                "projector": "x-vector head", "feature_extractor": "x-vector head"}
 
 
