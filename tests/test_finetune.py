@@ -184,7 +184,8 @@ def test_text_pairs_fine_tune_and_evaluate_with_the_stored_tokenizer(text_run, t
     pre, glue = text_run
     run = finetune(build_config("text-tiny-ft", [f"finetune.checkpoint={pre}", f"out={tmp_path / 'ft'}",
                                                  f"data.path={glue}", "train.max_steps=4", "train.batch_size=8",
-                                                 "finetune.eval_every=2", "finetune.metric=mcc"]), progress=False)
+                                                 "finetune.eval_every=2", "finetune.metric=mcc",
+                                                 "finetune.head=sentence"]), progress=False)
     best = json.loads((run / "results.json").read_text())["best"]
     assert {"accuracy", "f1", "mcc"} <= set(best) and "top5" not in best
     ckpt = data2vec.train.checkpoint.resolve_checkpoint(run / "best")
@@ -244,14 +245,13 @@ def speech(tmp_path_factory):
 
 def test_ctc_fine_tuning_transcribes_with_a_frozen_feature_encoder(speech, tmp_path):
     pre, words = speech
-    run = finetune(build_config("audio-tiny-ctc", [
+    run = finetune(build_config("audio-tiny-ctc", [  # the head learns alone for 30 steps, then everything
         f"finetune.checkpoint={pre}", f"data.path={words}", f"out={tmp_path / 'ctc'}", "train.batch_size=8",
-        "train.max_steps=30", "train.warmup_steps=3", "train.log_every=1", "finetune.freeze_encoder_steps=5",
-        "finetune.eval_every=15"]), progress=False)
+        "train.max_steps=34", "train.warmup_steps=3", "train.lr=3e-2", "train.log_every=1",
+        "finetune.freeze_encoder_steps=30", "finetune.eval_every=15"]), progress=False)
     result = json.loads((run / "results.json").read_text())
-    assert result["metric"] == "wer" and {"wer", "cer"} <= set(result["best"]) and result["classes"][0] == "<blank>"
-    losses = [r["loss"] for r in rows(run)]
-    assert sum(losses[-5:]) < 0.7 * sum(losses[:5]), losses  # CTC learns (measured: about 0.35x)
+    assert result["metric"] == "wer" and result["classes"] == ["<blank>", "|", "h", "i", "l", "o"]
+    assert result["best"]["cer"] < 0.95, result  # greedy transcripts spell some letters right (measured 0.75)
     got = evaluate(run / "best", out=tmp_path)
     assert got["wer"] == pytest.approx(result["best"]["wer"]) and got["samples"] == 8
     start, end = data2vec.load(pre).state_dict(), data2vec.load(run).state_dict()

@@ -50,3 +50,12 @@ def test_macro_f1_leaves_out_classes_neither_present_nor_predicted():
 
 def test_mcc_is_zero_when_every_prediction_is_one_class():
     assert matthews_corrcoef(torch.zeros(5, dtype=torch.long), torch.tensor([0, 1, 0, 1, 1]), 2) == 0.0
+
+
+def test_best_checkpoint_comparison_knows_direction_and_breaks_wer_ties_with_cer():
+    from data2vec.evaluation.classify import better
+
+    assert better("accuracy", {"accuracy": 0.6}, {"accuracy": 0.5}) and not better("mcc", {"mcc": 0.1}, {"mcc": 0.2})
+    assert better("wer", {"wer": 0.3, "cer": 0.2}, {"wer": 0.4, "cer": 0.1})  # lower is better
+    assert better("wer", {"wer": 1.0, "cer": 0.5}, {"wer": 1.0, "cer": 0.9})  # tie on WER: CER decides
+    assert not better("accuracy", {"accuracy": 0.5}, {"accuracy": 0.5}) and better("f1", {"f1": 0.0}, None)

@@ -14,11 +14,18 @@ from data2vec.train.device import autocast
 LOWER_IS_BETTER = ("wer", "cer")
 
 
-def better(metric: str, value: float, best: float | None) -> bool:
-    """Whether `value` of `metric` beats `best` (None: nothing yet); error rates improve downwards."""
+TIE_BREAK = {"wer": "cer", "cer": "wer"}  # a tiny model's WER stays 1.0 long after its CER starts to fall
+
+
+def better(metric: str, new: dict[str, float], best: dict[str, float] | None) -> bool:
+    """Whether metrics `new` beat `best` (None: nothing yet) on `metric`; error rates improve downwards, and a
+    tie on WER (CER) is decided by CER (WER)."""
     if best is None:
         return True
-    return value < best if metric in LOWER_IS_BETTER else value > best
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    if new[metric] != best[metric] or metric not in TIE_BREAK:
+        return sign * new[metric] > sign * best[metric]
+    return new[TIE_BREAK[metric]] < best[TIE_BREAK[metric]]
 
 
 @torch.no_grad()

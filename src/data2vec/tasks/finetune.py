@@ -155,8 +155,7 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
             logger.log({"step": step, "split": "valid", **metrics}, group="valid")
         log.info("step %d validation: %s", step, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                                                if k != "samples"))
-        metric = cfg.finetune.metric
-        if better(metric, metrics[metric], best[metric] if best is not None else None):
+        if better(cfg.finetune.metric, metrics, best):
             best = {"step": step, **metrics}
             save_checkpoint(out / BEST, step, weights_now(), {"step": step, "metrics": metrics}, cfg, keep_last=1,
                             extra_files={HEAD_FILE: head_file(model.head), **extra})
