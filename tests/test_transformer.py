@@ -99,3 +99,27 @@ def test_grad_checkpoint_gives_the_same_gradients():
     enc(x)[0].sum().backward()
     for a, p in zip(plain, enc.parameters()):
         torch.testing.assert_close(a, p.grad)
+
+
+def test_cpu_autocast_runs_attention_itself_in_fp32():
+    """bf16 flash attention on CPU is 2-4x slower than fp32, so under CPU autocast SDPA gets fp32 inputs; the
+    block still hands bf16 to the next product and agrees with an fp32 run to bf16 rounding."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class SdpaDtypes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.dtypes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "scaled_dot_product" in str(func) and "backward" not in str(func):
+                self.dtypes.append(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    attn = Attention(32, 4, "qv", 0.0, 0.0)
+    x = torch.randn(2, 10, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16), SdpaDtypes() as seen:
+        out = attn(x)
+    assert seen.dtypes == [torch.float32] and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), attn(x), atol=3e-2, rtol=3e-2)

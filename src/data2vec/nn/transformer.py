@@ -7,6 +7,8 @@ data2vec target tap for speech and text, so the teacher gets all taps in a singl
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -74,9 +76,16 @@ class Attention(nn.Module):
         qkv = linear(x, self.qkv.weight, bias if bias is not None else self.qkv.bias)
         q, k, v = qkv.view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, Dh]
         dropout = self.attn_dropout if self.training else 0.0
+        dtype = q.dtype
+        fp32 = q.device.type == "cpu" and dtype != torch.float32
+        if fp32:
+            # CPU flash attention is 2-4x slower in bf16 than in fp32 (its backward above all) at our sequence
+            # lengths (BENCHMARKS.md), so under CPU autocast the attention itself runs in fp32.
+            q, k, v = q.float(), k.float(), v.float()
         if attn_bias is not None and attn_bias.dtype != torch.bool:
             attn_bias = attn_bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout)
+        with torch.autocast("cpu", enabled=False) if fp32 else contextlib.nullcontext():
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout).to(dtype)
         return self.proj_drop(linear(out.transpose(1, 2).reshape(B, T, D), self.proj.weight, self.proj.bias))
 
 
