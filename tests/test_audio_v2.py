@@ -36,7 +36,7 @@ def test_v2_speech_masks_clones_over_real_frames_and_drops_them(tmp_path):
 
     lengths, teacher_calls = [], []
     model.student.encoder.register_forward_pre_hook(lambda m, a, k: lengths.append(a[0].shape[1]), with_kwargs=True)
-    model.teacher.register_forward_pre_hook(lambda m, a: teacher_calls.append(1))
+    model.teacher.encoder.register_forward_pre_hook(lambda m, a: teacher_calls.append(1))  # the Transformer
     out = model(batch["inputs"], batch["mask"], batch["padding_mask"])
     out["loss"].backward()
     pad_frames = torch.arange(N)[None] >= real[:, None]  # [B, N]
@@ -44,3 +44,24 @@ def test_v2_speech_masks_clones_over_real_frames_and_drops_them(tmp_path):
     assert lengths == [int(visible.max())] and teacher_calls == [1]
     assert torch.isfinite(out["loss"]) and model.decoder.proj_in.weight.grad is not None
     assert model.student.frontend.masked_spec_embed.grad is None  # v2 drops masked frames: no mask embedding
+
+
+def test_v2_teacher_reuses_the_shared_front_end_output_only_when_it_is_identical():
+    cfg = build_config("audio-tiny", V2)
+    torch.manual_seed(0)
+    model = Data2Vec(cfg).train()
+    waves, padding = torch.randn(2, 4000), torch.zeros(2, 4000, dtype=torch.bool)
+    padding[1, 3000:] = True
+    frontend_calls = []
+    model.teacher.frontend.register_forward_pre_hook(lambda m, a: frontend_calls.append(1))
+    assert model.shares_frontend_output()  # ema_scope encoder and no active dropout in the front-end
+    shared = model.targets(waves, padding, model.student.frontend(waves, None, padding))
+    assert frontend_calls == []
+    full = model.targets(waves, padding)  # the teacher's own front-end: the same numbers
+    assert frontend_calls == [1]
+    torch.testing.assert_close(shared, full, rtol=0, atol=0)
+    model.student.frontend.dropout.p = 0.1  # the student's front-end output now differs from the teacher's
+    assert not model.shares_frontend_output()
+    model.cfg.objective.ema_scope = "all"  # averaged front-end weights differ too
+    model.student.frontend.dropout.p = 0.0
+    assert not model.shares_frontend_output()

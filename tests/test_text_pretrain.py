@@ -107,7 +107,7 @@ def test_v2_text_batches_drop_chosen_tokens_per_clone(data_dir):
     model = Data2Vec(cfg)
     lengths, teacher_calls = [], []
     model.student.encoder.register_forward_pre_hook(lambda m, a, k: lengths.append(a[0].shape[1]), with_kwargs=True)
-    model.teacher.register_forward_pre_hook(lambda m, a: teacher_calls.append(1))
+    model.teacher.encoder.register_forward_pre_hook(lambda m, a: teacher_calls.append(1))  # the Transformer
     out = model(batch["inputs"], batch["mask"], batch["padding_mask"])
     out["loss"].backward()
     visible = (~(batch["mask"] | batch["padding_mask"][:, None])).sum(-1)  # [B, 3]

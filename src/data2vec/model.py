@@ -69,7 +69,10 @@ class Data2VecEncoder(nn.Module):
         The front-end turns the input padding mask into a token padding mask (samples -> frames for audio),
         which the output carries.
         """
-        x, attn_bias, token_padding = self.frontend(inputs, mask, padding_mask)
+        return self.encode(*self.frontend(inputs, mask, padding_mask))
+
+    def encode(self, x: Tensor, attn_bias: Tensor | None, token_padding: Tensor | None) -> EncoderOutput:
+        """The Transformer over front-end output `x` `[B, N, D]` (what `frontend(...)` returns)."""
         last, outputs, taps = self.encoder(x, padding_mask=token_padding, attn_bias=attn_bias)
         return EncoderOutput(last, (x, *outputs), tuple(taps), token_padding)
 
@@ -150,11 +153,28 @@ class Data2Vec(nn.Module):
         for teacher, student, averaged in self.ema_groups():
             ema_update(teacher, student, decay if averaged else 0.0)
 
+    def shares_frontend_output(self) -> bool:
+        """Whether the teacher's front-end would compute exactly what the student's computes on the unmasked
+        input: its weights are the student's (`ema_scope: encoder` copies rather than averages them) and no
+        dropout is active in the student's. Then v2, whose student embeds the unmasked input anyway, hands
+        that output to the teacher's Transformer and skips a second front-end pass (the whole conv feature
+        encoder, for speech)."""
+        if self.cfg.objective.ema_scope != "encoder":
+            return False
+        frontend = self.student.frontend
+        return not frontend.training or all(m.p == 0 for m in frontend.modules() if isinstance(m, nn.Dropout))
+
     @torch.no_grad()
-    def targets(self, inputs: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        """Teacher targets `[B, N, D]` (prefix tokens dropped) from one pass over the unmasked input."""
+    def targets(self, inputs: Tensor, padding_mask: Tensor | None = None,
+                frontend_output: tuple[Tensor, Tensor | None, Tensor | None] | None = None) -> Tensor:
+        """Teacher targets `[B, N, D]` (prefix tokens dropped) from one pass over the unmasked input, or from
+        the front-end output the student already computed (see `shares_frontend_output`)."""
         obj = self.cfg.objective
-        out = self.teacher(inputs, padding_mask=padding_mask)
+        if frontend_output is None:
+            out = self.teacher(inputs, padding_mask=padding_mask)
+        else:
+            x, attn_bias, token_padding = frontend_output
+            out = self.teacher.encode(x.detach(), attn_bias, token_padding)
         layers = out.layer_results if obj.tap == "ffn" else out.hidden_states[1:]
         p = self.teacher.num_prefix
         layers = [layer[:, p:] for layer in layers]
@@ -185,7 +205,6 @@ class Data2Vec(nn.Module):
         """data2vec 2.0: the teacher runs once per sample; the student encodes only the visible tokens of each
         of the M masked copies; the conv decoder predicts the targets at the masked positions."""
         obj = self.cfg.objective
-        targets = self.targets(inputs, padding_mask)  # [B, N, D], computed once, reused by every clone
         mask = mask.unsqueeze(1) if mask.ndim == 2 else mask  # [B, M, N]
         B, M, N = mask.shape
         p = self.student.num_prefix
@@ -193,6 +212,8 @@ class Data2Vec(nn.Module):
         if attn_bias is not None:
             raise ValueError("data2vec 2.0 drops masked tokens, which a fixed relative position bias cannot "
                              "follow; use absolute positions (image.rel_pos_bias=none, image.pos_embed=sincos)")
+        shared = (x, attn_bias, token_padding) if self.shares_frontend_output() else None
+        targets = self.targets(inputs, padding_mask, shared)  # [B, N, D], computed once, reused by every clone
         D = x.shape[-1]
         x, targets, mask = x.repeat_interleave(M, 0), targets.repeat_interleave(M, 0), mask.reshape(B * M, N)
         hidden = mask if token_padding is None else mask | token_padding[:, p:].repeat_interleave(M, 0)
