@@ -65,3 +65,14 @@ def test_v2_teacher_reuses_the_shared_front_end_output_only_when_it_is_identical
     model.cfg.objective.ema_scope = "all"  # averaged front-end weights differ too
     model.student.frontend.dropout.p = 0.0
     assert not model.shares_frontend_output()
+
+
+def test_report_draws_one_mask_per_utterance_for_v2(tmp_path):
+    from data2vec.tasks.report import audio_examples
+
+    rng = np.random.default_rng(1)
+    for i, n in enumerate((3000, 5000)):
+        sf.write(tmp_path / f"{i}.wav", rng.normal(0, 0.1, n).astype(np.float32), 16000)
+    cfg = build_config("audio-tiny", [*V2, f"data.path={tmp_path}"])
+    caption = audio_examples(cfg, tmp_path / "examples.png")
+    assert "2 training inputs" in caption and (tmp_path / "examples.png").stat().st_size > 1000

@@ -192,12 +192,17 @@ def image_examples(cfg: Config, png: Path, count: int = 8) -> str:
     std = torch.tensor(dataset.transform.std).view(3, 1, 1)
     images = torch.stack([(it["image"] * std + mean).clamp(0, 1) for it in items]).permute(0, 2, 3, 1)
     side = cfg.image.image_size // cfg.image.patch_size
-    masks = torch.stack([it["mask"] for it in items]).reshape(-1, side, side)
+    masks = torch.stack([_first_clone(it["mask"]) for it in items]).reshape(-1, side, side)
     plots.masked_images(images.numpy(), masks.numpy(), png)
     return (f"{len(items)} training inputs as the pretraining loader makes them (augmented crop), and the same "
             f"inputs with their {side}&times;{side} patch block masks (ratio {cfg.masking.ratio:g}) greyed: the "
             "student sees the greyed patches only as a learned mask embedding and predicts the teacher's "
             "representation of them.")
+
+
+def _first_clone(mask: torch.Tensor) -> torch.Tensor:
+    """A sample's mask over its tokens: v2 items carry one per clone (`[M, N]`); show the first."""
+    return mask.reshape(-1, mask.shape[-1])[0]
 
 
 def audio_examples(cfg: Config, png: Path, count: int = 6) -> str:
@@ -211,7 +216,8 @@ def audio_examples(cfg: Config, png: Path, count: int = 6) -> str:
     if not items:
         raise Data2VecError(f"none of the sampled training inputs of '{cfg.data.path}' could be read")
     hop = math.prod(cfg.audio.conv_stride)
-    plots.masked_waveforms([it["audio"].numpy() for it in items], [it["mask"].numpy() for it in items], hop,
+    masks = [_first_clone(it["mask"]).numpy() for it in items]
+    plots.masked_waveforms([it["audio"].numpy() for it in items], masks, hop,
                            receptive_field(cfg.audio.conv_kernel, cfg.audio.conv_stride), cfg.audio.sample_rate, png)
     m = cfg.masking
     return (f"{len(items)} training inputs as the pretraining loader makes them (random crop, normalised), with "
