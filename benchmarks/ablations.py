@@ -70,13 +70,18 @@ def explicit_attention(self, x: torch.Tensor, attn_bias: torch.Tensor | None = N
     return _attend(self, *_project(self, x, fused=True), attn_bias, sdpa=False)
 
 
+def autocast_attention(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Before fp32 attention under CPU autocast: SDPA in the autocast dtype (bf16)."""
+    return _attend(self, *_project(self, x, fused=True), attn_bias, sdpa=True)
+
+
 def plain_attention(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Neither: three projections and attention written out."""
     return _attend(self, *_project(self, x, fused=False), attn_bias, sdpa=False)
 
 
 def patch_attention(model: Data2Vec, forward) -> None:
-    """Use `forward` (one of the three above) in every attention layer of student and teacher."""
+    """Use `forward` (one of the four above) in every attention layer of student and teacher."""
     from data2vec.nn.transformer import Attention
 
     for module in model.modules():

@@ -6,8 +6,9 @@ The student is `transformers`' own `Data2VecVisionModel` / `Data2VecTextModel` /
 and, for image and text, holding the same initial weights as our student (through our HF exporter). The
 teacher is a `copy.deepcopy` of it in eval mode, updated by a plain loop over parameters; targets are the
 average of the top-K `output_hidden_states`, each normalised as the recipe says; the head is one
-`nn.Linear` on the masked positions; Smooth L1 (or L2) as in the recipe; AdamW with the same groups,
-gradient clipping, the same learning rate. No `torch.compile`, no fused anything: the plain way.
+`nn.Linear` on the masked positions; Smooth L1 (or L2) as in the recipe; torch's default AdamW with the
+same groups and settings, gradient clipping, the same learning rate. No `torch.compile`, no fused
+optimiser: the plain way.
 
 What HF gives differs from our targets in one place only: for text and speech the reference regresses the
 block outputs (`hidden_states`, after the block's last LayerNorm), not the FFN output before the last
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 
 from data2vec.config import Config
 from data2vec.train.device import autocast
-from data2vec.train.optim import build_optimizer, lr_at, set_lr
+from data2vec.train.optim import lr_at, param_groups, set_lr
 
 
 def hf_student(cfg: Config, our_student: nn.Module | None = None) -> nn.Module:
@@ -73,9 +74,9 @@ def _hf_audio(cfg: Config) -> nn.Module:
         intermediate_size=int(m.dim * m.mlp_ratio), hidden_dropout=m.dropout, attention_dropout=m.attn_dropout,
         activation_dropout=0.0, feat_proj_dropout=a.feature_dropout, layerdrop=0.0, layer_norm_eps=m.norm_eps,
         conv_dim=list(a.conv_dim), conv_kernel=list(a.conv_kernel), conv_stride=list(a.conv_stride),
-        conv_bias=a.conv_bias, num_conv_pos_embeddings=a.pos_conv_kernel, num_conv_pos_embedding_groups=a.pos_conv_groups,
-        conv_pos_kernel_size=a.pos_conv_kernel, num_conv_pos_embeddings_layers=a.pos_conv_layers,
-        mask_time_prob=0.0, apply_spec_augment=True)  # masked_spec_embed exists, masks come from us
+        conv_bias=a.conv_bias, num_conv_pos_embeddings=a.pos_conv_layers, conv_pos_kernel_size=a.pos_conv_kernel,
+        num_conv_pos_embedding_groups=a.pos_conv_groups, mask_time_prob=0.05,
+        apply_spec_augment=True)  # builds masked_spec_embed; the masks are ours (mask_time_indices), never HF's
     return transformers.Data2VecAudioModel(config)
 
 
@@ -152,8 +153,12 @@ def _norm(x: Tensor, kind: str) -> Tensor:
 
 def build_reference(cfg: Config, our_student: nn.Module | None, device: torch.device
                     ) -> tuple[Reference, torch.optim.Optimizer]:
+    """The reference model and torch's default AdamW (what `torch.optim.AdamW(...)` gives a user: a loop of
+    elementwise ops per parameter on CPU, `foreach` on CUDA) with our parameter groups and settings."""
     model = Reference(cfg, hf_student(cfg, our_student)).to(device).train()
-    return model, build_optimizer(model.trainable_parameters(), cfg.train)
+    tc = cfg.train
+    groups = param_groups(model.trainable_parameters(), tc.weight_decay)
+    return model, torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps)
 
 
 def train_reference(model: Reference, optimizer: torch.optim.Optimizer, batches: Iterable[dict], cfg: Config,

@@ -18,7 +18,8 @@ over rounds of ratios taken within one round. Columns:
   allocator caching and kernel workspaces are not seen).
 - GFLOP/sample: model FLOPs of one step (matmuls, convolutions, attention) counted by
   `torch.utils.flop_counter.FlopCounterMode` on our step (the reference does the same model work).
-- MFU: achieved FLOP/s of the best round over the matmul rate measured in this run at that precision.
+- MFU: achieved FLOP/s of the best round over the matmul rate measured in this run at that precision: the
+  best kernel PyTorch has (fp32 on CPU: the better of MKL, PyTorch's default, and oneDNN).
 
     python benchmarks/pretrain_step.py                                   # everything: about 10 min on 2 cores
     python benchmarks/pretrain_step.py --sizes tiny --modalities image   # a quick look
@@ -45,6 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from data2vec.config import build_config, recipe_names
 from data2vec.model import Data2Vec
+from data2vec.nn.linear import _onednn_mm, onednn_available, set_cpu_matmul
 from data2vec.train.device import resolve_device
 from data2vec.train.loop import train
 from data2vec.train.optim import build_optimizer
@@ -55,6 +57,7 @@ import hf_reference  # benchmarks/hf_reference.py: the reference step on transfo
 # batch per step and timed steps per round, by size: base is kept small so the whole run fits in ~10 min
 BATCH = {("image", "tiny"): 32, ("image", "base"): 4, ("text", "tiny"): 32, ("text", "base"): 2,
          ("audio", "tiny"): 16, ("audio", "base"): 2}
+CROP = {"tiny": 16000, "base": 64000}  # audio samples per utterance: 1 s and 4 s (the base recipe crops up to 20 s)
 ROUNDS = {"tiny": 8, "base": 3}  # interleaved rounds of one step per implementation
 WARMUP = {"tiny": 2, "base": 1}
 CLOCK = time.perf_counter  # --clock cpu: time.process_time, the CPU time this process used
@@ -67,20 +70,37 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_rate(device: torch.device, dtype: torch.dtype, tries: int = 5) -> float:
-    """Best measured FLOP/s of an n x n matmul (n = 2048 on CPU, 8192 on CUDA) over a few tries."""
+def matmul_rate(device: torch.device, dtype: torch.dtype, kernel: str = "torch", tries: int = 5) -> float:
+    """Best measured FLOP/s of an n x n matmul (n = 2048 on CPU, 8192 on CUDA) over a few tries. `kernel`:
+    "torch" (`a @ b`: MKL for fp32 on CPU builds, oneDNN for bf16) or "onednn" (oneDNN's fp32 product)."""
     n = 8192 if device.type == "cuda" else 2048
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    a @ b
+    mm = (lambda: _onednn_mm(a, b)) if kernel == "onednn" else (lambda: a @ b)
+    mm()
     best = 0.0
     for _ in range(tries):
         sync(device)
         start = CLOCK()
         for _ in range(3):
-            a @ b
+            mm()
         sync(device)
         best = max(best, 3 * 2 * n**3 / (CLOCK() - start))
     return best
+
+
+def machine_rates(device: torch.device, precisions: list[str]) -> tuple[dict[str, float], str]:
+    """The machine's matmul rate per precision: the best kernel PyTorch has for it (on CPU, fp32 is timed
+    with MKL, PyTorch's default, and with oneDNN), and a line saying what was measured."""
+    rates, notes = {}, []
+    for p in precisions:
+        dtype = torch.float32 if p == "fp32" else torch.bfloat16
+        rates[p] = matmul_rate(device, dtype)
+        notes.append(f"{p} {rates[p] / 1e9:.0f}")
+        if p == "fp32" and device.type == "cpu" and onednn_available():
+            onednn = matmul_rate(device, dtype, "onednn")
+            notes[-1] = f"fp32 {rates[p] / 1e9:.0f} (MKL) / {onednn / 1e9:.0f} (oneDNN)"
+            rates[p] = max(rates[p], onednn)
+    return rates, "matmul GFLOP/s " + ", ".join(notes)
 
 
 def cpu_name() -> str:
@@ -103,12 +123,18 @@ def _cpu_sdpa_backward(grad_out, query, key, value, *args, out_shape=None, **kwa
     return 2 * sdpa_flop_count(query, key, value)  # grads of Q, K, V: twice the forward's two products
 
 
+def _onednn_linear(x, weight, *args, out_shape=None, **kwargs) -> int:
+    return 2 * math.prod(x) * weight[0]  # x [..., K] times weight [N, K]^T
+
+
 def count_flops(run_one_step: Callable[[], None]) -> float:
-    """Model FLOPs of one step. FlopCounterMode does not know the CPU flash-attention kernels; they are added
-    with the same formula it uses for the CUDA ones."""
+    """Model FLOPs of one step. FlopCounterMode knows neither the CPU flash-attention kernels nor oneDNN's
+    linear (data2vec.nn.linear); they are added, attention with the formula it uses for the CUDA kernels."""
     aten = torch.ops.aten
     mapping = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa,
                aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward}
+    if onednn_available():
+        mapping[torch.ops.mkldnn._linear_pointwise] = _onednn_linear
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         run_one_step()
     return float(counter.get_total_flops())
@@ -226,10 +252,13 @@ class Runner:
 
 
 def bench_config(recipe: str, precision: str, extra: list[str] = ()):
-    """A recipe with the loop's bookkeeping turned off (no logging, saving or checkpoints inside the timing)."""
+    """A recipe with the loop's bookkeeping turned off (no logging, saving or checkpoints inside the timing)
+    and, for speech, the benchmark's crop length."""
+    size = "base" if "-base" in recipe else "tiny"
+    crop = [f"audio.max_sample_size={CROP[size]}"] if recipe.startswith("audio") else []
     return build_config(recipe, [f"train.precision={precision}", "train.max_steps=1000000000",
                                  "train.log_every=1000000000", "train.save_every=1000000000",
-                                 "train.warmup_steps=10", "data.num_workers=0", *extra])
+                                 "train.warmup_steps=10", "data.num_workers=0", *crop, *extra])
 
 
 def ours_runner(cfg, model: Data2Vec, optimizer, device: torch.device, name: str,
@@ -287,6 +316,17 @@ def v1_encoder_overrides(v1_cfg) -> list[str]:
     return [f"model.{k}={getattr(v1_cfg.model, k)}" for k in ("dim", "depth", "heads", "norm_first", "qkv_bias")]
 
 
+def same_loss_check(ours: Data2Vec, ref, batch: dict, device: torch.device) -> None:
+    """Prints our loss and the reference's on the same weights and batch (eval mode: no dropout or drop path).
+    Image only: for text and speech the reference regresses other layer outputs (see hf_reference.py)."""
+    inputs, mask = batch["inputs"].to(device), batch["mask"].to(device)
+    ours.eval(), ref.eval()
+    with torch.no_grad():
+        a, b = float(ours(inputs, mask)["loss"]), float(ref(inputs, mask))
+    ours.train(), ref.train()
+    print(f"# reference check: loss {b:.6f}, ours {a:.6f} on the same weights and batch", flush=True)
+
+
 def run_group(modality: str, size: str, versions: list[int], precisions: list[str], rounds: int,
               device: torch.device, with_reference: bool = True) -> list[Runner]:
     v1_recipe = recipe_for(modality, size, 1)
@@ -298,12 +338,13 @@ def run_group(modality: str, size: str, versions: list[int], precisions: list[st
     ours = Data2Vec(base).to(device).train()
     ours_opt = build_optimizer(ours.trainable_parameters(), base.train)
     runners: list[Runner] = []
-    models = {}
     for p in precisions:
         runners.append(ours_runner(with_precision(base, p), ours, ours_opt, device, f"ours v1 {p}"))
     if with_reference:
         ref, ref_opt = hf_reference.build_reference(base, ours.student, device)
-        models["ref"] = ref
+        ref.head.load_state_dict(ours.head.state_dict())
+        if modality == "image":
+            same_loss_check(ours, ref, make_batches(base, 2, 1, seed=0)[0], device)
         for p in precisions:
             r = ref_runner(with_precision(base, p), ref, ref_opt, device)
             r.name = f"ref v1 {p}"
@@ -328,31 +369,46 @@ def run_group(modality: str, size: str, versions: list[int], precisions: list[st
         if r.impl == "ref":
             r.flops_per_step = next(o.flops_per_step for o in runners
                                     if o.impl == "ours" and o.version == 1 and o.precision == r.precision)
-    del ours, models
-    gc.collect()
     return runners
 
 
 # ------------------------------------------------------------------------------------------------ ablations
 # Each optimisation of ours against ours without it ("before"), in the same interleaved rounds.
 
-# name -> how to undo it on a fresh model: (model, cfg) -> optimiser to use instead, or None
-ABLATIONS: dict[str, Callable] = {
-    "fused AdamW (vs torch's default AdamW)": lambda model, cfg: before.unfused_adamw(model, cfg),
-    "foreach EMA (vs a loop over parameters)": lambda model, cfg: before.loop_ema(model),
-    "fused QKV (vs three projections)": lambda model, cfg: before.patch_attention(model, before.three_projections),
-    "SDPA (vs attention written out)": lambda model, cfg: before.patch_attention(model, before.explicit_attention),
+# name -> (precision, how to undo it on a fresh model: (model, cfg) -> optimiser to use instead or None; or
+# "default-matmul": data2vec.nn.linear sends products to F.linear; "compile": torch.compile is the "on" side)
+ABLATIONS: dict[str, tuple[str, Callable | str]] = {
+    "oneDNN fp32 products (vs F.linear, MKL)": ("fp32", "default-matmul"),
+    "fused AdamW (vs torch's default AdamW)": ("fp32", lambda model, cfg: before.unfused_adamw(model, cfg)),
+    "foreach EMA (vs a loop over parameters)": ("fp32", lambda model, cfg: before.loop_ema(model)),
+    "fused QKV (vs three projections)": ("fp32", lambda model, cfg: before.patch_attention(model, before.three_projections)),
+    "SDPA (vs attention written out)": ("fp32", lambda model, cfg: before.patch_attention(model, before.explicit_attention)),
+    "fp32 attention under CPU autocast (vs bf16 SDPA)":
+        ("bf16", lambda model, cfg: before.patch_attention(model, before.autocast_attention)),
 }
+COMPILE = ("fp32", "compile")
+
+
+def _with_default_matmul(run: Callable[[list[dict]], None]) -> Callable[[list[dict]], None]:
+    """`run` with data2vec.nn.linear sending every product to F.linear (the kernel choice is global)."""
+    def wrapped(batches: list[dict]) -> None:
+        set_cpu_matmul("default")
+        try:
+            run(batches)
+        finally:
+            set_cpu_matmul("auto")
+
+    return wrapped
 
 
 def run_ablations(modality: str, size: str, rounds: int, device: torch.device, compile_too: bool) -> list[str]:
     """One row per optimisation: ours as it is against ours with that one change undone, interleaved."""
-    cfg = bench_config(recipe_for(modality, size, 1), "fp32")
     batch, warmup = BATCH[(modality, size)], WARMUP[size]
     rounds = rounds or ROUNDS[size]
-    items = list(ABLATIONS.items()) + ([("torch.compile (vs eager)", "compile")] if compile_too else [])
+    items = list(ABLATIONS.items()) + ([("torch.compile (vs eager)", COMPILE)] if compile_too else [])
     rows = []
-    for name, undo in items:
+    for name, (precision, undo) in items:
+        cfg = bench_config(recipe_for(modality, size, 1), precision)
         pair = []
         for on in (True, False):
             torch.manual_seed(0)
@@ -361,15 +417,18 @@ def run_ablations(modality: str, size: str, rounds: int, device: torch.device, c
             step_model = None
             if undo == "compile":
                 step_model = torch.compile(model) if on else None
-            elif not on:
+            elif not on and callable(undo):
                 optimizer = undo(model, cfg) or optimizer
-            pair.append(ours_runner(cfg, model, optimizer, device, "on" if on else "off", step_model))
+            runner = ours_runner(cfg, model, optimizer, device, "on" if on else "off", step_model)
+            if undo == "default-matmul" and not on:
+                runner.run = _with_default_matmul(runner.run)
+            pair.append(runner)
         w = warmup + (2 if undo == "compile" else 0)  # compiling happens in the first steps
         data = make_batches(cfg, batch, w + min(rounds, 4), seed=1)
         time_rounds(pair, {"on": data, "off": data}, rounds, w, device)
         on, off = pair
-        rows.append(f"| {modality} | {size} | {batch} | {name} | {max(on.rates):.1f} | {max(off.rates):.1f} | "
-                    f"{paired_ratio(on, off):.2f}x |")
+        rows.append(f"| {modality} | {size} | {batch} | {precision} | {name} | {max(on.rates):.1f} | "
+                    f"{max(off.rates):.1f} | {paired_ratio(on, off):.2f}x |")
         print(rows[-1], flush=True)
         del pair
         gc.collect()
@@ -404,11 +463,10 @@ def main() -> None:
         global CLOCK
         CLOCK = time.process_time
     start = time.perf_counter()
-    rates = {p: matmul_rate(device, torch.float32 if p == "fp32" else torch.bfloat16) for p in args.precisions}
+    rates, measured = machine_rates(device, args.precisions)
     where = (torch.cuda.get_device_name() if device.type == "cuda"
              else f"CPU: {cpu_name()}, {torch.get_num_threads()} threads")
-    machine = (f"{where}; torch {torch.__version__}; matmul " +
-               ", ".join(f"{p} {r / 1e9:.0f} GFLOP/s" for p, r in rates.items()))
+    machine = f"{where}; torch {torch.__version__}; {measured}; {args.clock} clock"
     print(f"# {machine}", flush=True)
     rows = []
     if args.ablations:
@@ -416,8 +474,8 @@ def main() -> None:
             for size in args.sizes:
                 if recipe_for(modality, size, 1) is not None:
                     rows += run_ablations(modality, size, args.rounds, device, args.compile)
-        print(f"\n{machine}\n| modality | size | batch | optimisation | samples/s on | samples/s off | on / off |")
-        print("|---|---|---|---|---|---|---|")
+        print(f"\n{machine}\n| modality | size | batch | precision | optimisation | samples/s on | samples/s off | on / off |")
+        print("|---|---|---|---|---|---|---|---|")
     else:
         for modality in args.modalities:
             for size in args.sizes:
@@ -429,6 +487,8 @@ def main() -> None:
                                     with_reference=not args.no_reference)
                 rows += table_rows(modality, size, runners, rates)
                 print("\n".join(rows[-len(runners):]), flush=True)
+                del runners  # the models of this group
+                gc.collect()
         print(f"\n{machine}")
         print("| modality | size | batch | step | samples/s | vs ref | vs v1 | vs fp32 | peak MiB | GFLOP/sample | MFU |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
