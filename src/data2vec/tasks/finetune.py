@@ -54,6 +54,10 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
     if cfg.train.precision == "fp16":
         raise Data2VecError("finetune runs in train.precision=fp32 or bf16; fp16 (with its loss scaler) is for "
                             "pretraining only")
+    ctc = cfg.finetune.task == "ctc"
+    if ctc != (cfg.finetune.metric in ("wer", "cer")):
+        raise Data2VecError(f"finetune.metric={cfg.finetune.metric} does not score finetune.task="
+                            f"{cfg.finetune.task}; use {'wer or cer' if ctc else 'accuracy, top5, f1 or mcc'}")
     resume_from = _resume_path(cfg)
     if not cfg.finetune.checkpoint and resume_from is None:
         raise Data2VecError("no checkpoint to fine-tune: give checkpoint=PATH (a pretraining run or checkpoint "
@@ -83,10 +87,6 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
         raise Data2VecError(f"the classes of '{cfg.data.path}' ({', '.join(classes[:5])}...) differ from those of "
                             f"the run being resumed ({', '.join(head.labels[:5])}...); resume with the same data")
     valid_set = labelled_set(cfg, "valid", classes=classes, tokenizer=tokenizer)
-    ctc = cfg.finetune.task == "ctc"
-    if ctc != (cfg.finetune.metric in ("wer", "cer")):
-        raise Data2VecError(f"finetune.metric={cfg.finetune.metric} does not score finetune.task="
-                            f"{cfg.finetune.task}; use {'wer or cer' if ctc else 'accuracy, top5, f1 or mcc'}")
     if cfg.finetune.metric == "top5" and len(classes) <= 5:
         raise Data2VecError(f"finetune.metric=top5 needs more than five classes, the data has {len(classes)}; use "
                             "accuracy, f1 or mcc")
