@@ -269,3 +269,15 @@ def test_spoken_word_classification_and_task_metric_mismatch(speech, tmp_path, c
     assert main(["finetune", "audio-tiny-ctc", f"checkpoint={pre}", f"data.path={words}", f"out={tmp_path / 'x'}",
                  "finetune.metric=accuracy"]) == 2
     assert "does not score finetune.task=ctc" in capsys.readouterr().err
+
+
+def test_audio_data_keys_come_from_the_fine_tuning_run_even_at_their_defaults():
+    from data2vec.config import AudioConfig, build_config
+    from data2vec.finetune.setup import resolve_config
+
+    source = build_config("audio-base", [])  # pretrained on files of at least 2 s
+    assert source.audio.min_sample_size == 32000
+    cfg = build_config("audio-tiny-ctc", [f"audio.min_sample_size={AudioConfig().min_sample_size}"])
+    out = resolve_config(cfg, source, "audio-base")
+    assert out.audio.min_sample_size == AudioConfig().min_sample_size  # not silently the checkpoint's 32000
+    assert out.audio.conv_dim == source.audio.conv_dim  # the architecture still comes from the checkpoint

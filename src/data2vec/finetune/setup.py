@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from data2vec.config import AudioConfig, Config
+from data2vec.config import Config
 from data2vec.errors import Data2VecError
 
 ARCH_SECTIONS = ("model", "image", "text", "audio")  # what the weights fix; the recipe cannot change them
@@ -62,11 +62,10 @@ def tokenizer_json(given: str, source: Config, source_dir: Path) -> str:
 
 def _audio_data_keys(cfg: Config, out: Config) -> None:
     """The audio section comes from the checkpoint, but its data keys (crop length, shortest file, padded
-    samples per batch) are the fine-tuning run's own when its recipe or command line sets them (to values
-    other than the defaults). CTC never crops: its crop is at least CTC_MIN_CROP_SECONDS."""
-    default = AudioConfig()
+    samples per batch) are always the fine-tuning run's own: they describe the labelled data, not the
+    weights, and a value that happens to equal the default must still win over the checkpoint's. CTC never
+    crops (a crop would cut the audio but not its transcript): its crop is at least CTC_MIN_CROP_SECONDS."""
     for key in AUDIO_DATA_KEYS:
-        if getattr(cfg.audio, key) != getattr(default, key):
-            setattr(out.audio, key, getattr(cfg.audio, key))
-    if out.finetune.task == "ctc" and cfg.audio.max_sample_size == default.max_sample_size:
+        setattr(out.audio, key, getattr(cfg.audio, key))
+    if out.finetune.task == "ctc":
         out.audio.max_sample_size = max(out.audio.max_sample_size, CTC_MIN_CROP_SECONDS * out.audio.sample_rate)
