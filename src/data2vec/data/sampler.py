@@ -10,7 +10,29 @@ from data2vec.data.seeding import keyed_generator
 from data2vec.errors import Data2VecError
 
 
-class StepBatchSampler:
+class _Steps:
+    """What both samplers share: batches are a pure function of the step (`batch_at`), so a run resumed at
+    `start_step` sees exactly the batches an uninterrupted run would; `max_steps=None` never ends."""
+
+    start_step: int
+    max_steps: int | None
+
+    def batch_at(self, step: int) -> list[tuple[int, int]]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start_step
+        while self.max_steps is None or step < self.max_steps:
+            yield self.batch_at(step)
+            step += 1
+
+    def __len__(self) -> int:
+        if self.max_steps is None:
+            raise TypeError(f"an endless {type(self).__name__} (max_steps=None) has no length")
+        return max(self.max_steps - self.start_step, 0)
+
+
+class StepBatchSampler(_Steps):
     """Yields, per step from `start_step`, this rank's share of the step's global batch as (index, epoch) pairs.
 
     Epoch e is a permutation of all samples seeded by (seed, e); step s takes the slice
@@ -53,19 +75,8 @@ class StepBatchSampler:
         batch = self.permutation(epoch)[pos * self.batch_size:(pos + 1) * self.batch_size]
         return [(i, epoch) for i in batch[self.rank::self.world_size].tolist()]
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        step = self.start_step
-        while self.max_steps is None or step < self.max_steps:
-            yield self.batch_at(step)
-            step += 1
 
-    def __len__(self) -> int:
-        if self.max_steps is None:
-            raise TypeError("an endless StepBatchSampler (max_steps=None) has no length")
-        return max(self.max_steps - self.start_step, 0)
-
-
-class LengthBucketSampler:
+class LengthBucketSampler(_Steps):
     """Like StepBatchSampler, but each step's global batch holds samples of similar length (speech), so
     little of it is padding: at most `batch_size` samples and at most `max_samples` padded samples
     (``count x longest``; 0: no such limit).
@@ -118,13 +129,3 @@ class LengthBucketSampler:
         epoch, pos = divmod(step, self.steps_per_epoch)
         return [(i, epoch) for i in self.plan(epoch)[pos][self.rank::self.world_size]]
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        step = self.start_step
-        while self.max_steps is None or step < self.max_steps:
-            yield self.batch_at(step)
-            step += 1
-
-    def __len__(self) -> int:
-        if self.max_steps is None:
-            raise TypeError("an endless LengthBucketSampler (max_steps=None) has no length")
-        return max(self.max_steps - self.start_step, 0)
