@@ -50,11 +50,7 @@ def embed(checkpoint: str | Path, inputs: list[str], out: str | Path = "embeddin
                 raise Data2VecError(f"cannot read image '{path}' ({err.__class__.__name__}); remove it or "
                                     "convert it to PNG/JPEG") from None
         feats.append(encoder.embed(torch.stack(images)).float())
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, torch.cat(feats).numpy())
-    out.with_suffix(".txt").write_text("".join(f"{p}\n" for p in paths))
-    return out
+    return _save(feats, paths, Path(out))
 
 
 @torch.no_grad()
@@ -80,10 +76,7 @@ def _embed_text(encoder, inputs: list[str], out: Path, batch_size: int) -> Path:
     for start in range(0, len(lines), batch_size):
         ids_batch, padding = batch_tokens(lines[start:start + batch_size], tokenizer, cfg.text.block_size, ids)
         feats.append(encoder.embed(ids_batch, padding).float())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, torch.cat(feats).numpy())
-    out.with_suffix(".txt").write_text("".join(f"{n}\n" for n in names))
-    return out
+    return _save(feats, names, out)
 
 
 @torch.no_grad()
@@ -119,7 +112,12 @@ def _embed_audio(encoder, inputs: list[str], out: Path, batch_size: int) -> Path
             items.append({"audio": normalize_wave(wave) if cfg.normalize else wave, "index": 0, "label": -1})
         batch = collate(items)
         feats.append(encoder.embed(batch["inputs"], batch["padding_mask"]).float())
+    return _save(feats, paths, out)
+
+
+def _save(feats: list[torch.Tensor], names: list, out: Path) -> Path:
+    """`out` (.npy, one row per input) and `out.txt` beside it naming the inputs in the same order."""
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, torch.cat(feats).numpy())
-    out.with_suffix(".txt").write_text("".join(f"{p}\n" for p in paths))
+    out.with_suffix(".txt").write_text("".join(f"{name}\n" for name in names))
     return out
