@@ -12,15 +12,8 @@ KERNELS, STRIDES = [10, 3, 3, 3, 3, 2, 2], [5, 2, 2, 2, 2, 2, 2]
 TINY = ["model.dim=32", "model.depth=2", "model.heads=4", "audio.conv_dim=[8,8,8,8,8,8,8]",
         "audio.pos_conv_layers=3", "audio.pos_conv_kernel=5", "audio.pos_conv_groups=4", "objective.top_k=2"]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy machine waiting for one costs seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 def encoder(*extra):
     torch.manual_seed(0)

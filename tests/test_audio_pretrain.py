@@ -11,15 +11,8 @@ from data2vec.model import Data2Vec
 TINY = ["audio.conv_dim=[16,16,16,16,16,16,16]", "model.dim=32", "model.heads=4", "model.depth=2",
         "objective.top_k=2", "audio.pos_conv_groups=4", "audio.pos_conv_kernel=5", "data.num_workers=0"]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy machine waiting for one costs seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 def model(*extra):
     torch.manual_seed(0)
