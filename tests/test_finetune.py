@@ -9,11 +9,11 @@ from safetensors.torch import load_file
 import data2vec
 from data2vec.cli import main
 from data2vec.config import build_config
-from data2vec.data.text import binarize, train_tokenizer
 from data2vec.nn.heads import load_head
 from data2vec.tasks.evaluate import evaluate
 from data2vec.tasks.finetune import finetune
 from data2vec.tasks.pretrain import pretrain
+from conftest import binarised_corpus
 
 # 16 px digits in 8 px patches: four tokens, so a tiny ViT learns the digits in a few dozen steps.
 PRE = ["model.dim=32", "model.depth=2", "model.heads=2", "image.image_size=16", "image.patch_size=8",
@@ -161,10 +161,7 @@ CORPUS = ("Arrays hold numbers of one type in a grid.\nThe shape gives the size 
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("text")
-    (folder / "c.txt").write_text(CORPUS * 30)
-    train_tokenizer([folder / "c.txt"], 300, folder / "tok")
-    binarize([folder / "c.txt"], folder / "tok", folder / "bin", progress=False)
+    folder = binarised_corpus(tmp_path_factory.mktemp("text"), CORPUS * 30, 300)
     run = pretrain(build_config("text-tiny", [
         "model.dim=32", "model.depth=2", "model.heads=2", "objective.top_k=2", "text.vocab_size=300",
         "text.block_size=24", "text.max_positions=26", f"data.path={folder / 'bin'}", "train.batch_size=8",

@@ -5,8 +5,8 @@ import torch
 
 from data2vec.config import build_config
 from data2vec.data.build import pretrain_loader
-from data2vec.data.text import binarize, train_tokenizer
 from data2vec.model import Data2Vec
+from conftest import binarised_corpus
 
 CORPUS = ("Arrays hold numbers of one type in a grid.\nThe shape gives the size of each axis.\n\n"
           "A tensor is an array that can live on a device.\nGradients flow back through tensor operations.\n\n"
@@ -15,11 +15,7 @@ CORPUS = ("Arrays hold numbers of one type in a grid.\nThe shape gives the size 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("text")
-    (folder / "c.txt").write_text(CORPUS * 30)
-    train_tokenizer([folder / "c.txt"], 400, folder / "tok")
-    binarize([folder / "c.txt"], folder / "tok", folder / "bin", progress=False)
-    return folder
+    return binarised_corpus(tmp_path_factory.mktemp("text"), CORPUS * 30, 400)
 
 
 def tiny(data_dir, *extra):
