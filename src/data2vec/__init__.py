@@ -9,8 +9,10 @@ import os as _os
 
 # OpenMP threads that finish a parallel region spin while they wait for the next one (GNU OpenMP's default).
 # On a machine shared with other jobs (a laptop, a CI runner, a busy node) the spinning threads take the cores
-# the working threads need, and a training step took 3-10x longer here; sleeping threads avoid that. Only
-# effective when torch is not imported yet; export OMP_WAIT_POLICY=ACTIVE to keep the spinning.
+# the working threads need, and a CPU training step took 6x longer here (8.7 s against 1.4 s); on an idle
+# machine sleeping costs about 15% of a tiny CPU step (BENCHMARKS.md). We take the bounded loss over the
+# unbounded one. Only effective when torch is not imported yet; export OMP_WAIT_POLICY=ACTIVE on a dedicated
+# CPU machine to keep the spinning.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from data2vec.api import load  # noqa: E402 - after the OpenMP setting, which must precede importing torch
