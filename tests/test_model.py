@@ -79,3 +79,24 @@ def test_ema_scope_all_averages_frontend_too():
     model.update_teacher(0.5)
     torch.testing.assert_close(model.teacher.frontend.patch_embed.weight,
                                0.5 * before + 0.5 * model.student.frontend.patch_embed.weight)
+
+
+def test_two_layer_regression_head_matches_its_formula():
+    """objective.head_layers=2 (the text reference): Linear(D, 2D) -> GELU -> Linear(2D, D) on the student's
+    output, checked against the same maps written out in float64."""
+    import pytest
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg("objective.head_layers=2")
+    model = Data2Vec(cfg)
+    first, last = model.head[0], model.head[2]
+    assert first.weight.shape == (64, 32) and last.weight.shape == (32, 64)
+    x = torch.randn(5, 32)
+    w1, b1, w2, b2 = (t.double() for t in (first.weight, first.bias, last.weight, last.bias))
+    h = x.double() @ w1.T + b1
+    expected = (0.5 * h * (1 + torch.erf(h / 2 ** 0.5))) @ w2.T + b2
+    torch.testing.assert_close(model.head(x).double(), expected, rtol=1e-5, atol=1e-6)
+    model(torch.randn(2, 3, 16, 16), torch.rand(2, 16) < 0.5)["loss"].backward()
+    assert first.weight.grad is not None
+    with pytest.raises(ValueError, match="head_layers"):
+        Data2Vec(tiny_cfg("objective.head_layers=0"))

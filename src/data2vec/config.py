@@ -118,6 +118,7 @@ class ObjectiveConfig:
     ema_end: float = 0.9998
     ema_anneal_steps: int = 0
     ema_scope: Literal["all", "encoder"] = "all"  # "encoder": front-end shared with the student, not averaged
+    head_layers: int = 1  # v1 regression head: 1 = linear; 2 = Linear(D, 2D) + GELU + Linear(2D, D) (text reference)
     version: Literal[1, 2] = 1  # 2: data2vec 2.0 (visible-only student, conv decoder, several masks per sample)
     clones: int = 1  # v2: masks (student passes) per sample; the teacher runs once
     decoder_dim: int = 768  # v2 conv decoder width, layers, kernel and groups

@@ -104,7 +104,7 @@ class Data2Vec(nn.Module):
         self.teacher.requires_grad_(False)
         dim, obj = cfg.model.dim, cfg.objective
         if obj.version == 1:
-            self.head = nn.Linear(dim, dim)  # v1: linear regression head on the student's final layer
+            self.head = regression_head(dim, obj.head_layers)  # v1: on the student's final layer
         else:  # v2: the decoder's output projection is the regression head
             grid = getattr(self.student.frontend, "grid_hw", None)
             self.decoder = ConvDecoder(dim, obj.decoder_dim, obj.decoder_layers, obj.decoder_kernel,
@@ -235,6 +235,22 @@ class Data2Vec(nn.Module):
             cls_loss = regression_loss(self.cls_head(last[:, 0]), targets.mean(dim=1), obj.loss_beta, obj.loss_scale)
             loss = loss + obj.cls_loss_weight * cls_loss
         return {"loss": loss, **_spread(pred, target)}
+
+
+def regression_head(dim: int, layers: int) -> nn.Module:
+    """The v1 head from the student's final layer to the targets: linear (image and speech reference), or
+    `layers` linear maps with GELUs between them, the first widening to 2D (the text reference uses 2), which
+    lets the encoder's last layer keep features the targets do not need."""
+    if layers < 1:
+        raise ValueError(f"objective.head_layers={layers} must be at least 1")
+    if layers == 1:
+        return nn.Linear(dim, dim)
+    modules: list[nn.Module] = []
+    width = dim
+    for _ in range(layers - 1):
+        modules += [nn.Linear(width, 2 * dim), nn.GELU()]
+        width = 2 * dim
+    return nn.Sequential(*modules, nn.Linear(width, dim))
 
 
 def _spread(pred: Tensor, target: Tensor) -> dict[str, Tensor]:
