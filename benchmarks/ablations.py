@@ -29,6 +29,12 @@ def loop_ema(model: Data2Vec) -> None:
     model.update_teacher = update_teacher
 
 
+def own_teacher_frontend(model: Data2Vec) -> None:
+    """Before (speech v1): the teacher embeds the clean waveform with its own conv feature encoder pass
+    instead of sharing the student's conv features."""
+    model.student.frontend.forward_pair = None
+
+
 def _project(self, x: torch.Tensor, fused: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v `[B, H, T, Dh]` of `Attention` self from one fused matmul or three (same weights)."""
     B, T, D = x.shape

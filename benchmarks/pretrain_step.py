@@ -385,7 +385,9 @@ ABLATIONS: dict[str, tuple[str, Callable | str]] = {
     "SDPA (vs attention written out)": ("fp32", lambda model, cfg: before.patch_attention(model, before.explicit_attention)),
     "fp32 attention under CPU autocast (vs bf16 SDPA)":
         ("bf16", lambda model, cfg: before.patch_attention(model, before.autocast_attention)),
+    "shared conv features for the teacher (vs its own pass)": ("fp32", lambda model, cfg: before.own_teacher_frontend(model)),
 }
+ONLY_FOR = {"shared conv features for the teacher (vs its own pass)": "audio"}  # the others apply everywhere
 COMPILE = ("fp32", "compile")
 
 
@@ -408,6 +410,8 @@ def run_ablations(modality: str, size: str, rounds: int, device: torch.device, c
     items = list(ABLATIONS.items()) + ([("torch.compile (vs eager)", COMPILE)] if compile_too else [])
     rows = []
     for name, (precision, undo) in items:
+        if ONLY_FOR.get(name, modality) != modality:
+            continue
         cfg = bench_config(recipe_for(modality, size, 1), precision)
         pair = []
         for on in (True, False):

@@ -142,3 +142,31 @@ def test_resume_is_bit_exact_across_epochs(tones, tmp_path):
     b = load_file(str(resumed / "checkpoints" / "step_00000007" / "model.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_v1_student_and_teacher_share_one_feature_encoder_pass():
+    """With a shared front-end (ema_scope encoder, no front-end dropout) the v1 step runs the conv feature
+    encoder once: same loss and gradients as the plain path (teacher's own front-end pass), one call fewer."""
+    m = model().train()
+    assert m.shares_frontend_output()
+    inputs, padding = padded([torch.randn(6000), torch.randn(9000)], 9000)
+    n = m.student.frontend.num_frames(9000)
+    mask = torch.rand(2, n, generator=torch.Generator().manual_seed(0)) < 0.5
+    calls = []
+    for enc in (m.student, m.teacher):
+        enc.frontend.feature_extractor.register_forward_pre_hook(lambda mod, a: calls.append(1))
+    shared = m(inputs, mask, padding)
+    shared["loss"].backward()
+    grads = {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}
+    assert len(calls) == 1
+    m.zero_grad()
+    m.student.frontend.forward_pair = None  # the two-pass path: the teacher embeds the clean input itself
+    plain = m(inputs, mask, padding)
+    plain["loss"].backward()
+    assert len(calls) == 3
+    torch.testing.assert_close(shared["loss"], plain["loss"], rtol=0, atol=0)
+    assert grads.keys() == {k for k, p in m.named_parameters() if p.grad is not None}
+    for k, p in m.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[k], p.grad, rtol=1e-6, atol=1e-7)
+    assert grads["student.frontend.feature_extractor.conv_layers.0.conv.weight"].abs().sum() > 0

@@ -158,7 +158,7 @@ class Data2Vec(nn.Module):
         input: its weights are the student's (`ema_scope: encoder` copies rather than averages them) and no
         dropout is active in the student's. Then v2, whose student embeds the unmasked input anyway, hands
         that output to the teacher's Transformer and skips a second front-end pass (the whole conv feature
-        encoder, for speech)."""
+        encoder, for speech); v1 speech shares the conv features and runs only the positional convs twice."""
         if self.cfg.objective.ema_scope != "encoder":
             return False
         frontend = self.student.frontend
@@ -192,9 +192,16 @@ class Data2Vec(nn.Module):
                 raise ValueError("student_inputs is for data2vec v1 (text); v2 drops masked tokens instead")
             return self._forward_v2(inputs, mask, padding_mask)
         obj = self.cfg.objective
-        targets = self.targets(inputs, padding_mask)  # [B, N, D]
-        seen = inputs if student_inputs is None else student_inputs
-        out = self.student(seen, mask=mask, padding_mask=padding_mask)
+        pair = getattr(self.student.frontend, "forward_pair", None)
+        if student_inputs is None and pair is not None and self.shares_frontend_output():
+            # speech: one conv feature encoder pass serves the student (masked) and the teacher (clean)
+            seen, clean = pair(inputs, mask, padding_mask)
+            targets = self.targets(inputs, padding_mask, clean)
+            out = self.student.encode(*seen)
+        else:
+            targets = self.targets(inputs, padding_mask)  # [B, N, D]
+            seen = inputs if student_inputs is None else student_inputs
+            out = self.student(seen, mask=mask, padding_mask=padding_mask)
         hidden = out.last_hidden_state[:, self.student.num_prefix:]  # [B, N, D]
         pred = self.head(hidden[mask])  # [M, D]
         target = targets[mask]  # [M, D]

@@ -191,21 +191,41 @@ class AudioFrontend(nn.Module):
                 ) -> tuple[Tensor, None, Tensor | None]:
         """wave float `[B, S]`, mask bool `[B, N]` (True = masked), padding_mask bool `[B, S]` (True = padding)
         -> (frames `[B, N, D]`, no attention bias, frame padding mask `[B, N]` or None)."""
+        x, padding = self._project(wave, padding_mask)
+        if mask is not None:
+            x = torch.where(mask.unsqueeze(-1), self.masked_spec_embed.to(x.dtype), x)
+        return self._positions(x, padding), None, padding
+
+    def forward_pair(self, wave: Tensor, mask: Tensor, padding_mask: Tensor | None = None
+                     ) -> tuple[tuple[Tensor, None, Tensor | None], tuple[Tensor, None, Tensor | None]]:
+        """The student's masked frames and the teacher's clean ones from one pass of the conv feature encoder,
+        for data2vec v1 with a shared front-end (fairseq's teacher also starts from the student's features).
+        The feature encoder is most of the front-end's cost; only the cheap positional convs run twice. The
+        clean frames carry no gradient."""
+        x, padding = self._project(wave, padding_mask)
+        masked = torch.where(mask.unsqueeze(-1), self.masked_spec_embed.to(x.dtype), x)
+        with torch.no_grad():
+            clean = self._positions(x.detach(), padding)
+        return (self._positions(masked, padding), None, padding), (clean, None, padding)
+
+    def _project(self, wave: Tensor, padding_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Checked waveforms -> projected conv features `[B, N, D]` and the frame padding mask."""
         if wave.ndim != 2 or not wave.is_floating_point():
             raise ValueError(f"expected float waveforms [B, S], got {wave.dtype} {list(wave.shape)}")
         if wave.shape[1] < self.receptive_field:
             raise ValueError(f"waveforms of {wave.shape[1]} samples are shorter than the receptive field "
                              f"({self.receptive_field} samples)")
-        feats = self.feature_extractor(wave)  # [B, N, C]
-        x = self.feature_projection(feats)  # [B, N, D]
+        x = self.feature_projection(self.feature_extractor(wave))  # [B, N, D]
         padding = None if padding_mask is None else self.frame_padding(padding_mask, x.shape[1])
-        if mask is not None:
-            x = torch.where(mask.unsqueeze(-1), self.masked_spec_embed.to(x.dtype), x)
+        return x, padding
+
+    def _positions(self, x: Tensor, padding: Tensor | None) -> Tensor:
+        """Zero padded frames, add the positional convs, normalise."""
         if padding is not None:
             x = x.masked_fill(padding.unsqueeze(-1), 0.0)
         if len(self.pos_conv_embed.layers):
             x = x + self.pos_conv_embed(x, padding)
-        return self.dropout(self.layer_norm(x)), None, padding
+        return self.dropout(self.layer_norm(x))
 
     def pool(self, hidden: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """Utterance embedding `[B, D]`: mean over non-padded frames."""
