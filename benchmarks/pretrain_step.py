@@ -403,14 +403,16 @@ def _with_default_matmul(run: Callable[[list[dict]], None]) -> Callable[[list[di
     return wrapped
 
 
-def run_ablations(modality: str, size: str, rounds: int, device: torch.device, compile_too: bool) -> list[str]:
-    """One row per optimisation: ours as it is against ours with that one change undone, interleaved."""
+def run_ablations(modality: str, size: str, rounds: int, device: torch.device, compile_too: bool,
+                  only: str = "") -> list[str]:
+    """One row per optimisation (those whose name contains `only`): ours as it is against ours with that one
+    change undone, interleaved."""
     batch, warmup = BATCH[(modality, size)], WARMUP[size]
     rounds = rounds or ROUNDS[size]
     items = list(ABLATIONS.items()) + ([("torch.compile (vs eager)", COMPILE)] if compile_too else [])
     rows = []
     for name, (precision, undo) in items:
-        if ONLY_FOR.get(name, modality) != modality:
+        if ONLY_FOR.get(name, modality) != modality or only.lower() not in name.lower():
             continue
         cfg = bench_config(recipe_for(modality, size, 1), precision)
         pair = []
@@ -458,6 +460,7 @@ def main() -> None:
     parser.add_argument("--ablations", action="store_true",
                         help="instead of the table: each optimisation on against off (fp32, v1)")
     parser.add_argument("--compile", action="store_true", help="with --ablations: torch.compile against eager too")
+    parser.add_argument("--only", default="", help="with --ablations: only optimisations whose name contains this")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -477,7 +480,7 @@ def main() -> None:
         for modality in args.modalities:
             for size in args.sizes:
                 if recipe_for(modality, size, 1) is not None:
-                    rows += run_ablations(modality, size, args.rounds, device, args.compile)
+                    rows += run_ablations(modality, size, args.rounds, device, args.compile, args.only)
         print(f"\n{machine}\n| modality | size | batch | precision | optimisation | samples/s on | samples/s off | on / off |")
         print("|---|---|---|---|---|---|---|---|")
     else:

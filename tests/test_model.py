@@ -100,3 +100,26 @@ def test_two_layer_regression_head_matches_its_formula():
     assert first.weight.grad is not None
     with pytest.raises(ValueError, match="head_layers"):
         Data2Vec(tiny_cfg("objective.head_layers=0"))
+
+
+def test_dense_loss_without_a_gather_equals_the_gathered_one():
+    """The sync-free v1 loss (head on every position, weighted by the mask; the default on CUDA) gives the
+    loss, gradients and variances of the boolean-gather loss (the default on CPU)."""
+    torch.manual_seed(0)
+    model = Data2Vec(tiny_cfg("objective.head_layers=2")).train()
+    images, mask = torch.randn(3, 3, 16, 16), torch.rand(3, 16) < 0.4
+    results = []
+    for dense in (False, True):
+        model.zero_grad()
+        model.dense_loss = dense
+        out = model(images, mask)
+        out["loss"].backward()
+        results.append((out, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}))
+    (gathered, g1), (dense, g2) = results
+    for key in ("loss", "target_var", "pred_var"):
+        torch.testing.assert_close(dense[key], gathered[key], rtol=1e-5, atol=1e-7)
+    assert g1.keys() == g2.keys()
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=1e-4, atol=1e-8)
+    none = torch.zeros(3, 16, dtype=torch.bool)  # nothing masked: a zero loss, no NaN
+    assert float(model(images, none)["loss"].detach()) == 0.0

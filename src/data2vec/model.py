@@ -114,6 +114,8 @@ class Data2Vec(nn.Module):
             if module is not None:
                 module.apply(_init_linear_and_norm)
         self._freeze_unused()
+        # v1 loss by mask weighting instead of a boolean gather: None = on CUDA only (where the gather syncs)
+        self.dense_loss: bool | None = None
 
     def _freeze_unused(self) -> None:
         """Freeze student parameters the pretraining loss never reaches: the pooling norm (pooling is for
@@ -203,7 +205,12 @@ class Data2Vec(nn.Module):
             seen = inputs if student_inputs is None else student_inputs
             out = self.student(seen, mask=mask, padding_mask=padding_mask)
         hidden = out.last_hidden_state[:, self.student.num_prefix:]  # [B, N, D]
-        pred = self.head(hidden[mask])  # [M, D]
+        if self.dense_loss if self.dense_loss is not None else hidden.device.type == "cuda":
+            # no boolean gather, so no host sync: the head runs on every position (a few % more FLOPs)
+            pred = self.head(hidden)
+            loss = regression_loss(pred, targets, obj.loss_beta, obj.loss_scale, weight=mask)
+            return {"loss": loss, **_spread(pred, targets, mask)}
+        pred = self.head(hidden[mask])  # [M, D]; on a CPU the gather costs no sync and saves the head's work
         target = targets[mask]  # [M, D]
         loss = regression_loss(pred, target, obj.loss_beta, obj.loss_scale)
         return {"loss": loss, **_spread(pred, target)}
@@ -236,12 +243,11 @@ class Data2Vec(nn.Module):
         filled = noise.scatter(1, vis_idx.unsqueeze(-1).expand(-1, -1, D), last[:, p:])
         filled = torch.where(mask.unsqueeze(-1), noise, filled)  # masked (and filler) positions stay noise
         pred_all = self.decoder(filled, getattr(self.student.frontend, "grid_hw", None))  # [B*M, N, D]
-        pred, target = pred_all[mask], targets[mask]
-        loss = regression_loss(pred, target, obj.loss_beta, obj.loss_scale)
+        loss = regression_loss(pred_all, targets, obj.loss_beta, obj.loss_scale, weight=mask)  # no gather
         if self.cls_head is not None and p > 0:
             cls_loss = regression_loss(self.cls_head(last[:, 0]), targets.mean(dim=1), obj.loss_beta, obj.loss_scale)
             loss = loss + obj.cls_loss_weight * cls_loss
-        return {"loss": loss, **_spread(pred, target)}
+        return {"loss": loss, **_spread(pred_all, targets, mask)}
 
 
 def regression_head(dim: int, layers: int) -> nn.Module:
@@ -260,9 +266,23 @@ def regression_head(dim: int, layers: int) -> nn.Module:
     return nn.Sequential(*modules, nn.Linear(width, dim))
 
 
-def _spread(pred: Tensor, target: Tensor) -> dict[str, Tensor]:
-    """Variance across masked positions, averaged over channels: near zero means collapse."""
+def _spread(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
+    """Variance across masked positions, averaged over channels: near zero means collapse. pred and target are
+    `[M, D]` (masked positions), or `[..., N, D]` with `mask` `[..., N]` selecting them without a gather."""
     with torch.no_grad():
-        target_var = target.float().var(dim=0).mean() if target.shape[0] > 1 else target.new_zeros(())
-        pred_var = pred.float().var(dim=0).mean() if pred.shape[0] > 1 else pred.new_zeros(())
-    return {"target_var": target_var, "pred_var": pred_var}
+        if mask is None:
+            return {"target_var": _variance(target.float()), "pred_var": _variance(pred.float())}
+        weight = mask.reshape(-1, 1).float()
+        return {"target_var": _variance(target.float().reshape(weight.shape[0], -1), weight),
+                "pred_var": _variance(pred.float().reshape(weight.shape[0], -1), weight)}
+
+
+def _variance(x: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Unbiased variance over rows of `x` `[M, D]` (only rows with weight 1), averaged over channels; 0 for
+    fewer than two rows."""
+    if weight is None:
+        return x.var(dim=0).mean() if x.shape[0] > 1 else x.new_zeros(())
+    n = weight.sum()
+    mean = (x * weight).sum(0) / n.clamp(min=1)
+    var = (((x - mean) ** 2) * weight).sum(0) / (n - 1).clamp(min=1)
+    return torch.where(n > 1, var.mean(), torch.zeros_like(n))
