@@ -149,6 +149,9 @@ def _positions(count: int, text_column: str, pair_column: str, label_column: str
         return 0, 1, None
     if count == 3:
         return 0, 1, 2
+    if count < 2:
+        raise Data2VecError(f"'{path}' has one column and no header row; give label<TAB>text lines, or a header "
+                            "naming the text and label columns")
     raise Data2VecError(f"'{path}' has {count} columns and no header row; add a header naming the text and label "
                         "columns, or set finetune.text_column and finetune.label_column to 0-based column numbers")
 

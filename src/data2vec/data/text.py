@@ -266,25 +266,19 @@ class TextBlockDataset:
 
 
 class LabelledTextDataset:
-    """Labelled lines (``label<TAB>text``) for probing; each line is one sample, cut to `block_size` tokens."""
+    """Labelled sentences for probing, read like fine-tuning's files (:func:`data2vec.data.labelled.read_text_rows`:
+    ``label<TAB>text`` lines, or TSV / CSV / JSON lines with a header); each row is one sample, cut to
+    `block_size` tokens (a sentence pair's second sentence is not used)."""
 
     def __init__(self, path: str | Path, tokenizer, block_size: int, ids: dict[str, int],
                  classes: list[str] | None = None) -> None:
-        path = Path(path)
-        if not path.is_file():
-            raise Data2VecError(f"labelled text file '{path}' does not exist; give a TSV of label<TAB>text lines")
-        rows = []
-        for n, raw in enumerate(path.read_bytes().decode("utf-8", errors="replace").splitlines(), start=1):
-            if not raw.strip():
-                continue
-            label, sep, text = raw.partition("\t")
-            if not sep:
-                raise Data2VecError(f"{path}:{n}: expected label<TAB>text")
-            rows.append((label, text))
-        self.classes = classes or sorted({label for label, _ in rows})
+        from data2vec.data.labelled import read_text_rows  # that module builds on this one
+
+        rows = read_text_rows(path)
+        self.classes = classes or sorted({row.label for row in rows})
         lookup = {c: i for i, c in enumerate(self.classes)}
-        self.labels = [lookup.get(label, -1) for label, _ in rows]
-        encoded = tokenizer.encode_batch([text for _, text in rows], add_special_tokens=False)
+        self.labels = [lookup.get(row.label, -1) for row in rows]
+        encoded = tokenizer.encode_batch([row.text for row in rows], add_special_tokens=False)
         self.ids = [torch.tensor([ids["bos_id"], *enc.ids[: block_size - 2], ids["eos_id"]]) for enc in encoded]
         self.collate = make_collate(ids["pad_id"])
 
