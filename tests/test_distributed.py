@@ -122,3 +122,33 @@ def test_v2_trains_under_ddp_although_the_mask_token_is_unused(tmp_path):
     start, end = weights(out, 3), load_file(str(out / "checkpoints" / "step_00000003" / "model.safetensors"))
     assert all(torch.isfinite(torch.tensor(loss)) for loss in losses(out)) and len(losses(out)) == 3
     assert torch.equal(start["student.frontend.mask_token"], end["teacher.frontend.mask_token"])  # frozen in v2
+
+
+def test_a_process_whose_whole_batch_is_unreadable_does_not_stall_the_others(tmp_path):
+    """Rank 1's share of step 0 is all corrupt files, rank 0's is fine: both skip step 0 together (a rank
+    that went on would wait forever in the gradient all-reduce) and train the other steps."""
+    import numpy as np
+    from PIL import Image
+
+    from data2vec.data.sampler import StepBatchSampler
+
+    data = tmp_path / "data"
+    data.mkdir()
+    names = [f"img{i}.png" for i in range(8)]  # sorted, so the data set's index i is names[i]
+    batches = {rank: list(StepBatchSampler(8, 8, 0, max_steps=3, rank=rank, world_size=2)) for rank in (0, 1)}
+    bad = {names[i] for i, _ in batches[1][0]}
+    rng = np.random.default_rng(0)
+    for name in names:
+        if name in bad:
+            (data / name).write_bytes(b"not a png")
+        else:
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(data / name)
+    skipped_steps = [s for s in range(3) if any(all(names[i] in bad for i, _ in batches[r][s]) for r in (0, 1))]
+    assert 0 in skipped_steps and len(skipped_steps) < 3
+    out = tmp_path / "run"
+    proc = run(torchrun("--nproc_per_node=2", f"--master_port={free_port()}") +
+               ["pretrain", "image-tiny", *TINY, "train.batch_size=8", "train.max_steps=3", "train.seed=0",
+                f"data.path={data}", f"out={out}"], timeout=120)
+    assert "this process's batch was unreadable" in proc.stderr
+    assert "another process's batch was unreadable" in proc.stderr
+    assert len(losses(out)) == 3 - len(skipped_steps)  # one metrics row per update actually made

@@ -116,11 +116,19 @@ def train(
         decay = decay_at(step, obj.ema_start, obj.ema_end, obj.ema_anneal_steps)
         window["skipped"] += batch.get("skipped", 0)
         faults.skipped_this_epoch += batch.get("skipped", 0)
-        if "inputs" not in batch or batch["inputs"].shape[0] == 0:
-            if not batch.get("skipped"):
-                raise RuntimeError(f"step {step}: the loader returned an empty batch without skipped samples")
+        empty = "inputs" not in batch or batch["inputs"].shape[0] == 0
+        if empty and not batch.get("skipped"):
+            raise RuntimeError(f"step {step}: the loader returned an empty batch without skipped samples")
+        if info.enabled:
+            # All processes must skip together: one that went on would wait forever in the gradient all-reduce.
+            flag = torch.tensor([float(empty)], device=device)
+            skip = bool(all_reduce_sum(flag, info).item() > 0)
+        else:
+            skip = empty
+        if skip:
             faults.empty_in_a_row += 1
-            log.warning("step %d: every sample of the batch was unreadable; skipping the update", step)
+            log.warning("step %d: every sample of %s batch was unreadable; skipping the update", step,
+                        "this process's" if empty else "another process's")
             if faults.empty_in_a_row >= tc.max_bad_steps:
                 raise Data2VecError(f"{faults.empty_in_a_row} batches in a row had no readable sample; check "
                                     f"data.path={cfg.data.path} (see the warnings above for the files)")
