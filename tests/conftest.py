@@ -38,3 +38,22 @@ def assert_student_round_trip(original, converted):
     assert student.keys() == {k for k in w2 if k.startswith("student.")}
     assert all(torch.equal(v, w2[k]) for k, v in student.items())
     return c1, c2
+
+
+def randomise(module: torch.nn.Module, seed: int = 0) -> None:
+    """HF initialises norms, biases, position biases and CLS tokens to constants; random values test the
+    weight layout of a conversion."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+def save_hf(model, folder, fmt: str) -> None:
+    """Save an HF model as safetensors, or as the `.bin` that older folders hold (transformers 5 writes only
+    safetensors)."""
+    if fmt == "safetensors":
+        model.save_pretrained(folder)
+    else:
+        model.config.save_pretrained(folder)
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")

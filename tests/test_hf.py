@@ -19,29 +19,13 @@ from data2vec.interop.hf import from_hf, to_hf  # noqa: E402
 from data2vec.model import Data2Vec  # noqa: E402
 from data2vec.nn.heads import HEAD_FILE, LinearClassifier, SentenceClassifier, head_file, load_head  # noqa: E402
 from data2vec.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from conftest import assert_student_round_trip  # noqa: E402
+from conftest import assert_student_round_trip, randomise as _randomise, save_hf as _save_hf  # noqa: E402
 
 TOL = 1e-5
 VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32,
               patch_size=8, num_labels=5, hidden_dropout_prob=0.0, drop_path_rate=0.0)
 TEXT = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=20, type_vocab_size=1, layer_norm_eps=1e-5, num_labels=3)
-
-
-def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
-    """HF initialises position biases, CLS token and layer norms to constants; random values test the layout."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-
-
-def _save_hf(model, folder, fmt: str) -> None:
-    if fmt == "safetensors":
-        model.save_pretrained(folder)
-    else:  # transformers 5 writes only safetensors; a .bin is what older folders hold
-        model.config.save_pretrained(folder)
-        torch.save(model.state_dict(), folder / "pytorch_model.bin")
 
 
 def _hf_vision(kind: str, **options):

@@ -19,7 +19,7 @@ from data2vec.model import Data2Vec  # noqa: E402
 from data2vec.nn.heads import (HEAD_FILE, CTCHead, LinearClassifier, SentenceClassifier, head_file,  # noqa: E402
                                 load_head)
 from data2vec.train.checkpoint import save_checkpoint  # noqa: E402
-from conftest import assert_student_round_trip  # noqa: E402
+from conftest import assert_student_round_trip, randomise as _randomise, save_hf as _save_hf  # noqa: E402
 
 TOL = 1e-5
 # 3 convs (receptive field 30 samples, 20 per frame), 3 positional conv layers of kernel 5 (odd) or 4 (even)
@@ -34,26 +34,10 @@ HF_CLASSES = {"model": "Data2VecAudioModel", "ctc": "Data2VecAudioForCTC",
               "cls": "Data2VecAudioForSequenceClassification", "frame": "Data2VecAudioForAudioFrameClassification"}
 
 
-def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
-    """HF initialises norms and biases to constants; random values test the layout."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-
-
 def _hf_audio(kind: str, **options):
     model = getattr(transformers, HF_CLASSES[kind])(transformers.Data2VecAudioConfig(**{**AUDIO, **options})).eval()
     _randomise(model)
     return model
-
-
-def _save_hf(model, folder, fmt: str) -> None:
-    if fmt == "safetensors":
-        model.save_pretrained(folder)
-    else:  # transformers 5 writes only safetensors; a .bin is what older folders hold
-        model.config.save_pretrained(folder)
-        torch.save(model.state_dict(), folder / "pytorch_model.bin")
 
 
 def _batch():
