@@ -161,3 +161,59 @@ def test_a_process_whose_whole_batch_is_unreadable_does_not_stall_the_others(tmp
     assert "this process's batch was unreadable" in proc.stderr
     assert "another process's batch was unreadable" in proc.stderr
     assert len(losses(out)) == 3 - len(skipped_steps)  # one metrics row per update actually made
+
+
+FT = ["train.batch_size=16", "train.max_steps=4", "train.warmup_steps=1", "train.log_every=1", "train.save_every=2",
+      "train.keep_last=5", "finetune.eval_every=2", "finetune.drop_path=0", "finetune.freeze_encoder_steps=1",
+      "finetune.freeze_frontend_steps=3", "data.num_workers=0", "--no-progress"]
+
+
+def test_fine_tuning_in_two_processes_matches_one_process_with_the_global_batch(two_process_run, tmp_path):
+    """Gradients averaged over processes while parts of the encoder freeze and unfreeze (which DDP cannot
+    follow): the same weights, losses and validation scores as one process; the main process writes."""
+    checkpoint = f"checkpoint={two_process_run}"
+    one, two = tmp_path / "one", tmp_path / "two"
+    run(single("finetune", "image-tiny-ft", checkpoint, *FT, f"out={one}"))
+    result = run(torchrun("--nproc_per_node=2", f"--master_port={free_port()}") +
+                 ["finetune", "image-tiny-ft", checkpoint, *FT, f"out={two}"])
+    assert result.stdout.count("best validation accuracy") == 1
+    rows = {run_dir: [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            for run_dir in (one, two)}
+    train = {k: [r["loss"] for r in v if "split" not in r] for k, v in rows.items()}
+    assert len(train[one]) == 4 and train[one] == pytest.approx(train[two], rel=1e-4, abs=1e-6)
+    valid = {k: [r["accuracy"] for r in v if r.get("split") == "valid"] for k, v in rows.items()}
+    assert len(valid[one]) == 2 and valid[one] == pytest.approx(valid[two], abs=1e-9)
+    for name in ("model.safetensors", "head.safetensors"):
+        a, b = (load_file(str(d / "checkpoints" / "step_00000004" / name)) for d in (one, two))
+        assert_same_weights(a, b)
+    start = weights(two_process_run, 6)
+    at_one = weights(two, 2)  # encoder frozen at step 0 only, its front-end until step 3
+    assert torch.equal(at_one["student.frontend.patch_embed.weight"], start["student.frontend.patch_embed.weight"])
+    assert not torch.equal(at_one["student.encoder.blocks.0.mlp.fc1.weight"], start["student.encoder.blocks.0.mlp.fc1.weight"])
+
+
+def _average_worker(rank, init_file, out_dir):
+    import torch.distributed as dist
+
+    from data2vec.train.distributed import DistInfo, average_gradients
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    params = [torch.nn.Parameter(torch.zeros(3)) for _ in range(3)]
+    params[0].grad = torch.full((3,), float(rank + 1))  # every process: the mean
+    if rank == 0:
+        params[1].grad = torch.tensor([4.0, 6.0, 8.0])  # one process only: the others count zeros
+    import data2vec.train.distributed as d
+
+    d.GRADIENT_BUCKET = 4  # several buckets, one parameter each
+    average_gradients(params, DistInfo(rank=rank, world_size=2))
+    torch.save([p.grad for p in params], f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_average_gradients_over_processes(tmp_path):
+    torch.multiprocessing.spawn(_average_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        grads = torch.load(tmp_path / f"rank{rank}.pt")
+        assert torch.equal(grads[0], torch.full((3,), 1.5))
+        assert torch.equal(grads[1], torch.tensor([2.0, 3.0, 4.0]))
+        assert grads[2] is None  # no gradient anywhere: none after, so AdamW skips it as in one process

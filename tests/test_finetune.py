@@ -136,6 +136,8 @@ def test_user_errors_are_one_line_with_exit_2(pretrained, tmp_path, capsys):
     assert "checkpoint=PATH" in error(["finetune", "image-tiny-ft", f"out={tmp_path / 'a'}"])
     assert "no classifier" in error(["evaluate", str(pretrained)])
     assert "data=PATH" in error(["evaluate", str(pretrained), "foo=1"])
+    assert "train.strategy=fsdp" in error(["finetune", "image-tiny-ft", f"checkpoint={pretrained}",
+                                           f"out={tmp_path / 'c'}", "train.strategy=fsdp"])
     assert "top5 needs more than five classes" in error(
         ["finetune", "image-tiny-ft", f"checkpoint={pretrained}", f"out={tmp_path / 'b'}", "finetune.metric=top5",
          f"data.path={text_set(tmp_path)}", f"data.eval_path={text_set(tmp_path)}"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from data2vec.errors import Data2VecError
@@ -153,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
 
         overrides = [f"finetune.{o}" if o.startswith("checkpoint=") else o for o in args.overrides]
         out = finetune(build_config(args.recipe, overrides), progress=not args.no_progress)
+        if int(os.environ.get("RANK", "0")) != 0:  # torchrun: the main process reports
+            return 0
         result = json.loads((out / "results.json").read_text())
         best, metric = result["best"] or {}, result["metric"]
         print(f"run folder: {out}   best validation {metric} {best.get(metric, float('nan')):.4f} at step "

@@ -25,6 +25,7 @@ from data2vec.finetune.classifier import Classifier, apply_freezing
 from data2vec.finetune.ctc import ctc_loss
 from data2vec.finetune.mixing import mix_batch, smooth_one_hot
 from data2vec.train.device import autocast
+from data2vec.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, average_gradients
 from data2vec.train.logging import MetricsLogger
 from data2vec.train.loop import Preempted, micro_batches
 from data2vec.train.optim import lr_at, set_lr
@@ -44,11 +45,17 @@ def finetune_loop(
     validate: Callable[[int], None],
     logger: MetricsLogger | None,
     should_stop: Callable[[], bool] = lambda: False,
+    dist_info: DistInfo | None = None,
 ) -> None:
     """Run updates `start_step .. train.max_steps - 1`, one item of `batches` per update; `validate(done)`
     every `finetune.eval_every` updates and at the end, `save(done)` every `train.save_every` and at the end.
-    A pre-emption signal (`should_stop`) saves and raises :class:`Preempted`."""
+    A pre-emption signal (`should_stop`) saves and raises :class:`Preempted`.
+
+    Under torchrun every process runs this loop on its share of each batch; gradients are averaged over
+    processes before clipping (:func:`average_gradients`), so all hold the same weights after every update.
+    Every process calls `validate` and `save` (they decide who does the work)."""
     tc, ft = cfg.train, cfg.finetune
+    info = dist_info or DistInfo()
     num_classes = len(model.labels)
     mix = cfg.modality == "image" and (ft.mixup > 0 or ft.cutmix > 0)
     model.train()
@@ -58,8 +65,14 @@ def finetune_loop(
         lr = lr_at(step, tc)
         set_lr(optimizer, lr)
         apply_freezing(model, step, ft)
-        if "inputs" not in batch or batch["inputs"].shape[0] == 0:
-            log.warning("step %d: every sample of the batch was unreadable; skipping the update", step + 1)
+        empty = "inputs" not in batch or batch["inputs"].shape[0] == 0
+        if info.enabled:  # all processes skip together, or the others would wait for this one's gradients
+            empty_anywhere = bool(all_reduce_sum(torch.tensor([float(empty)], device=device), info).item() > 0)
+        else:
+            empty_anywhere = empty
+        if empty_anywhere:
+            log.warning("step %d: every sample of %s batch was unreadable; skipping the update", step + 1,
+                        "this process's" if empty else "another process's")
             continue
         batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         if ft.task == "classify":
@@ -83,6 +96,7 @@ def finetune_loop(
             (loss * share).backward()
             loss_sum += loss.detach() * share
         params = [p for p in model.parameters() if p.requires_grad]
+        average_gradients(params, info)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.clip_grad if tc.clip_grad > 0 else math.inf)
         if tc.skip_nonfinite and not torch.isfinite(grad_norm).item():
             optimizer.zero_grad(set_to_none=True)
@@ -103,8 +117,10 @@ def finetune_loop(
         done = step + 1
         if done % tc.log_every == 0 or done == tc.max_steps:
             elapsed = time.perf_counter() - window["start"]
-            record = {"step": done, "loss": float(window["loss"]) / max(window["steps"], 1), "lr": lr,
-                      "grad_norm": float(grad_norm), "samples_per_s": window["samples"] / max(elapsed, 1e-9)}
+            loss = all_reduce_mean(window["loss"] / max(window["steps"], 1), info)
+            samples = all_reduce_sum(torch.tensor(float(window["samples"]), device=device), info)
+            record = {"step": done, "loss": float(loss), "lr": lr, "grad_norm": float(grad_norm),
+                      "samples_per_s": float(samples) / max(elapsed, 1e-9)}
             if logger is not None:
                 logger.log(record)
             window.update(loss=torch.zeros((), device=device), samples=0, steps=0, start=time.perf_counter())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from data2vec.nn.heads import HEAD_FILE, head_file, load_head
 from data2vec.tasks.pretrain import StopSignal, _resume_path
 from data2vec.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from data2vec.train.device import resolve_device
-from data2vec.train.distributed import DistInfo, full_state
+from data2vec.train.distributed import barrier, full_state, init_distributed, local_device
 from data2vec.train.logging import MetricsLogger, setup_logging
 from data2vec.train.loop import Preempted, rng_state, set_rng_state
 from data2vec.train.optim import layer_decay_groups
@@ -45,12 +44,16 @@ BEST = "best"
 def finetune(cfg: Config, progress: bool = True) -> Path:
     """Fine-tune per `cfg` (`finetune.checkpoint` gives the encoder); returns the run folder. Resumes exactly
     when `cfg.resume` points at a checkpoint of the run (`auto`: the newest)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise Data2VecError("data2vec finetune runs in a single process; start it without torchrun (one GPU or CPU)")
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    setup_logging(out)
     device = resolve_device(cfg.device)
+    info = init_distributed(device)  # torchrun: every process trains on its share of each batch
+    device = local_device(device, info)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    setup_logging(out if info.is_main else None, level=logging.INFO if info.is_main else logging.WARNING)
+    if cfg.train.strategy != "ddp":
+        raise Data2VecError(f"finetune trains data-parallel only; train.strategy={cfg.train.strategy} (sharding) is "
+                            "for pretraining: drop it")
     if cfg.train.precision == "fp16":
         raise Data2VecError("finetune runs in train.precision=fp32 or bf16; fp16 (with its loss scaler) is for "
                             "pretraining only")
@@ -71,8 +74,10 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
     cfg = resolve_config(cfg, source, str(source_dir))
     tokenizer = None
     if cfg.modality == "text":
-        (out / "tokenizer.json").write_text(tokenizer_json(cfg.text.tokenizer if resume_from is None else "",
-                                                           source, source_dir))
+        if info.is_main:
+            (out / "tokenizer.json").write_text(tokenizer_json(cfg.text.tokenizer if resume_from is None else "",
+                                                               source, source_dir))
+        barrier(info)  # the others read it next
         cfg.text.tokenizer = str((out / "tokenizer.json").resolve())
         tokenizer = text_tokenizer(cfg)
 
@@ -92,10 +97,10 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
                             "accuracy, f1 or mcc")
     start_step = state["step"] if state else 0
     if hasattr(train_set, "batch_sampler"):  # speech: batches of similar length
-        sampler = train_set.batch_sampler(start_step, cfg.train.max_steps, 0, 1)
+        sampler = train_set.batch_sampler(start_step, cfg.train.max_steps, info.rank, info.world_size)
     else:
         sampler = StepBatchSampler(len(train_set), cfg.train.batch_size, cfg.train.seed, start_step=start_step,
-                                   max_steps=cfg.train.max_steps)
+                                   max_steps=cfg.train.max_steps, rank=info.rank, world_size=info.world_size)
     workers = cfg.data.num_workers
     # The loader's own generator: starting its iterator draws a seed, which must not shift the global RNG
     # that drop path and dropout use (or a resumed run would drop other paths than an uninterrupted one).
@@ -123,29 +128,38 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
         # Not strict: parameters frozen so far (or never trained) have no optimiser state yet.
         set_optimizer_state_dict(model, optimizer, state["optimizer"],
                                  options=StateDictOptions(full_state_dict=True, strict=False))
-        set_rng_state(state["rng"])
+        if state.get("world_size", 1) == info.world_size:
+            set_rng_state(state["rng"])  # dropout and drop path continue exactly (same process count only)
         best = state.get("best")
         log.info("resumed from %s at step %d", resume_from, start_step)
-    save_config(cfg, out / "config.yaml")
+    if info.enabled:  # each process draws its own dropout / drop-path noise
+        torch.manual_seed(cfg.train.seed + 1_000_003 * info.rank + start_step)
+    if info.is_main:
+        save_config(cfg, out / "config.yaml")
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("fine-tune %s: %s from %s%s, %.2fM parameters, %d classes, %d train / %d validation samples, %d steps",
-             out, cfg.name, cfg.finetune.checkpoint, " (random init)" if cfg.finetune.random_init else "",
-             n_params / 1e6, len(classes), len(train_set), len(valid_set), tc.max_steps)
+    log.info("fine-tune %s: %s from %s%s, %.2fM parameters, %d classes, %d train / %d validation samples, %d steps, "
+             "%d process(es)", out, cfg.name, cfg.finetune.checkpoint, " (random init)" if cfg.finetune.random_init
+             else "", n_params / 1e6, len(classes), len(train_set), len(valid_set), tc.max_steps, info.world_size)
     extra = {"tokenizer.json": (out / "tokenizer.json").read_bytes()} if cfg.modality == "text" else {}
 
     def weights_now() -> dict[str, torch.Tensor]:
         return {f"student.{k}": v for k, v in model.encoder.state_dict().items()}
 
     def save(step: int) -> None:
-        _, optim = full_state(model, optimizer)
-        train_state = {"step": step, "optimizer": optim, "rng": rng_state(), "best": best, "world_size": 1}
-        save_checkpoint(out, step, weights_now(), train_state, cfg, tc.keep_last,
-                        extra_files={HEAD_FILE: head_file(model.head), **extra})
+        if info.is_main:  # every process holds the same weights and optimiser state
+            _, optim = full_state(model, optimizer)
+            train_state = {"step": step, "optimizer": optim, "rng": rng_state(), "best": best,
+                           "world_size": info.world_size}
+            save_checkpoint(out, step, weights_now(), train_state, cfg, tc.keep_last,
+                            extra_files={HEAD_FILE: head_file(model.head), **extra})
+        barrier(info)
 
     last: dict = {}
 
     def validate(step: int) -> None:
         nonlocal best
+        if not info.is_main:  # the main process scores the whole validation set; the others wait in the next step
+            return
         if ctc:
             metrics = evaluate_ctc(model, valid_loader, device, classes, tc.precision)
         else:
@@ -160,17 +174,21 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
             save_checkpoint(out / BEST, step, weights_now(), {"step": step, "metrics": metrics}, cfg, keep_last=1,
                             extra_files={HEAD_FILE: head_file(model.head), **extra})
 
-    logger = MetricsLogger(out, tc.max_steps, start_step, progress=progress, desc="finetune")
-    stop = StopSignal(DistInfo())
+    logger = MetricsLogger(out, tc.max_steps, start_step, progress=progress, desc="finetune") if info.is_main else None
+    stop = StopSignal(info)
     start = time.perf_counter()
     try:
         with stop.installed():
-            finetune_loop(model, optimizer, loader, cfg, device, start_step, save, validate, logger, should_stop=stop)
+            finetune_loop(model, optimizer, loader, cfg, device, start_step, save, validate, logger,
+                          should_stop=stop, dist_info=info)
     except Preempted as err:
         log.warning("%s in %s; continue with resume=auto", err, out)
         raise
     finally:
-        logger.close()
+        if logger is not None:
+            logger.close()
+    if not info.is_main:
+        return out
     result = {"recipe": cfg.name, "checkpoint": cfg.finetune.checkpoint, "random_init": cfg.finetune.random_init,
               "metric": cfg.finetune.metric, "classes": classes, "final": last, "best": best,
               "seconds": round(time.perf_counter() - start, 1)}

@@ -71,6 +71,40 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return values
 
 
+GRADIENT_BUCKET = 1 << 24  # elements per all-reduce: bounds the extra memory of the flat copy
+
+
+def average_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
+    """Replace each gradient by its mean over processes, without DistributedDataParallel.
+
+    Fine-tuning uses this rather than DDP because it freezes and unfreezes parameters during the run (the
+    frozen start of speech recognition), which DDP, fixing its set of trained parameters when it wraps the
+    model, does not allow. A parameter with no gradient on any process keeps none (so AdamW skips it as in
+    one process); one with a gradient on some processes only counts zeros for the others. All processes
+    must pass the same parameters in the same order (they do: freezing depends on the step alone)."""
+    if not info.enabled or not params:
+        return
+    device = params[0].device
+    present = torch.tensor([float(p.grad is not None) for p in params], device=device)
+    dist.all_reduce(present, op=dist.ReduceOp.SUM)
+    start = 0
+    while start < len(params):  # buckets of about GRADIENT_BUCKET elements
+        end, size = start, 0
+        while end < len(params) and (end == start or size + params[end].numel() <= GRADIENT_BUCKET):
+            size += params[end].numel()
+            end += 1
+        bucket = params[start:end]
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in bucket])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= info.world_size
+        offset = 0
+        for p, seen in zip(bucket, present[start:end].tolist()):
+            n = p.numel()
+            p.grad = flat[offset:offset + n].view_as(p).to(p.dtype).clone() if seen > 0 else None
+            offset += n
+        start = end
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
