@@ -54,3 +54,26 @@ def test_bf16_autocast_and_default_choice_use_f_linear(onednn):
 def test_unknown_choice_is_refused():
     with pytest.raises(ValueError, match="auto, onednn or default"):
         lin.set_cpu_matmul("mkl")
+
+
+@pytest.mark.parametrize("recorded", ["onednn", "default"])
+def test_checkpoint_state_keeps_the_kernel_choice(monkeypatch, recorded):
+    """A resumed run uses the kernel the interrupted one chose, whatever its own timing would say: the two
+    round differently, and exact resume is promised."""
+    from data2vec.train.loop import rng_state, set_rng_state
+
+    monkeypatch.setattr(lin, "_choice", "auto")
+    monkeypatch.setattr(lin, "_onednn_faster", recorded == "onednn")
+    state = rng_state()
+    assert state["cpu_matmul"] == recorded
+    monkeypatch.setattr(lin, "_onednn_faster", recorded != "onednn")  # a new process that timed the other way
+    set_rng_state(state)
+    assert lin.use_onednn() == (recorded == "onednn")
+    monkeypatch.setattr(lin, "_onednn_faster", None)  # not timed yet: nothing recorded, nothing restored
+    assert rng_state()["cpu_matmul"] is None
+    set_rng_state({**state, "cpu_matmul": None})
+    assert lin._onednn_faster is None
+    lin.set_cpu_matmul("default")  # told explicitly: the checkpoint does not override it
+    set_rng_state(state)
+    assert not lin.use_onednn()
+    lin.set_cpu_matmul("auto")

@@ -69,6 +69,24 @@ def use_onednn() -> bool:
     return _onednn_faster
 
 
+def decided_cpu_matmul() -> Choice | None:
+    """The kernel fp32 CPU products use in this process ("onednn" or "default"), or None while `auto` has not
+    timed them yet. Checkpoints keep it: the two kernels round differently, so a resumed run that timed them
+    anew and chose the other would no longer repeat the uninterrupted run bit for bit."""
+    if _choice != "auto":
+        return _choice
+    if _onednn_faster is None:
+        return None
+    return "onednn" if _onednn_faster else "default"
+
+
+def restore_cpu_matmul(choice: Choice | None) -> None:
+    """Use the kernel a checkpoint recorded, unless this process was told which to use (`set_cpu_matmul`)."""
+    global _onednn_faster
+    if choice is not None and _choice == "auto":
+        _onednn_faster = choice == "onednn"
+
+
 class _OneDNNLinear(torch.autograd.Function):
     """F.linear with its forward and backward products computed by oneDNN."""
 

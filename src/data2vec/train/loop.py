@@ -21,6 +21,7 @@ from data2vec.config import Config
 from data2vec.ema import decay_at
 from data2vec.errors import Data2VecError
 from data2vec.model import Data2Vec
+from data2vec.nn.linear import decided_cpu_matmul, restore_cpu_matmul
 from data2vec.train.device import autocast
 from data2vec.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum
 from data2vec.train.logging import MetricsLogger
@@ -48,7 +49,9 @@ class Faults:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
+    """What a resumed run needs to draw and round as the uninterrupted one: the RNG states and the fp32 CPU
+    matmul kernel this process chose (see :mod:`data2vec.nn.linear`)."""
+    state = {"torch": torch.get_rng_state(), "cpu_matmul": decided_cpu_matmul()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -58,6 +61,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    restore_cpu_matmul(state.get("cpu_matmul"))
 
 
 def micro_batches(per_rank_batch: int, cfg: Config) -> int:
