@@ -221,11 +221,44 @@ def test_token_mask_is_deterministic_per_seed():
     assert not torch.equal(a[1], c[1])
 
 
+def test_token_spans_are_whole_and_cover_what_a_numpy_reference_covers():
+    """The released data2vec text recipe: 35% in spans of 4 (fairseq's mask_multiple_length). Each chosen run
+    is at least 4 long unless it meets the end of the text; specials are never chosen; the share matches an
+    independent numpy simulation of the same rule (starts without replacement, spans merged and clipped)."""
+    tokens = text_batch(b=1024)
+    _, chosen = corrupt(tokens, span=4)
+    eligible = ~torch.isin(tokens, torch.tensor(SPECIAL))
+    assert not (chosen & ~eligible).any()
+    for row, ok in zip(chosen.tolist(), eligible.tolist()):
+        end = max(i for i, e in enumerate(ok) if e)
+        run = 0
+        for i, c in enumerate(row + [False]):
+            if c:
+                run += 1
+            elif run:
+                assert run >= 4 or i - 1 == end, (run, i, end)
+                run = 0
+    rng = np.random.default_rng(0)
+    covered = 0
+    for ok in eligible.numpy():
+        positions = np.flatnonzero(ok)
+        k = min(max(int(0.15 * len(positions) / 4 + rng.random()), 1), len(positions))
+        starts = rng.choice(positions, k, replace=False)
+        spans = {s + i for s in starts for i in range(4)}
+        covered += len(spans & set(positions.tolist()))
+    assert chosen.sum().item() / eligible.sum().item() == pytest.approx(covered / eligible.sum().item(), abs=0.005)
+    assert 0.12 < chosen.sum().item() / eligible.sum().item() < 0.15  # overlaps and row ends: a little below 15%
+    plain, spans_of_one = corrupt(tokens, 3), corrupt(tokens, 3, span=1)
+    assert torch.equal(plain[0], spans_of_one[0]) and torch.equal(plain[1], spans_of_one[1])
+
+
 def test_token_mask_rejects_bad_probabilities():
     with pytest.raises(Data2VecError, match="keep_prob"):
         corrupt(text_batch(b=2), random_prob=0.6, keep_prob=0.6)
     with pytest.raises(Data2VecError, match="tokens"):
         corrupt(text_batch(b=2).int())
+    with pytest.raises(Data2VecError, match="token_span"):
+        corrupt(text_batch(b=2), span=0)
 
 
 # --- inverse block masking (data2vec 2.0 images) ---

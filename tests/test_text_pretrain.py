@@ -109,3 +109,19 @@ def test_v2_text_batches_drop_chosen_tokens_per_clone(data_dir):
     visible = (~(batch["mask"] | batch["padding_mask"][:, None])).sum(-1)  # [B, 3]
     assert lengths == [int(visible.max())] and teacher_calls == [1]
     assert torch.isfinite(out["loss"]) and model.decoder.proj_in.weight.grad is not None
+
+
+def test_released_recipe_span_masking_reaches_the_batches(data_dir):
+    """masking.token_span=4 with 35% all replaced by <mask> (the released v1 text recipe) flows from the
+    config to the loader: chosen tokens come in runs, and every one of them is <mask> for the student."""
+    cfg = tiny(data_dir, "masking.token_prob=0.35", "masking.token_span=4", "masking.token_random=0",
+               "masking.token_keep=0")
+    batch = next(iter(pretrain_loader(cfg)))
+    mask = batch["mask"]
+    assert (batch["student_inputs"][mask] == cfg.text.mask_id).all()
+    starts = mask & ~torch.nn.functional.pad(mask, (1, 0))[:, :-1]  # first token of each run
+    assert mask.sum() / starts.sum() > 2.5  # runs of about 4 (shorter only at the end of a text)
+    plain = next(iter(pretrain_loader(tiny(data_dir, "masking.token_prob=0.35", "masking.token_random=0",
+                                           "masking.token_keep=0"))))["mask"]
+    plain_starts = plain & ~torch.nn.functional.pad(plain, (1, 0))[:, :-1]
+    assert plain.sum() / plain_starts.sum() < 2.0

@@ -100,6 +100,7 @@ class MaskingConfig:
     token_prob: float = 0.15  # text: BERT masking, share of non-special tokens chosen (paper: 15%)
     token_random: float = 0.1  # text: share of chosen tokens replaced by a random token
     token_keep: float = 0.1  # text: share of chosen tokens left unchanged (the rest become the mask token)
+    token_span: int = 1  # text: chosen tokens come in spans of this many (released v1 recipe: 35% in spans of 4)
     span_prob: float = 0.65  # audio: chance that a frame starts a masked span (paper: 0.65, ~49% masked)
     span_length: int = 10  # audio: frames per masked span (paper: 10, i.e. 200 ms)
 

@@ -108,34 +108,44 @@ def span_mask(batch_size: int, num_frames: int, mask_prob: float, span_length: i
 
 
 def token_choice(tokens: Tensor, mask_prob: float, *, generator: torch.Generator,
-                 special_ids: Sequence[int]) -> Tensor:
+                 special_ids: Sequence[int], span: int = 1) -> Tensor:
     """Which tokens of int64 ``tokens [B, T]`` to predict: bool ``[B, T]``, never a special token.
 
-    Each row chooses ``int(mask_prob * n_eligible + u)`` (at least 1) of its non-special tokens uniformly
-    without replacement, u ~ U[0, 1), so the expected share is exactly `mask_prob`. BERT masking (v1) then
-    corrupts the chosen ids; data2vec 2.0 drops them from the student's input instead.
+    Each row chooses ``int(mask_prob * n_eligible / span + u)`` (at least 1) of its non-special tokens
+    uniformly without replacement, u ~ U[0, 1), as span starts; a span covers its start and the `span - 1`
+    tokens after it, overlapping spans merge and special tokens inside a span stay unchosen (fairseq's
+    `mask_multiple_length`, which data2vec's released text recipe sets to 4). With `span=1` the expected share
+    is exactly `mask_prob`; longer spans choose a little less, through overlaps and row ends. BERT masking
+    (v1) then corrupts the chosen ids; data2vec 2.0 drops them from the student's input instead.
     """
     _check(tokens.dim() == 2 and tokens.dtype == torch.int64,
            f"token_choice: tokens must be int64 [B, T], got {tokens.dtype} {list(tokens.shape)}")
     _check(0.0 <= mask_prob <= 1.0, f"token_choice: mask_prob must be in [0, 1], got {mask_prob}")
+    _check(span >= 1, f"token_choice: span must be at least 1 (masking.token_span), got {span}")
     special = torch.tensor(list(special_ids), dtype=torch.int64)
     eligible = ~torch.isin(tokens, special)  # [B, T]
     n_eligible = eligible.sum(1)  # [B]
     u = torch.rand(tokens.shape[0], generator=generator)  # [B]
-    k = (mask_prob * n_eligible + u).long().clamp(min=1)
+    k = (mask_prob * n_eligible / span + u).long().clamp(min=1)
     k = torch.minimum(k, n_eligible) if mask_prob > 0 else torch.zeros_like(k)
     scores = torch.rand(tokens.shape, generator=generator).masked_fill(~eligible, 2.0)  # ineligible sort last
     rank = scores.argsort(1).argsort(1)  # [B, T] position of each token in its row's random order
-    return rank < k[:, None]  # [B, T]
+    chosen = rank < k[:, None]  # [B, T] (span starts)
+    if span > 1:
+        starts = chosen.clone()
+        for offset in range(1, min(span, tokens.shape[1])):
+            chosen[:, offset:] |= starts[:, :-offset]
+        chosen &= eligible
+    return chosen
 
 
 def token_mask(tokens: Tensor, mask_prob: float, *, generator: torch.Generator, mask_id: int, vocab_size: int,
                special_ids: Sequence[int], random_prob: float = 0.1,
-               keep_prob: float = 0.1) -> tuple[Tensor, Tensor]:
+               keep_prob: float = 0.1, span: int = 1) -> tuple[Tensor, Tensor]:
     """BERT-style corruption of int64 ``tokens [B, T]``: returns ``(corrupted [B, T], chosen [B, T] bool)``.
 
     Each row chooses ``int(mask_prob * n_eligible + u)`` (at least 1) of its non-special tokens uniformly
-    without replacement. A chosen token is kept with `keep_prob`, replaced by a random non-special token with
+    without replacement (in spans of `span`, see :func:`token_choice`). A chosen token is kept with `keep_prob`, replaced by a random non-special token with
     `random_prob`, else by `mask_id`; keeping and replacing some stops the model from trusting that only
     ``[MASK]`` positions matter. `tokens` is not modified.
     """
@@ -150,7 +160,7 @@ def token_mask(tokens: Tensor, mask_prob: float, *, generator: torch.Generator, 
     _check(allowed.numel() > 0 or random_prob == 0,
            "token_mask: vocab_size leaves no non-special token for random replacement; set random_prob=0")
 
-    chosen = token_choice(tokens, mask_prob, generator=generator, special_ids=special_ids)  # [B, T]
+    chosen = token_choice(tokens, mask_prob, generator=generator, special_ids=special_ids, span=span)  # [B, T]
     action = torch.rand(tokens.shape, generator=generator)  # [B, T]
     random_tokens = tokens
     if allowed.numel() > 0:

@@ -234,12 +234,13 @@ class TextBlockDataset:
     """Pretraining samples: ``<s> block </s>`` with BERT masking drawn from the sample's own generator."""
 
     def __init__(self, shards: TokenShards, block_size: int, seed: int, mask_prob: float, random_prob: float,
-                 keep_prob: float, ids: dict[str, int], vocab_size: int, clones: int = 0) -> None:
+                 keep_prob: float, ids: dict[str, int], vocab_size: int, clones: int = 0, span: int = 1) -> None:
         if block_size < 3:
             raise Data2VecError(f"text.block_size must be at least 3 (<s>, a token, </s>), got {block_size}")
         self.shards, self.seed, self.ids, self.vocab_size = shards, seed, ids, vocab_size
         self.mask_prob, self.random_prob, self.keep_prob = mask_prob, random_prob, keep_prob
         self.clones = clones  # > 0: data2vec 2.0, `clones` independent masks per sample and no corruption
+        self.span = span  # chosen tokens come in spans of this many (1: BERT)
         self.blocks = document_blocks(shards.docs, block_size - 2)
         self.collate = make_collate(ids["pad_id"])
         if len(self.blocks) == 0:
@@ -257,11 +258,11 @@ class TextBlockDataset:
         specials = [self.ids[k] for k in ("bos_id", "pad_id", "eos_id", "mask_id")]
         if self.clones:  # v2: the student drops the chosen tokens, so the ids stay clean
             chosen = token_choice(ids[None].expand(self.clones, -1), self.mask_prob, generator=g,
-                                  special_ids=specials)
+                                  special_ids=specials, span=self.span)
             return {"ids": ids, "mask": chosen, "index": index, "label": -1}  # mask [M, T]
         corrupted, chosen = token_mask(ids[None], self.mask_prob, generator=g, mask_id=self.ids["mask_id"],
                                        vocab_size=self.vocab_size, special_ids=specials,
-                                       random_prob=self.random_prob, keep_prob=self.keep_prob)
+                                       random_prob=self.random_prob, keep_prob=self.keep_prob, span=self.span)
         return {"ids": ids, "student_ids": corrupted[0], "mask": chosen[0], "index": index, "label": -1}
 
 
@@ -374,7 +375,7 @@ def pretrain_text_dataset(cfg) -> TextBlockDataset:
     m = cfg.masking
     return TextBlockDataset(TokenShards(folder), cfg.text.block_size, cfg.train.seed, m.token_prob, m.token_random,
                             m.token_keep, ids, tokenizer.get_vocab_size(),
-                            clones=cfg.objective.clones if cfg.objective.version == 2 else 0)
+                            clones=cfg.objective.clones if cfg.objective.version == 2 else 0, span=m.token_span)
 
 
 def eval_text_dataset(cfg, split: str, path: str | None = None) -> LabelledTextDataset:
