@@ -158,8 +158,8 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
 
     def validate(step: int) -> None:
         nonlocal best
-        if not info.is_main:  # the main process scores the whole validation set; the others wait in the next step
-            return
+        # Every process scores the whole validation set (the main one alone would leave the others waiting in a
+        # collective, where NCCL's 10-minute timeout can hit on a large set); only the main one writes.
         if ctc:
             metrics = evaluate_ctc(model, valid_loader, device, classes, tc.precision)
         else:
@@ -171,6 +171,8 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
                                                                if k != "samples"))
         if better(cfg.finetune.metric, metrics, best):
             best = {"step": step, **metrics}
+            if not info.is_main:
+                return
             save_checkpoint(out / BEST, step, weights_now(), {"step": step, "metrics": metrics}, cfg, keep_last=1,
                             extra_files={HEAD_FILE: head_file(model.head), **extra})
 
