@@ -25,7 +25,7 @@ from data2vec.finetune.classifier import Classifier, apply_freezing
 from data2vec.finetune.ctc import ctc_loss
 from data2vec.finetune.mixing import mix_batch, smooth_one_hot
 from data2vec.train.device import autocast
-from data2vec.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, average_gradients
+from data2vec.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, any_process, average_gradients
 from data2vec.train.logging import MetricsLogger
 from data2vec.train.loop import Preempted, micro_batches
 from data2vec.train.optim import lr_at, set_lr
@@ -66,11 +66,7 @@ def finetune_loop(
         set_lr(optimizer, lr)
         apply_freezing(model, step, ft)
         empty = "inputs" not in batch or batch["inputs"].shape[0] == 0
-        if info.enabled:  # all processes skip together, or the others would wait for this one's gradients
-            empty_anywhere = bool(all_reduce_sum(torch.tensor([float(empty)], device=device), info).item() > 0)
-        else:
-            empty_anywhere = empty
-        if empty_anywhere:
+        if any_process(empty, info, device):  # all skip together, or the others would wait for its gradients
             log.warning("step %d: every sample of %s batch was unreadable; skipping the update", step + 1,
                         "this process's" if empty else "another process's")
             continue

@@ -177,7 +177,7 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
                             extra_files={HEAD_FILE: head_file(model.head), **extra})
 
     logger = MetricsLogger(out, tc.max_steps, start_step, progress=progress, desc="finetune") if info.is_main else None
-    stop = StopSignal(info)
+    stop = StopSignal(info, device)
     start = time.perf_counter()
     try:
         with stop.installed():

@@ -16,7 +16,7 @@ from data2vec.errors import Data2VecError
 from data2vec.model import Data2Vec
 from data2vec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from data2vec.train.device import resolve_device
-from data2vec.train.distributed import (DistInfo, all_reduce_sum, barrier, full_state, init_distributed,
+from data2vec.train.distributed import (DistInfo, any_process, barrier, full_state, init_distributed,
                                         load_full_state, local_device, wrap_model)
 from data2vec.train.logging import MetricsLogger, setup_logging
 from data2vec.train.loop import Preempted, rng_state, set_rng_state, train
@@ -87,7 +87,7 @@ def pretrain(cfg: Config, progress: bool = True) -> Path:
         barrier(info)
 
     logger = MetricsLogger(out, cfg.train.max_steps, start_step, progress=progress) if info.is_main else None
-    stop = StopSignal(info)
+    stop = StopSignal(info, device)
     try:
         with stop.installed():
             train(model, optimizer, loader, cfg, device, start_step, save, logger, scaler, step_model, info,
@@ -105,8 +105,8 @@ class StopSignal:
     """SIGTERM / SIGINT (what schedulers send before killing a job) ask the loop to stop after the current
     update and write a checkpoint. With several processes they agree on it, so all stop at the same step."""
 
-    def __init__(self, info: DistInfo) -> None:
-        self.info = info
+    def __init__(self, info: DistInfo, device: torch.device) -> None:
+        self.info, self.device = info, device
         self.received = False
 
     def _handler(self, signum: int, frame: object) -> None:
@@ -129,7 +129,4 @@ class StopSignal:
                 signal.signal(sig, handler)
 
     def __call__(self) -> bool:
-        if not self.info.enabled:
-            return self.received
-        flag = torch.tensor([float(self.received)])
-        return bool(all_reduce_sum(flag, self.info).item() > 0)
+        return any_process(self.received, self.info, self.device)

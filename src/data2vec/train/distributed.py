@@ -105,6 +105,14 @@ def average_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
         start = end
 
 
+def any_process(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """Whether `flag` holds on any process (one small all-reduce; just `flag` in a single process). The tensor
+    lives on `device`: NCCL cannot reduce CPU tensors."""
+    if not info.enabled:
+        return flag
+    return bool(all_reduce_sum(torch.tensor([float(flag)], device=device), info).item() > 0)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

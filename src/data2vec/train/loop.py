@@ -23,7 +23,7 @@ from data2vec.errors import Data2VecError
 from data2vec.model import Data2Vec
 from data2vec.nn.linear import decided_cpu_matmul, restore_cpu_matmul
 from data2vec.train.device import autocast
-from data2vec.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum
+from data2vec.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, any_process
 from data2vec.train.logging import MetricsLogger
 from data2vec.train.optim import lr_at, set_lr
 
@@ -123,12 +123,8 @@ def train(
         empty = "inputs" not in batch or batch["inputs"].shape[0] == 0
         if empty and not batch.get("skipped"):
             raise RuntimeError(f"step {step}: the loader returned an empty batch without skipped samples")
-        if info.enabled:
-            # All processes must skip together: one that went on would wait forever in the gradient all-reduce.
-            flag = torch.tensor([float(empty)], device=device)
-            skip = bool(all_reduce_sum(flag, info).item() > 0)
-        else:
-            skip = empty
+        # All processes must skip together: one that went on would wait forever in the gradient all-reduce.
+        skip = any_process(empty, info, device)
         if skip:
             faults.empty_in_a_row += 1
             log.warning("step %d: every sample of %s batch was unreadable; skipping the update", step,
