@@ -81,8 +81,8 @@ def test_pretrain_task_runs_and_probes_text(data_dir, tmp_path):
     assert out.with_suffix(".txt").read_text().splitlines()[1].endswith("lines.txt:3")
 
 
-V2 = ["objective.version=2", "objective.clones=3", "masking.token_prob=0.5", "masking.token_random=0",
-      "masking.token_keep=0", "objective.decoder_dim=16", "objective.decoder_layers=2", "objective.decoder_kernel=5",
+V2 = ["objective.version=2", "objective.clones=3", "masking.token_prob=0.5", "masking.token_span=1",
+      "masking.token_random=0", "masking.token_keep=0", "objective.decoder_dim=16", "objective.decoder_layers=2", "objective.decoder_kernel=5",
       "objective.decoder_groups=1", "objective.per_layer_norm=instance", "objective.loss_beta=0"]
 
 
@@ -121,7 +121,7 @@ def test_released_recipe_span_masking_reaches_the_batches(data_dir):
     assert (batch["student_inputs"][mask] == cfg.text.mask_id).all()
     starts = mask & ~torch.nn.functional.pad(mask, (1, 0))[:, :-1]  # first token of each run
     assert mask.sum() / starts.sum() > 2.5  # runs of about 4 (shorter only at the end of a text)
-    plain = next(iter(pretrain_loader(tiny(data_dir, "masking.token_prob=0.35", "masking.token_random=0",
-                                           "masking.token_keep=0"))))["mask"]
+    plain = next(iter(pretrain_loader(tiny(data_dir, "masking.token_prob=0.35", "masking.token_span=1",
+                                           "masking.token_random=0", "masking.token_keep=0"))))["mask"]
     plain_starts = plain & ~torch.nn.functional.pad(plain, (1, 0))[:, :-1]
     assert plain.sum() / plain_starts.sum() < 2.0
