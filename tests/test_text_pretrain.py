@@ -82,8 +82,9 @@ def test_pretrain_task_runs_and_probes_text(data_dir, tmp_path):
 
 
 V2 = ["objective.version=2", "objective.clones=3", "masking.token_prob=0.5", "masking.token_span=1",
-      "masking.token_random=0", "masking.token_keep=0", "objective.decoder_dim=16", "objective.decoder_layers=2", "objective.decoder_kernel=5",
-      "objective.decoder_groups=1", "objective.per_layer_norm=instance", "objective.loss_beta=0"]
+      "masking.token_random=0", "masking.token_keep=0", "objective.decoder_dim=16", "objective.decoder_layers=2",
+      "objective.decoder_kernel=5", "objective.decoder_groups=1", "objective.per_layer_norm=instance",
+      "objective.loss_beta=0"]
 
 
 def test_v2_text_batches_drop_chosen_tokens_per_clone(data_dir):
