@@ -77,3 +77,16 @@ def test_checkpoint_state_keeps_the_kernel_choice(monkeypatch, recorded):
     set_rng_state(state)
     assert not lin.use_onednn()
     lin.set_cpu_matmul("auto")
+
+
+def test_environment_variable_sets_the_choice_for_a_process():
+    import subprocess
+    import sys
+
+    code = "from data2vec.nn import linear; print(linear._choice)"
+    env = {**__import__("os").environ, "DATA2VEC_CPU_MATMUL": "default"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "default"
+    env["DATA2VEC_CPU_MATMUL"] = "mkl"
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "DATA2VEC_CPU_MATMUL" in bad.stderr

@@ -12,6 +12,7 @@ BENCHMARKS.md has the measurements; :func:`set_cpu_matmul` overrides the choice.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Literal
 
@@ -20,17 +21,26 @@ import torch.nn.functional as F
 from torch import Tensor
 
 Choice = Literal["auto", "onednn", "default"]
+CHOICES = ("auto", "onednn", "default")
 _choice: Choice = "auto"
 _onednn_faster: bool | None = None  # the "auto" timing, done once per process
 
 
 def set_cpu_matmul(choice: Choice) -> None:
     """`auto` (time both kernels once, use oneDNN when it is at least 1.25x faster), `onednn` or `default`
-    (always `F.linear`, i.e. MKL on CPU builds of PyTorch)."""
+    (always `F.linear`, i.e. MKL on CPU builds of PyTorch). The environment variable DATA2VEC_CPU_MATMUL sets
+    it for a whole process (and its torchrun siblings), e.g. to make runs on a busy machine, where the timing
+    can go either way, round identically."""
     global _choice
-    if choice not in ("auto", "onednn", "default"):
+    if choice not in CHOICES:
         raise ValueError(f"cpu matmul choice must be auto, onednn or default, got {choice!r}")
     _choice = choice
+
+
+if os.environ.get("DATA2VEC_CPU_MATMUL"):
+    if os.environ["DATA2VEC_CPU_MATMUL"] not in CHOICES:
+        raise ValueError(f"DATA2VEC_CPU_MATMUL={os.environ['DATA2VEC_CPU_MATMUL']!r}: use auto, onednn or default")
+    set_cpu_matmul(os.environ["DATA2VEC_CPU_MATMUL"])  # type: ignore[arg-type]
 
 
 def onednn_available() -> bool:
