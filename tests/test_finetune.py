@@ -280,3 +280,17 @@ def test_audio_data_keys_come_from_the_fine_tuning_run_even_at_their_defaults():
     out = resolve_config(cfg, source, "audio-base")
     assert out.audio.min_sample_size == AudioConfig().min_sample_size  # not silently the checkpoint's 32000
     assert out.audio.conv_dim == source.audio.conv_dim  # the architecture still comes from the checkpoint
+
+
+def test_labelled_folder_of_only_unreadable_files_stops_with_a_reason(pretrained, tmp_path):
+    from data2vec.errors import Data2VecError
+
+    data = tmp_path / "bad"
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+        for i in range(20):
+            (data / c / f"{i}.png").write_bytes(b"not a png")
+    cfg = ft(pretrained, tmp_path / "run", f"data.path={data}", f"data.eval_path={data}", "train.batch_size=8",
+             "train.max_steps=50", "train.max_bad_steps=3", "finetune.eval_every=0")
+    with pytest.raises(Data2VecError, match="3 batches in a row had no readable sample"):
+        finetune(cfg, progress=False)

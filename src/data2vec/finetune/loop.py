@@ -60,16 +60,21 @@ def finetune_loop(
     mix = cfg.modality == "image" and (ft.mixup > 0 or ft.cutmix > 0)
     model.train()
     window = {"loss": torch.zeros((), device=device), "samples": 0, "steps": 0, "start": time.perf_counter()}
-    bad_in_a_row = 0
+    bad_in_a_row = empty_in_a_row = 0
     for step, batch in zip(range(start_step, tc.max_steps), batches):
         lr = lr_at(step, tc)
         set_lr(optimizer, lr)
         apply_freezing(model, step, ft)
         empty = "inputs" not in batch or batch["inputs"].shape[0] == 0
         if any_process(empty, info, device):  # all skip together, or the others would wait for its gradients
+            empty_in_a_row += 1
             log.warning("step %d: every sample of %s batch was unreadable; skipping the update", step + 1,
                         "this process's" if empty else "another process's")
+            if empty_in_a_row >= tc.max_bad_steps:
+                raise Data2VecError(f"{empty_in_a_row} batches in a row had no readable sample; check "
+                                    f"data.path={cfg.data.path} (see the warnings above for the files)")
             continue
+        empty_in_a_row = 0
         batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         if ft.task == "classify":
             batch["soft"] = smooth_one_hot(batch["label"], num_classes, ft.label_smoothing)  # [B, C]
