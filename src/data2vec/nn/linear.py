@@ -38,9 +38,10 @@ def set_cpu_matmul(choice: Choice) -> None:
 
 
 if os.environ.get("DATA2VEC_CPU_MATMUL"):
-    if os.environ["DATA2VEC_CPU_MATMUL"] not in CHOICES:
-        raise ValueError(f"DATA2VEC_CPU_MATMUL={os.environ['DATA2VEC_CPU_MATMUL']!r}: use auto, onednn or default")
-    set_cpu_matmul(os.environ["DATA2VEC_CPU_MATMUL"])  # type: ignore[arg-type]
+    try:
+        set_cpu_matmul(os.environ["DATA2VEC_CPU_MATMUL"])  # type: ignore[arg-type]
+    except ValueError as err:
+        raise ValueError(f"environment variable DATA2VEC_CPU_MATMUL: {err}") from None
 
 
 def onednn_available() -> bool:

@@ -87,6 +87,7 @@ def average_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
     device = params[0].device
     present = torch.tensor([float(p.grad is not None) for p in params], device=device)
     dist.all_reduce(present, op=dist.ReduceOp.SUM)
+    seen_anywhere = [count > 0 for count in present.tolist()]  # one host read for all buckets
     start = 0
     while start < len(params):  # buckets of about GRADIENT_BUCKET elements
         end, size = start, 0
@@ -98,9 +99,9 @@ def average_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat /= info.world_size
         offset = 0
-        for p, seen in zip(bucket, present[start:end].tolist()):
+        for p, seen in zip(bucket, seen_anywhere[start:end]):
             n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).to(p.dtype).clone() if seen > 0 else None
+            p.grad = flat[offset:offset + n].view_as(p).to(p.dtype).clone() if seen else None
             offset += n
         start = end
 
