@@ -146,8 +146,9 @@ def token_mask(tokens: Tensor, mask_prob: float, *, generator: torch.Generator, 
 
     Each row chooses ``int(mask_prob * n_eligible + u)`` (at least 1) of its non-special tokens uniformly
     without replacement (in spans of `span`, see :func:`token_choice`). A chosen token is kept with
-    `keep_prob`, replaced by a random non-special token with `random_prob`, else by `mask_id`; keeping and replacing some stops the model from trusting that only
-    ``[MASK]`` positions matter. `tokens` is not modified.
+    `keep_prob`, replaced by a random non-special token with `random_prob`, else by `mask_id`; keeping and
+    replacing some stops the model from trusting that only ``[MASK]`` positions matter. `tokens` is not
+    modified.
     """
     _check(tokens.dim() == 2 and tokens.dtype == torch.int64,
            f"token_mask: tokens must be int64 [B, T], got {tokens.dtype} {list(tokens.shape)}")
