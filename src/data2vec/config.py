@@ -183,6 +183,7 @@ class FinetuneConfig:
     checkpoint: str = ""  # pretrained checkpoint or run folder (the command line also takes checkpoint=PATH)
     random_init: bool = False  # keep the checkpoint's architecture, not its weights: the from-scratch baseline
     task: Literal["classify", "ctc"] = "classify"  # ctc: speech recognition on characters (a linear head per frame)
+    train_examples: int = 0  # train on this many labelled examples, equal shares per class, seeded (0: all)
     head: Literal["linear", "sentence"] = "linear"  # linear on pooled features, or RoBERTa's head on <s> (text)
     pool: Literal["mean", "cls"] = "mean"  # images: LayerNorm(mean of patches) without final norm (BEiT), or CLS
     head_dropout: float = 0.0

@@ -27,6 +27,7 @@ import torch
 from data2vec.config import Config
 from data2vec.data.builtin import resolve_image_source
 from data2vec.data.image import ImageDataset, ImageSource, ImageTransform
+from data2vec.data.subset import balanced_subset
 from data2vec.data.text import checked_tokenizer, make_collate
 from data2vec.errors import Data2VecError
 from data2vec.finetune.ctc import char_vocabulary
@@ -287,15 +288,22 @@ class _Relabelled:
             lookup = {c: i for i, c in enumerate(source.classes)}
         self.source, self.classes = source, classes
         self.labels = [lookup[source.classes[label]] for label in source.labels]
+        self.indices = list(range(len(source)))
+
+    def keep_only(self, indices: list[int] | None) -> None:
+        """Serve only these images of the source (None: all)."""
+        if indices is not None:
+            self.indices = [self.indices[i] for i in indices]
+            self.labels = [self.labels[i] for i in indices]
 
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self.indices)
 
     def load(self, i: int):
-        return self.source.load(i)
+        return self.source.load(self.indices[i])
 
     def name(self, i: int) -> str:
-        return self.source.name(i)
+        return self.source.name(self.indices[i])
 
 
 def image_source_path(cfg: Config, split: str, path: str | None = None) -> tuple[str, str]:
@@ -310,6 +318,20 @@ def image_source_path(cfg: Config, split: str, path: str | None = None) -> tuple
         raise Data2VecError(f"data.path '{root}' has no train/ and val/ (or test/) sub-folders, so there is no "
                             "validation split; set data.eval_path=... to a folder of labelled validation images")
     return root, "test"
+
+
+def _train_subset(cfg: Config, split: str, labels: list | None, total: int, where: str) -> list[int] | None:
+    """Indices of the `finetune.train_examples` training examples to use (None: all of them)."""
+    count = cfg.finetune.train_examples
+    if split != "train" or count <= 0:
+        return None
+    if labels is not None:
+        names = {name: i for i, name in enumerate(sorted(set(labels), key=str))}
+        labels = [names[label] for label in labels]
+    keep = balanced_subset(labels, total, count, cfg.train.seed, where)
+    log.info("training on %d of the %d labelled examples of '%s' (finetune.train_examples, seed %d)", len(keep),
+             total, where, cfg.train.seed)
+    return keep
 
 
 def labelled_set(cfg: Config, split: str, classes: list[str] | None = None, path: str | None = None,
@@ -336,12 +358,16 @@ def labelled_set(cfg: Config, split: str, classes: list[str] | None = None, path
                         "class i", file, classes[0])  # e.g. a Hugging Face head labelled LABEL_0, LABEL_1
             rows = [TextRow(r.text, r.pair, classes[int(r.label)], r.line) for r in rows]
         classes = classes or sort_labels({r.label for r in rows})
+        keep = _train_subset(cfg, split, [r.label for r in rows], len(rows), str(file))
+        if keep is not None:
+            rows = [rows[i] for i in keep]
         return TextClassificationSet(rows, classes, tok, cfg.text.block_size, ids, str(file))
     if cfg.modality == "audio":
         return _audio_set(cfg, split, classes, path, augment)
     where, which = image_source_path(cfg, split, path)
     source = resolve_image_source(where, which, cfg.data.strict)
     relabelled = _Relabelled(source, classes or list(source.classes), where)
+    relabelled.keep_only(_train_subset(cfg, split, relabelled.labels, len(relabelled), where))
     if augment:
         transform = ImageTransform(size=cfg.image.image_size, train=True, scale=(cfg.data.crop_scale_min, 1.0),
                                    hflip=cfg.data.hflip)
@@ -368,7 +394,11 @@ def _audio_set(cfg: Config, split: str, classes: list[str] | None, path: str | N
                                 cfg.audio.sample_rate, cfg.data.strict)
     if cfg.finetune.task == "ctc":
         texts = audio_transcripts(files)
-        vocab = classes or char_vocabulary(texts)
+        vocab = classes or char_vocabulary(texts)  # of all transcripts, so a subset misses no character
+        keep = _train_subset(cfg, split, None, len(files), files.where)
+        if keep is not None:
+            _keep_files(files, keep)
+            texts = [texts[i] for i in keep]
         return TranscribedAudio(AudioDataset(files, cfg, train=augment), texts, vocab)
     if files.labels is None:
         raise Data2VecError(f"audio in '{files.where}' has no labels; put each file in a sub-folder named for its "
@@ -381,9 +411,19 @@ def _audio_set(cfg: Config, split: str, classes: list[str] | None, path: str | N
         raise Data2VecError(f"'{files.where}' has classes the training data lacks ({', '.join(map(str, unknown[:5]))})"
                             "; use the same classes in every split")
     files.labels, files.classes = [lookup[n] for n in names], classes
+    keep = _train_subset(cfg, split, files.labels, len(files), files.where)
+    if keep is not None:
+        _keep_files(files, keep)
     dataset = AudioDataset(files, cfg, train=augment)
     dataset.classes = classes
     return dataset
+
+
+def _keep_files(files, keep: list[int]) -> None:
+    files.paths = [files.paths[i] for i in keep]
+    files.lengths = [files.lengths[i] for i in keep]
+    if files.labels is not None:
+        files.labels = [files.labels[i] for i in keep]
 
 
 def audio_transcripts(files) -> list[str]:
