@@ -87,6 +87,10 @@ def test_environment_variable_sets_the_choice_for_a_process():
     env = {**__import__("os").environ, "DATA2VEC_CPU_MATMUL": "default"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "default"
-    env["DATA2VEC_CPU_MATMUL"] = "mkl"
+    env["DATA2VEC_CPU_MATMUL"] = "mkl"  # a bad value: the command says so in one line, the API at first use
+    bad = subprocess.run([sys.executable, "-m", "data2vec", "recipes"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.startswith("data2vec: error: environment variable DATA2VEC_CPU_MATMUL") and "'mkl'" in bad.stderr
+    code = "import torch; from data2vec.nn import linear; linear.linear(torch.ones(2, 2), torch.ones(2, 2))"
     bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert bad.returncode != 0 and "DATA2VEC_CPU_MATMUL" in bad.stderr
+    assert bad.returncode != 0 and "Data2VecError: environment variable DATA2VEC_CPU_MATMUL" in bad.stderr

@@ -8,6 +8,7 @@ import os
 import sys
 
 from data2vec.errors import Data2VecError
+from data2vec.nn.linear import check_environment
 from data2vec.train.loop import Preempted
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGINT after writing a checkpoint; run again to resume
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     try:
+        check_environment()
         return run(args)
     except Data2VecError as err:
         print(f"data2vec: error: {err}", file=sys.stderr)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from data2vec.errors import Data2VecError
+
 Choice = Literal["auto", "onednn", "default"]
 CHOICES = ("auto", "onednn", "default")
 _choice: Choice = "auto"
@@ -37,11 +39,18 @@ def set_cpu_matmul(choice: Choice) -> None:
     _choice = choice
 
 
+_env_problem = ""  # a bad DATA2VEC_CPU_MATMUL, reported by check_environment, not as an import traceback
 if os.environ.get("DATA2VEC_CPU_MATMUL"):
     try:
         set_cpu_matmul(os.environ["DATA2VEC_CPU_MATMUL"])  # type: ignore[arg-type]
     except ValueError as err:
-        raise ValueError(f"environment variable DATA2VEC_CPU_MATMUL: {err}") from None
+        _env_problem = f"environment variable DATA2VEC_CPU_MATMUL: {err}; set it to one of those or unset it"
+
+
+def check_environment() -> None:
+    """Raise the one-line error of a bad DATA2VEC_CPU_MATMUL (the CLI calls this before any work)."""
+    if _env_problem:
+        raise Data2VecError(_env_problem)
 
 
 def onednn_available() -> bool:
@@ -70,6 +79,7 @@ def _time_kernels(n: int = 512, reps: int = 15) -> tuple[float, float]:
 def use_onednn() -> bool:
     """Whether fp32 CPU products go to oneDNN (decided on first use under `auto`)."""
     global _onednn_faster
+    check_environment()
     if _choice == "default" or not onednn_available():
         return False
     if _choice == "onednn":
