@@ -14,6 +14,10 @@ the same tokenizer, features that need no Transformer:
 
     python benchmarks/text_baselines.py
     python benchmarks/text_baselines.py --mlm-steps 600
+    python benchmarks/text_baselines.py --mlm-steps 3000 --save runs/mlm   # data2vec finetune ... checkpoint=runs/mlm
+
+`--save` writes the MLM encoder as a checkpoint that `data2vec finetune` and `data2vec probe` take like a data2vec
+one, so fine-tuning can compare the two objectives too.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from data2vec.data.build import eval_dataset, pretrain_loader
 from data2vec.data.text import TokenShards, _resolve
 from data2vec.evaluation.probe import knn_probe, linear_probe, probe_encoder
 from data2vec.model import Data2VecEncoder
+from data2vec.train.checkpoint import save_checkpoint
 from data2vec.train.optim import build_optimizer, lr_at, set_lr
 
 
@@ -92,6 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="text-tiny")
     parser.add_argument("--mlm-steps", type=int, default=0, help="also train an MLM baseline for this many steps")
+    parser.add_argument("--save", default="", help="with --mlm-steps: write the MLM encoder as a checkpoint here")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. text.vocab_size=4096")
     args = parser.parse_args()
     # The MLM baseline masks as BERT does (15%: 80/10/10), the setting of the numbers in README and docs/text.md;
@@ -124,7 +130,12 @@ def main() -> None:
           f"{results['random encoder']['knn']:>8.3f}", flush=True)
     if args.mlm_steps:
         start = time.perf_counter()
-        results[f"MLM {args.mlm_steps} steps"] = probe_encoder(mlm_encoder(cfg, args.mlm_steps), cfg)
+        encoder = mlm_encoder(cfg, args.mlm_steps)
+        if args.save:  # the encoder as a run's student, so fine-tuning loads it as it loads data2vec's
+            weights = {f"student.{k}": v for k, v in encoder.state_dict().items()}
+            saved = save_checkpoint(args.save, args.mlm_steps, weights, {"step": args.mlm_steps}, cfg, keep_last=1)
+            print(f"MLM encoder saved to {saved}", flush=True)
+        results[f"MLM {args.mlm_steps} steps"] = probe_encoder(encoder, cfg)
         r = results[f"MLM {args.mlm_steps} steps"]
         print(f"{f'MLM text-tiny, {args.mlm_steps} steps':<40}{r['linear']:>8.3f}{r['knn']:>8.3f}"
               f"   ({time.perf_counter() - start:.0f} s)", flush=True)
