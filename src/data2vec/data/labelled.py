@@ -325,9 +325,6 @@ def _train_subset(cfg: Config, split: str, labels: list | None, total: int, wher
     count = cfg.finetune.train_examples
     if split != "train" or count <= 0:
         return None
-    if labels is not None:
-        names = {name: i for i, name in enumerate(sorted(set(labels), key=str))}
-        labels = [names[label] for label in labels]
     keep = balanced_subset(labels, total, count, cfg.train.seed, where)
     log.info("training on %d of the %d labelled examples of '%s' (finetune.train_examples, seed %d)", len(keep),
              total, where, cfg.train.seed)

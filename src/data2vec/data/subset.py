@@ -10,13 +10,13 @@ the seed alone, so the pretrained run and its random-init baseline see the same 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 from data2vec.errors import Data2VecError
 
 
-def balanced_subset(labels: Sequence[int] | None, total: int, count: int, seed: int, where: str) -> list[int]:
-    """Sorted indices of `count` of `total` examples. With `labels` (one class index per example), every class
+def balanced_subset(labels: Sequence[Hashable] | None, total: int, count: int, seed: int, where: str) -> list[int]:
+    """Sorted indices of `count` of `total` examples. With `labels` (one class per example: index or name), every class
     gives `count // classes` (one more for the first `count % classes` classes in a seeded order); a class
     with too few gives all it has and the others fill up. Without labels (CTC): a seeded random draw."""
     if count > total:
@@ -25,10 +25,10 @@ def balanced_subset(labels: Sequence[int] | None, total: int, count: int, seed: 
     rng = random.Random(seed)
     if labels is None:
         return sorted(rng.sample(range(total), count))
-    by_class: dict[int, list[int]] = {}
+    by_class: dict[Hashable, list[int]] = {}
     for index, label in enumerate(labels):
         by_class.setdefault(label, []).append(index)
-    pools = [by_class[c] for c in sorted(by_class)]
+    pools = [by_class[c] for c in sorted(by_class, key=str)]  # an order that does not depend on the file's
     for pool in pools:
         rng.shuffle(pool)
     order = list(range(len(pools)))

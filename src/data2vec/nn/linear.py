@@ -79,12 +79,12 @@ def _time_kernels(n: int = 512, reps: int = 15) -> tuple[float, float]:
 def use_onednn() -> bool:
     """Whether fp32 CPU products go to oneDNN (decided on first use under `auto`)."""
     global _onednn_faster
-    check_environment()
     if _choice == "default" or not onednn_available():
         return False
     if _choice == "onednn":
         return True
-    if _onednn_faster is None:
+    if _onednn_faster is None:  # once per process: a bad DATA2VEC_CPU_MATMUL left the choice at "auto"
+        check_environment()
         default, onednn = _time_kernels()
         _onednn_faster = default > 1.25 * onednn
     return _onednn_faster
