@@ -34,7 +34,8 @@ def test_the_draw_depends_on_the_seed_alone():
     assert len(set(unlabelled)) == 30 and unlabelled == balanced_subset(None, 300, 30, seed=1, where="x")
 
 
-@pytest.mark.parametrize("count,message", [(23, "has 22 examples"), (2, "fewer than the 3 classes")])
+@pytest.mark.parametrize("count,message", [(23, "has 22 examples"), (2, "fewer than the 3 classes"),
+                                           (-1, "is negative")])
 def test_impossible_counts_are_one_line_errors(count, message):
     labels = [0] * 10 + [1] * 10 + [2] * 2
     with pytest.raises(Data2VecError, match=message) as err:

@@ -323,7 +323,7 @@ def image_source_path(cfg: Config, split: str, path: str | None = None) -> tuple
 def _train_subset(cfg: Config, split: str, labels: list | None, total: int, where: str) -> list[int] | None:
     """Indices of the `finetune.train_examples` training examples to use (None: all of them)."""
     count = cfg.finetune.train_examples
-    if split != "train" or count <= 0:
+    if split != "train" or count == 0:
         return None
     keep = balanced_subset(labels, total, count, cfg.train.seed, where)
     log.info("training on %d of the %d labelled examples of '%s' (finetune.train_examples, seed %d)", len(keep),

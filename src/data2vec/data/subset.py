@@ -19,6 +19,9 @@ def balanced_subset(labels: Sequence[Hashable] | None, total: int, count: int, s
     """Sorted indices of `count` of `total` examples. With `labels` (one class per example: index or name), every class
     gives `count // classes` (one more for the first `count % classes` classes in a seeded order); a class
     with too few gives all it has and the others fill up. Without labels (CTC): a seeded random draw."""
+    if count < 0:
+        raise Data2VecError(f"finetune.train_examples={count} is negative; give a number of examples for "
+                            f"'{where}', or 0 for all of them")
     if count > total:
         raise Data2VecError(f"finetune.train_examples={count} but the training data '{where}' has {total} "
                             "examples; ask for fewer, or 0 for all of them")

@@ -104,6 +104,7 @@ def decided_cpu_matmul() -> Choice | None:
 def restore_cpu_matmul(choice: Choice | None) -> None:
     """Use the kernel a checkpoint recorded, unless this process was told which to use (`set_cpu_matmul`)."""
     global _onednn_faster
+    check_environment()  # a resumed run never times the kernels, where use_onednn would report it
     if choice is not None and _choice == "auto":
         _onednn_faster = choice == "onednn"
 
