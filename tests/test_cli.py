@@ -64,3 +64,14 @@ def test_importing_data2vec_makes_openmp_threads_sleep_unless_the_user_chose():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     assert policy(env) == "PASSIVE"
     assert policy({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+
+
+def test_tokenizer_train_on_invalid_utf8_says_how_many_lines_it_replaced(tmp_path, capsys):
+    (tmp_path / "c.txt").write_bytes(b"plain words here\nbad \xff byte\n\nmore plain words\n" * 5)
+    assert main(["tokenizer", "train", str(tmp_path / "c.txt"), "--vocab-size", "300", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "from 15 lines of 1 file(s); 5 lines with bad UTF-8, 5 empty lines" in out
+    (tmp_path / "e.txt").write_text("\n\n")
+    assert main(["tokenizer", "train", str(tmp_path / "e.txt"), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "e.txt" in err and "holds no text" in err

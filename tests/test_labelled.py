@@ -85,7 +85,7 @@ def test_labels_sort_numerically_when_they_are_numbers():
 def test_pairs_are_encoded_roberta_style_and_truncated_longest_first(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("the cat sat on the mat\n" * 50)
-    tok_path = train_tokenizer([corpus], 300, tmp_path / "tok")
+    tok_path = train_tokenizer([corpus], 300, tmp_path / "tok")["tokenizer"]
     from data2vec.data.text import load_tokenizer
 
     tok = load_tokenizer(tok_path)

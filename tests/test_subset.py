@@ -46,7 +46,7 @@ def test_impossible_counts_are_one_line_errors(count, message):
 def test_text_training_split_is_cut_and_validation_is_not(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("the cat sat on the mat and the dog ran\n" * 50)
-    tok = load_tokenizer(train_tokenizer([corpus], 300, tmp_path / "tok"))
+    tok = load_tokenizer(train_tokenizer([corpus], 300, tmp_path / "tok")["tokenizer"])
     lines = "".join(f"{'cat' if i % 4 else 'dog'}\tsentence number {i}\n" for i in range(40))  # 30 cat, 10 dog
     (tmp_path / "train.tsv").write_text(lines)
     (tmp_path / "dev.tsv").write_text(lines)

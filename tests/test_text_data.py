@@ -5,6 +5,7 @@ tests/test_masking.py; here we check the pipeline around it.
 """
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -13,8 +14,9 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
-from data2vec.data.text import (LabelledTextDataset, TextBlockDataset, TokenShards, binarize, document_blocks,
-                                load_tokenizer, make_collate, special_ids, token_dtype, train_tokenizer)
+from data2vec.data.text import (SPECIAL_TOKENS, LabelledTextDataset, TextBlockDataset, TokenShards, binarize,
+                                document_blocks, load_tokenizer, make_collate, special_ids, token_dtype,
+                                train_tokenizer)
 from data2vec.errors import Data2VecError
 
 TEXT = ("The quick brown fox jumps over the lazy dog.\nA second sentence of the first document.\n\n"
@@ -41,6 +43,40 @@ def test_trained_tokenizer_has_roberta_specials_first(tok_dir):
     tok = load_tokenizer(tok_dir)
     assert special_ids(tok) == {"bos_id": 0, "pad_id": 1, "eos_id": 2, "mask_id": 4}
     assert tok.get_vocab_size() <= 300
+
+
+def test_tokenizer_trains_on_invalid_utf8_like_binarize_and_counts_it(tmp_path, caplog):
+    # the file-based trainer of `tokenizers` stops at the first invalid byte; ours replaces it, as binarize does
+    bad = b"good line\n\xff\xfe broken \xc3 bytes\n\n\n   \nlast doc\n"
+    (tmp_path / "bad.txt").write_bytes(bad * 10)
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="data2vec"):
+        r = train_tokenizer([tmp_path / "bad.txt", tmp_path / "empty.txt"], 300, tmp_path / "tok")
+    assert (r["bad_utf8_lines"], r["empty_lines"], r["empty_files"], r["lines"]) == (10, 30, 1, 30)
+    assert "tokenizer train: 10 bad utf8 lines" in caplog.text
+    tok = load_tokenizer(r["tokenizer"])
+    assert "Ġbroken" in tok.get_vocab()  # learnt from the lines that held bad bytes: replaced, not dropped
+    meta = binarize([tmp_path / "bad.txt", tmp_path / "empty.txt"], r["tokenizer"], tmp_path / "bin", progress=False)
+    assert {k: meta[k] for k in ("bad_utf8_lines", "empty_lines", "empty_files", "lines")} == \
+        {k: r[k] for k in ("bad_utf8_lines", "empty_lines", "empty_files", "lines")}
+
+
+def test_tokenizer_on_valid_utf8_is_the_one_file_training_gives(tok_dir, tmp_path):
+    # reading lines ourselves must not change the tokenizer a clean corpus gets (the built-in demo's, say)
+    from tokenizers import ByteLevelBPETokenizer
+
+    reference = ByteLevelBPETokenizer()
+    reference.train([str(tok_dir / "corpus.txt")], vocab_size=300, min_frequency=2, special_tokens=SPECIAL_TOKENS,
+                    show_progress=False)
+    assert load_tokenizer(tok_dir).to_str() == reference._tokenizer.to_str()
+
+
+def test_tokenizer_on_empty_input_is_a_user_error(tmp_path):
+    (tmp_path / "blank.txt").write_text("\n   \n\n")
+    with pytest.raises(Data2VecError, match="holds no text") as err:
+        train_tokenizer([tmp_path / "blank.txt"], 300, tmp_path / "tok")
+    assert "blank.txt" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "tok").exists()
 
 
 def test_binarize_reads_back_original_ids_across_shards(tok_dir, tmp_path):

@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer on text files")
     p.add_argument("action", choices=["train"])
-    p.add_argument("files", nargs="+", help="text files (UTF-8; bad bytes are replaced)")
+    p.add_argument("files", nargs="+", help="text files or folders of .txt files (UTF-8; lines with bad bytes "
+                                            "are kept with replacement characters and counted, as binarize does)")
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--out", required=True, help="folder for tokenizer.json")
 
@@ -134,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "tokenizer":
         from data2vec.data.text import train_tokenizer
 
-        print(f"tokenizer: {train_tokenizer(args.files, args.vocab_size, args.out)}")
+        r = train_tokenizer(args.files, args.vocab_size, args.out)
+        print(f"tokenizer: {r['tokenizer']} from {r['lines']} lines of {r['files']} file(s); {r['bad_utf8_lines']} "
+              f"lines with bad UTF-8, {r['empty_lines']} empty lines, {r['empty_files']} empty files")
     elif args.command == "text":
         from data2vec.data.text import binarize
 

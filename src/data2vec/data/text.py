@@ -29,24 +29,35 @@ log = logging.getLogger("data2vec")
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's order: ids 0..4 in a new tokenizer
 
 
-def train_tokenizer(files: list[str | Path], vocab_size: int, out: str | Path, min_frequency: int = 2) -> Path:
-    """Train a byte-level BPE tokenizer (GPT-2 / RoBERTa style) on text files; writes ``out/tokenizer.json``."""
+def train_tokenizer(inputs: list[str | Path], vocab_size: int, out: str | Path, min_frequency: int = 2) -> dict:
+    """Train a byte-level BPE tokenizer (GPT-2 / RoBERTa style) on text files or folders; writes
+    ``out/tokenizer.json``. The lines are read as `binarize` reads them (:func:`_documents`: invalid UTF-8
+    replaced and counted, line ends and empty lines left out), so a file that binarises also trains.
+    Returns the counts and ``tokenizer``, the path written."""
     from tokenizers import ByteLevelBPETokenizer
 
-    paths = [str(p) for p in files]
-    for p in paths:
-        if not Path(p).is_file():
-            raise Data2VecError(f"tokenizer training file '{p}' does not exist; give text files")
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise Data2VecError(f"--vocab-size {vocab_size} is too small; byte-level BPE needs at least "
                             f"{256 + len(SPECIAL_TOKENS)}")
+    files = _text_files(inputs)
+    counts = {"files": len(files), "lines": 0, "bad_utf8_lines": 0, "empty_lines": 0, "empty_files": 0}
+
+    def lines() -> Iterator[str]:
+        for doc in _documents(files, counts):
+            counts["lines"] += len(doc)
+            yield from doc
+
     tok = ByteLevelBPETokenizer()
-    tok.train(paths, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
-              show_progress=False)
+    tok.train_from_iterator(lines(), vocab_size=vocab_size, min_frequency=min_frequency,
+                            special_tokens=SPECIAL_TOKENS, show_progress=False)
+    if counts["lines"] == 0:
+        raise Data2VecError(f"tokenizer training input {', '.join(map(str, inputs))} holds no text (only empty "
+                            "lines or empty files); give UTF-8 text files")
+    _warn_counts("tokenizer train", counts)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
-    return out / "tokenizer.json"
+    return {**counts, "tokenizer": out / "tokenizer.json"}
 
 
 def load_tokenizer(path: str | Path):
@@ -173,11 +184,16 @@ def binarize(inputs: list[str | Path], tokenizer_path: str | Path, out: str | Pa
     (out / "tokenizer.json").write_text(tokenizer.to_str())
     meta = {"dtype": dtype.name, "vocab_size": vocab, "shard_sizes": shard_sizes, **counts}
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    _warn_counts("binarize", counts)
+    return meta
+
+
+def _warn_counts(task: str, counts: dict[str, int]) -> None:
+    """Log what :func:`_documents` counted and worked around: lines with bad UTF-8, empty files."""
     for key in ("bad_utf8_lines", "empty_files"):
         if counts[key]:
-            log.warning("binarize: %d %s (%s)", counts[key], key.replace("_", " "),
+            log.warning("%s: %d %s (%s)", task, counts[key], key.replace("_", " "),
                         "decoded with replacement characters" if key == "bad_utf8_lines" else "skipped")
-    return meta
 
 
 class TokenShards:
