@@ -43,6 +43,66 @@ def test_strided_input_and_frozen_weight(onednn):
     torch.testing.assert_close(x.grad, torch.ones(10, 6) @ w, rtol=1e-5, atol=1e-5)
 
 
+# Awkward layouts, each a view made from a leaf tensor: (leaf shape, view of the leaf). The oneDNN path must run
+# them all, forward and backward, as a float64 F.linear does; gradients are checked on the leaves.
+X_LAYOUTS = {
+    # the first conv of the speech feature encoder (one input channel): windows of 12 samples every 5 share samples
+    "conv windows, batch 1": ((1, 203, 1), lambda t: t.unfold(1, 12, 5).reshape(1, -1, 12)),
+    "conv windows, batch 3": ((3, 203, 1), lambda t: t.unfold(1, 12, 5).reshape(3, -1, 12)),
+    "one row": ((1, 1, 12), lambda t: t),
+    "sliced columns": ((5, 30), lambda t: t[:, 3:27:2]),  # non-contiguous, gaps between rows and elements
+    "transposed": ((12, 7), lambda t: t.t()),
+    "batch-second": ((7, 2, 12), lambda t: t.transpose(0, 1)),
+    "broadcast": ((1, 12), lambda t: t.expand(6, 12)),  # stride 0
+    "empty batch": ((0, 12), lambda t: t),
+}
+W_LAYOUTS = {
+    "dense": ((10, 12), lambda t: t),
+    "transposed": ((12, 10), lambda t: t.t()),
+    "overlapping": ((34,), lambda t: t.as_strided((10, 12), (2, 1))),  # rows share elements
+    "sliced": ((10, 25), lambda t: t[:, ::2][:, :12]),
+}
+B_LAYOUTS = {"dense": ((10,), lambda t: t), "strided": ((20,), lambda t: t[::2])}
+
+
+@pytest.mark.parametrize("b_layout", B_LAYOUTS)
+@pytest.mark.parametrize("w_layout", W_LAYOUTS)
+@pytest.mark.parametrize("x_layout", X_LAYOUTS)
+def test_onednn_linear_matches_float64_on_awkward_layouts(onednn, x_layout, w_layout, b_layout):
+    """Every layout F.linear takes, the oneDNN path takes too, with the same values and gradients: batch 1
+    of the conv feature encoder's overlapping windows once crashed the backward product, and a strided bias
+    was read as if dense."""
+    g = torch.Generator().manual_seed(0)
+    layouts = X_LAYOUTS[x_layout], W_LAYOUTS[w_layout], B_LAYOUTS[b_layout]
+    leaves = [torch.randn(shape, generator=g) for shape, _ in layouts]
+    views = [view for _, view in layouts]
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        ins = [leaf.to(dtype, copy=True).requires_grad_() for leaf in leaves]
+        x, w, b = (view(t) for view, t in zip(views, ins))
+        if x_layout.startswith("conv windows"):
+            assert x.stride()[-2:] == (5, 1)  # a view whose rows overlap, as nn/audio.py makes them
+        out = lin.linear(x, w, b) if dtype == torch.float32 else F.linear(x, w, b)
+        if dtype == torch.float32:
+            assert out.grad_fn.name().endswith("_OneDNNLinearBackward")  # the oneDNN path was taken
+        up = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        (out * up.to(dtype)).sum().backward()
+        results.append((out.detach().double(), [t.grad.double() for t in ins]))
+    (out, grads), (want, want_grads) = results
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    for got, ref in zip(grads, want_grads):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_products_with_nothing_to_sum_give_zeros(onednn):
+    """K = 0 (and, in the backward weight product, an empty batch) has no oneDNN primitive: F.linear's zeros."""
+    x, w, b = torch.randn(3, 0, requires_grad=True), torch.randn(4, 0, requires_grad=True), torch.randn(4)
+    out = lin.linear(x, w, b)
+    out.sum().backward()
+    torch.testing.assert_close(out, b.expand(3, 4))
+    assert x.grad.shape == (3, 0) and w.grad.shape == (4, 0)
+
+
 def test_bf16_autocast_and_default_choice_use_f_linear(onednn):
     x, w = torch.randn(4, 8), torch.randn(5, 8, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):

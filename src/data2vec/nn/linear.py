@@ -57,8 +57,30 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def _onednn_takes(weight: Tensor) -> bool:
+    """Whether oneDNN can read the `[N, K]` operand where it lies. It copies x to a dense layout itself, but
+    describes the weight by its strides and refuses strides whose rows and columns overlap in memory: the
+    unfolded windows of a strided convolution share samples, and in the backward product ``g^T @ x`` such a
+    view of x (the speech feature encoder's, uncopied by the reshape when a micro-batch holds one utterance)
+    is the weight. Dimensions of size one or stride zero (broadcast) it accepts, as it does any layout that
+    does not overlap (transposed, sliced); a few integer comparisons, so the check runs on every product."""
+    (n, k), (sn, sk) = weight.shape, weight.stride()
+    return n <= 1 or k <= 1 or sn == 0 or sk == 0 or sn >= sk * k or sk >= sn * n
+
+
 def _onednn_mm(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``x @ weight.T + bias`` by oneDNN: x `[..., K]`, weight `[N, K]` (either may be a strided view)."""
+    """``x @ weight.T + bias`` by oneDNN: x `[..., K]`, weight `[N, K]` (either may be a strided view).
+
+    Layouts the kernel cannot take are made so first, decided from shapes and strides (no try/except): an
+    overlapping weight is copied to a dense one, a strided bias too (oneDNN would read it as if dense and
+    add the wrong numbers), and a product with nothing to sum over (K = 0, which oneDNN has no primitive
+    for) goes to `F.linear`."""
+    if x.shape[-1] == 0:
+        return F.linear(x, weight, bias)
+    if not _onednn_takes(weight):
+        weight = weight.contiguous()
+    if bias is not None and not bias.is_contiguous():
+        bias = bias.contiguous()
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
@@ -121,12 +143,13 @@ class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         x, weight = ctx.saved_tensors
-        g = grad.reshape(-1, grad.shape[-1])  # [M, N]
+        rows = math.prod(x.shape[:-1])  # M, named so that an empty x (M or K = 0) reshapes too
+        g = grad.reshape(rows, grad.shape[-1])  # [M, N]
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = _onednn_mm(grad, weight.t())  # [..., K] = g @ W
         if ctx.needs_input_grad[1]:
-            grad_w = _onednn_mm(g.t(), x.reshape(-1, x.shape[-1]).t())  # [N, K] = g^T @ x
+            grad_w = _onednn_mm(g.t(), x.reshape(rows, x.shape[-1]).t())  # [N, K] = g^T @ x
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
         return grad_x, grad_w, grad_b
