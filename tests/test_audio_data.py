@@ -94,6 +94,17 @@ def test_manifest_folder_gives_splits(folder, tmp_path_factory):
     assert [p.parent.name for p in resolve_audio_files(str(root), "test", 400).paths] == ["low"]
 
 
+def test_path_errors_name_the_option_the_user_gave(folder, tmp_path):
+    # the probe command takes --data PATH, not data.eval_path=...: its fixes must say so
+    with pytest.raises(Data2VecError, match="does not exist; set --data PATH to a folder"):
+        resolve_audio_files(str(tmp_path / "missing"), "test", 400, option="--data PATH")
+    (tmp_path / "train.tsv").write_text(f"{folder}\nhigh/0.wav\t4000\n")
+    with pytest.raises(Data2VecError, match="set --data PATH to a labelled manifest"):
+        resolve_audio_files(str(tmp_path), "test", 400, option="--data PATH")
+    with pytest.raises(Data2VecError, match=r"set data\.eval_path=\.\.\. to a labelled manifest"):
+        resolve_audio_files(str(tmp_path), "test", 400)
+
+
 def test_loading_mixes_down_and_resamples_with_one_notice(tmp_path, caplog):
     sf.write(tmp_path / "a.wav", np.stack([tone(22050), -tone(22050)], 1), 22050)  # channels cancel
     sf.write(tmp_path / "b.wav", tone(11025, rate=22050), 22050)

@@ -21,7 +21,7 @@ def test_missing_data_path_exits_2(tmp_path, capsys):
     missing = tmp_path / "no-such-folder"
     assert main(["pretrain", "image-tiny", f"data.path={missing}", f"out={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert str(missing) in err and len(err.splitlines()) == 1
+    assert str(missing) in err and "data.path=" in err and len(err.splitlines()) == 1
 
 
 def test_module_entry_point_runs():
@@ -75,3 +75,28 @@ def test_tokenizer_train_on_invalid_utf8_says_how_many_lines_it_replaced(tmp_pat
     assert main(["tokenizer", "train", str(tmp_path / "e.txt"), "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "e.txt" in err and "holds no text" in err
+
+
+def test_probe_errors_name_the_data_option_not_a_config_key(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["pretrain", "image-tiny", *TINY, "train.max_steps=1", f"out={run}", "--no-progress"]) == 0
+    capsys.readouterr()
+    for data in (tmp_path / "missing", run / "config.yaml"):  # absent; not a folder
+        assert main(["probe", str(run), "--data", str(data)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(data) in err and "--data" in err and "data.path" not in err
+
+
+def test_probe_of_a_text_run_without_labels_says_what_to_pass(tmp_path, capsys):
+    from conftest import binarised_corpus
+
+    binarised_corpus(tmp_path, "the cat sat on the mat\nthe dog ran\n\n" * 30, 300)
+    run = tmp_path / "run"
+    assert main(["pretrain", "text-tiny", "model.dim=32", "model.depth=2", "model.heads=2", "objective.top_k=2",
+                 "text.vocab_size=300", "text.block_size=16", "text.max_positions=18", f"data.path={tmp_path / 'bin'}",
+                 "train.batch_size=4", "train.max_steps=1", "data.num_workers=0", f"out={run}", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["probe", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.tsv" in err and "--data" in err and "label<TAB>text" in err
+    assert "data.eval_path" not in err

@@ -222,6 +222,8 @@ def test_folder_with_only_a_train_split_has_no_test_split(tmp_path):
     _png(tmp_path / "train" / "a" / "1.png")
     with pytest.raises(Data2VecError, match=re.escape(str(tmp_path)) + ".*data.eval_path"):
         resolve_image_source(str(tmp_path), "test")
+    with pytest.raises(Data2VecError, match=re.escape(str(tmp_path)) + ".*set --data PATH to a folder of labelled"):
+        resolve_image_source(str(tmp_path), "test", option="--data PATH")  # how the probe command gives it
 
 
 def test_builtin_names_resolve_and_unknown_ones_list_the_choices():

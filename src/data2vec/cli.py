@@ -26,8 +26,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("probe", help="linear and kNN probe of a checkpoint's frozen features")
     p.add_argument("checkpoint", help="checkpoint folder or run folder")
-    p.add_argument("--data", default=None, help="labelled data (folder with class sub-folders); default: the "
-                                                "checkpoint's data.eval_path or data.path")
+    p.add_argument("--data", default=None, help="labelled data: images in class sub-folders (or train/ and test/ "
+                                                "of them), text as label<TAB>text lines (a file, or a folder of "
+                                                "train.tsv and test.tsv), audio in class sub-folders or a manifest; "
+                                                "default: the checkpoint's data.eval_path or data.path")
     p.add_argument("--out", default=None, help="folder for probe.json (default: the checkpoint folder)")
 
     p = sub.add_parser("embed", help="pooled features of input files or folders, written to .npy")

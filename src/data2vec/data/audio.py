@@ -181,9 +181,10 @@ def read_manifest(path: str | Path, min_samples: int, strict: bool = False, clas
 
 
 def resolve_audio_files(path: str, split: str, min_samples: int, sample_rate: int = 16000,
-                        strict: bool = False) -> AudioFiles:
+                        strict: bool = False, option: str | None = None) -> AudioFiles:
     """`builtin:NAME`, a manifest file, a folder of manifests (``train.tsv``...) or a folder of audio, split
-    into ``train/`` and ``test/`` (or ``valid/``) when it has a ``train/`` sub-folder (or ``train.tsv``)."""
+    into ``train/`` and ``test/`` (or ``valid/``) when it has a ``train/`` sub-folder (or ``train.tsv``).
+    `option` is how the user gave `path` (``--data PATH``), named in an error's fix; None: the config keys."""
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be train, test or all, got {split!r}")
     if path.startswith("builtin:"):
@@ -192,8 +193,9 @@ def resolve_audio_files(path: str, split: str, min_samples: int, sample_rate: in
         path = str(builtin_audio_folder(path.split(":", 1)[1]))
     root = Path(path)
     if not root.exists():
-        raise Data2VecError(f"data path '{path}' does not exist; give a folder of {'/'.join(AUDIO_EXTENSIONS)} "
-                            "files, a fairseq manifest (.tsv) or builtin:spoken-words")
+        raise Data2VecError(f"data path '{path}' does not exist; {f'set {option} to' if option else 'give'} a "
+                            f"folder of {'/'.join(AUDIO_EXTENSIONS)} files, a fairseq manifest (.tsv) or "
+                            "builtin:spoken-words")
     if root.is_file():
         return read_manifest(root, min_samples, strict)
     names = ["train"] if split in ("train", "all") else ["test", "valid"]
@@ -203,7 +205,7 @@ def resolve_audio_files(path: str, split: str, min_samples: int, sample_rate: in
                 classes = read_manifest(root / "train.tsv", 1).classes if name != "train" else None
                 return read_manifest(root / f"{name}.tsv", min_samples, strict, classes)
         raise Data2VecError(f"manifest folder '{root}' has train.tsv but no test.tsv or valid.tsv for split "
-                            f"'{split}'; add one or set data.eval_path=... to a labelled manifest")
+                            f"'{split}'; add one or set {option or 'data.eval_path=...'} to a labelled manifest")
     if (root / "train").is_dir():
         for name in names:
             if (root / name).is_dir():
@@ -215,7 +217,7 @@ def resolve_audio_files(path: str, split: str, min_samples: int, sample_rate: in
                     files.classes = train_classes
                 return files
         raise Data2VecError(f"data path '{root}' has a train/ sub-folder but no test/ or valid/ for split "
-                            f"'{split}'; add one or set data.eval_path=... to a labelled folder")
+                            f"'{split}'; add one or set {option or 'data.eval_path=...'} to a labelled folder")
     return scan_folder(root, min_samples, sample_rate, strict)
 
 
@@ -355,8 +357,8 @@ def pretrain_audio_dataset(cfg: Config) -> AudioDataset:
     return AudioDataset(files, cfg, train=True)
 
 
-def eval_audio_dataset(cfg: Config, split: str, path: str | None = None) -> AudioDataset:
+def eval_audio_dataset(cfg: Config, split: str, path: str | None = None, option: str | None = None) -> AudioDataset:
     """Labelled, un-cropped (up to ``audio.max_sample_size``, centred), unmasked utterances for probing."""
     files = resolve_audio_files(path or cfg.data.eval_path or cfg.data.path, split, _min_samples(cfg, False),
-                                cfg.audio.sample_rate, cfg.data.strict)
+                                cfg.audio.sample_rate, cfg.data.strict, option)
     return AudioDataset(files, cfg, train=False)

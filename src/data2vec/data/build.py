@@ -62,17 +62,19 @@ def pretrain_loader(cfg: Config, start_step: int = 0, rank: int = 0, world_size:
                       generator=torch.Generator().manual_seed(cfg.train.seed))
 
 
-def eval_dataset(cfg: Config, split: str, path: str | None = None) -> ImageDataset:
-    """Labelled, un-augmented samples for probing and embedding (centre crop, no mask)."""
+def eval_dataset(cfg: Config, split: str, path: str | None = None, option: str | None = None) -> ImageDataset:
+    """Labelled, un-augmented samples for probing and embedding (centre crop, no mask). `path` defaults to
+    `data.eval_path`, else `data.path`; `option` is how the user gives it (``--data PATH`` for the probe
+    command), named in the fix of an error, where None names those config keys."""
     if cfg.modality == "text":
         from data2vec.data.text import eval_text_dataset
 
-        return eval_text_dataset(cfg, split, path)
+        return eval_text_dataset(cfg, split, path, option)
     if cfg.modality == "audio":
         from data2vec.data.audio import eval_audio_dataset
 
-        return eval_audio_dataset(cfg, split, path)
-    source = resolve_image_source(path or cfg.data.eval_path or cfg.data.path, split, cfg.data.strict)
+        return eval_audio_dataset(cfg, split, path, option)
+    source = resolve_image_source(path or cfg.data.eval_path or cfg.data.path, split, cfg.data.strict, option)
     transform = ImageTransform(size=cfg.image.image_size, train=False)
     return ImageDataset(source, transform, seed=cfg.train.seed, strict=cfg.data.strict)
 

@@ -37,11 +37,12 @@ def digits_source(split: str) -> ArraySource:
 BUILTIN = {"digits": digits_source}
 
 
-def resolve_image_source(path: str, split: str, strict: bool = False) -> ImageSource:
+def resolve_image_source(path: str, split: str, strict: bool = False, option: str | None = None) -> ImageSource:
     """`builtin:NAME` (see BUILTIN) or a folder of images.
 
     A folder with a `train/` sub-folder is a split layout: split "train" reads `train/`, split "test" reads
-    `test/` (or else `val/`). Any other folder is read whole for every split.
+    `test/` (or else `val/`). Any other folder is read whole for every split. `option` is how the user gave
+    `path` (``--data PATH``), named in an error's fix; None: the config keys.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -53,12 +54,12 @@ def resolve_image_source(path: str, split: str, strict: bool = False) -> ImageSo
         return BUILTIN[name](split)
     root = Path(path)
     if not (root / "train").is_dir():
-        return ImageFolderSource(root, strict)
+        return ImageFolderSource(root, strict, option)
     if split == "all":
         raise Data2VecError(f"data path '{root}' is split into train/ and test/ sub-folders; read split 'train' or "
-                            "'test', or set data.path=... to one of them")
+                            f"'test', or set {option or 'data.path=...'} to one of them")
     for sub in ["train"] if split == "train" else ["test", "val"]:
         if (root / sub).is_dir():
-            return ImageFolderSource(root / sub, strict)
+            return ImageFolderSource(root / sub, strict, option)
     raise Data2VecError(f"data path '{root}' has a train/ sub-folder but no test/ or val/ for split 'test'; add one "
-                        "or set data.eval_path=... to a folder of labelled test images")
+                        f"or set {option or 'data.eval_path=...'} to a folder of labelled test images")

@@ -117,14 +117,16 @@ class ImageFolderSource:
     sub-folder, the sorted sub-folder names are the classes; otherwise `labels` is None.
 
     Files are decoded only in `load`; `strict` decides whether an unreadable sub-folder stops the scan.
+    `option` is how the user gave `root` (``--data PATH``), named in an error's fix; None: ``data.path=...``.
     """
 
-    def __init__(self, root: str | Path, strict: bool = False) -> None:
+    def __init__(self, root: str | Path, strict: bool = False, option: str | None = None) -> None:
         root = Path(root)
+        fix = f"set {option or 'data.path=...'} to a folder of images"
         if not root.exists():
-            raise Data2VecError(f"data path '{root}' does not exist; set data.path=... to a folder of images")
+            raise Data2VecError(f"data path '{root}' does not exist; {fix}")
         if not root.is_dir():
-            raise Data2VecError(f"data path '{root}' is not a folder; set data.path=... to a folder of images")
+            raise Data2VecError(f"data path '{root}' is not a folder; {fix}")
         self.root = root
         self.paths = _scan(root, strict)
         if not self.paths:

@@ -394,19 +394,24 @@ def pretrain_text_dataset(cfg) -> TextBlockDataset:
                             clones=cfg.objective.clones if cfg.objective.version == 2 else 0, span=m.token_span)
 
 
-def eval_text_dataset(cfg, split: str, path: str | None = None) -> LabelledTextDataset:
-    """Labelled split: `builtin:NAME`, a folder holding SPLIT.tsv, or one TSV file read whole for every split."""
+def eval_text_dataset(cfg, split: str, path: str | None = None, option: str | None = None) -> LabelledTextDataset:
+    """Labelled split: `builtin:NAME`, a folder holding SPLIT.tsv, or one TSV file read whole for every split.
+    `option` is how the user gives `path` (``--data PATH``), named in an error's fix; None: the config keys."""
     from data2vec.data.builtin_text import builtin_labelled_file
 
     path = path or cfg.data.eval_path or cfg.data.path
-    tok_source = cfg.data.path if cfg.data.path.startswith("builtin:") or Path(cfg.data.path).is_dir() else path
-    _, tokenizer, ids = _resolve(cfg, tok_source)
     if path.startswith("builtin:"):
         file = builtin_labelled_file(path.split(":", 1)[1], split)
     elif Path(path).is_dir():
         file = Path(path) / f"{split}.tsv"
     else:
         file = Path(path)
+    if not file.is_file():  # e.g. a run pretrained on a binarised folder and given no labelled set
+        raise Data2VecError(f"no labelled text for the {split} split: '{file}' does not exist; set "
+                            f"{option or 'data.eval_path=...'} to a labelled text file (label<TAB>text lines, or "
+                            "TSV / CSV / JSON lines with a header) or a folder holding train.tsv and test.tsv")
+    tok_source = cfg.data.path if cfg.data.path.startswith("builtin:") or Path(cfg.data.path).is_dir() else path
+    _, tokenizer, ids = _resolve(cfg, tok_source)
     suffix = f"{split}.tsv"  # labels are named by the train split, so every split numbers them alike
     classes_file = file.with_name(file.name[: -len(suffix)] + "train.tsv") if file.name.endswith(suffix) else file
     classes = sorted({line.split("\t", 1)[0] for line in classes_file.read_text(errors="replace").splitlines()

@@ -23,9 +23,9 @@ from data2vec.model import Data2VecEncoder
 
 @torch.no_grad()
 def extract_features(encoder: Data2VecEncoder, cfg: Config, split: str, path: str | None = None,
-                     device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features `[N, D]` and labels `[N]` of a labelled split."""
-    dataset = eval_dataset(cfg, split, path)
+                     device: str | torch.device = "cpu", option: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features `[N, D]` and labels `[N]` of a labelled split; `option` as in `eval_dataset`."""
+    dataset = eval_dataset(cfg, split, path, option)
     encoder = encoder.to(device).eval()
     feats, labels = [], []
     for batch in eval_loader(dataset):
@@ -38,7 +38,7 @@ def extract_features(encoder: Data2VecEncoder, cfg: Config, split: str, path: st
     x, y = torch.cat(feats).numpy(), torch.cat(labels).numpy()
     if (y < 0).any():
         raise Data2VecError(f"probe data '{path or cfg.data.eval_path or cfg.data.path}' has no labels; give a "
-                            "folder with one sub-folder per class (data.eval_path=...)")
+                            f"folder with one sub-folder per class ({option or 'data.eval_path=...'})")
     return x, y
 
 
@@ -56,8 +56,10 @@ def knn_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
     return float((clf.predict(test_x) == test_y).mean())
 
 
-def probe_encoder(encoder: Data2VecEncoder, cfg: Config, path: str | None = None) -> dict[str, float]:
-    """Linear and kNN accuracy of `encoder`'s frozen features, trained on the train split, scored on test."""
-    train_x, train_y = extract_features(encoder, cfg, "train", path)
-    test_x, test_y = extract_features(encoder, cfg, "test", path)
+def probe_encoder(encoder: Data2VecEncoder, cfg: Config, path: str | None = None,
+                  option: str | None = None) -> dict[str, float]:
+    """Linear and kNN accuracy of `encoder`'s frozen features, trained on the train split, scored on test;
+    `option` names how the user gives `path` in an error's fix (see `eval_dataset`)."""
+    train_x, train_y = extract_features(encoder, cfg, "train", path, option=option)
+    test_x, test_y = extract_features(encoder, cfg, "test", path, option=option)
     return {"linear": linear_probe(train_x, train_y, test_x, test_y), "knn": knn_probe(train_x, train_y, test_x, test_y)}

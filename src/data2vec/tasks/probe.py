@@ -21,7 +21,7 @@ def probe(checkpoint: str | Path, data: str | None = None, out: str | Path | Non
 
     path = resolve_checkpoint(checkpoint)
     encoder = load(path)
-    result = probe_encoder(encoder, encoder.cfg, data)
+    result = probe_encoder(encoder, encoder.cfg, data, option="--data PATH")  # the command's only way to give it
     target = Path(out) if out else path
     target.mkdir(parents=True, exist_ok=True)
     (target / "probe.json").write_text(json.dumps(result, indent=1))
