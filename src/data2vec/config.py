@@ -46,6 +46,9 @@ class ImageConfig:
     in_chans: int = 3
     cls_token: bool = True
     pos_embed: Literal["learned", "sincos", "none"] = "sincos"
+    # channel halves of the sin-cos positions: [x (column), y (row)] as MAE and fairseq, or [y, x] (configs saved
+    # before this key existed load with "yx", so their models keep the positions they were trained with)
+    sincos_order: Literal["xy", "yx"] = "xy"
     rel_pos_bias: Literal["none", "shared", "per_layer"] = "none"
     pool: Literal["mean", "cls"] = "mean"
     pool_norm: bool = False  # LayerNorm on the pooled vector (BEiT / HF Data2VecVision pooler with mean pooling)
@@ -127,7 +130,19 @@ class ObjectiveConfig:
     decoder_kernel: int = 3
     decoder_groups: int = 16
     decoder_noise: float = 0.01  # v2: std of the noise that stands in for masked tokens at the decoder input
+    # v2 decoder layout: true (ours) puts Linear(D, decoder_dim) before the convs; false is fairseq's layout,
+    # where the first conv takes the D encoder channels (no residual on it when decoder_dim != D)
+    decoder_input_proj: bool = True
+    decoder_residual: bool = True  # residual around each conv block of equal widths (fairseq: decoder_residual)
+    decoder_proj_layers: int = 1  # back to D: 1 Linear; 2: Linear(C, 2C) + GELU + Linear(2C, D) (fairseq v2 text)
+    decoder_input_dropout: float = 0.0  # dropout on the encoder outputs entering the decoder (fairseq: 0.1 speech, text)
     cls_loss_weight: float = 0.0  # v2 images: weight of the loss between CLS output and mean target
+
+    def __post_init__(self) -> None:
+        _check(self.decoder_proj_layers >= 1, "objective.decoder_proj_layers", self.decoder_proj_layers,
+               "must be at least 1")
+        _check(0.0 <= self.decoder_input_dropout < 1.0, "objective.decoder_input_dropout",
+               self.decoder_input_dropout, "must be in [0, 1)")
 
 
 @dataclass
@@ -215,6 +230,7 @@ class Config:
     modality: Literal["image", "text", "audio"] = "image"
     out: str = "runs/data2vec"
     resume: Optional[str] = None  # "auto": newest complete checkpoint in `out`; or a checkpoint path
+    overwrite: bool = False  # `out` holds another run: move it aside to OUT.old-TIME (never deleted), start afresh
     device: str = "auto"
     model: EncoderConfig = field(default_factory=EncoderConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
@@ -225,6 +241,12 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+def _check(ok: bool, key: str, value: Any, want: str) -> None:
+    """A bad value is the user's: one line naming the key (the CLI prints it and exits 2)."""
+    if not ok:
+        raise Data2VecError(f"config key '{key}' {want}; got {value!r}")
 
 
 def recipe_names() -> list[str]:
@@ -367,6 +389,10 @@ def save_config(config: Config, path: str | Path) -> None:
 # Keys renamed between library versions: old dotted key -> new dotted key. Checkpoints keep loading.
 RENAMED: dict[str, str] = {}
 
+# Keys added with a default that changes what an older saved config meant: a config saved before the key
+# existed gets this value, which reproduces the older behaviour, instead of the default.
+LEGACY_VALUES: dict[str, Any] = {"image.sincos_order": "yx"}
+
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat = {}
@@ -393,7 +419,8 @@ def config_from_yaml_text(text: str, source: str = "saved config") -> Config:
     """Rebuild a config saved by :func:`save_config`, e.g. from a checkpoint of an older library version.
 
     Unlike a user's recipe this is lenient: renamed keys move to their new name, keys this version no longer
-    has are dropped and keys it added take their defaults, each with a warning, so old checkpoints load.
+    has are dropped and keys it added take their defaults, each with a warning, so old checkpoints load. A key
+    whose default would change the meaning of an older config takes its value in :data:`LEGACY_VALUES` instead.
     """
     import logging
 
@@ -414,6 +441,17 @@ def config_from_yaml_text(text: str, source: str = "saved config") -> Config:
             node = node.setdefault(part, {})
         node[leaf] = value
     missing = sorted(known - set(_flatten(nested)))
+    legacy = [key for key in missing if key in LEGACY_VALUES]
+    for key in legacy:
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = LEGACY_VALUES[key]
+    if legacy:
+        log.warning("%s predates config keys %s; using the values that keep its meaning: %s", source,
+                    ", ".join(legacy), ", ".join(f"{k}={LEGACY_VALUES[k]}" for k in legacy))
+    missing = [key for key in missing if key not in LEGACY_VALUES]
     if missing:
         log.warning("%s predates config keys %s; using their defaults", source, ", ".join(missing))
     return from_dict(Config, nested)

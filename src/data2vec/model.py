@@ -108,7 +108,9 @@ class Data2Vec(nn.Module):
         else:  # v2: the decoder's output projection is the regression head
             grid = getattr(self.student.frontend, "grid_hw", None)
             self.decoder = ConvDecoder(dim, obj.decoder_dim, obj.decoder_layers, obj.decoder_kernel,
-                                       obj.decoder_groups, spatial_dims=2 if grid else 1)
+                                       obj.decoder_groups, spatial_dims=2 if grid else 1,
+                                       input_proj=obj.decoder_input_proj, residual=obj.decoder_residual,
+                                       proj_layers=obj.decoder_proj_layers, input_dropout=obj.decoder_input_dropout)
             self.cls_head = nn.Linear(dim, dim) if obj.cls_loss_weight > 0 else None
         for module in (getattr(self, name, None) for name in ("head", "decoder", "cls_head")):
             if module is not None:
@@ -242,7 +244,7 @@ class Data2Vec(nn.Module):
         noise = torch.randn(B * M, N, D, device=x.device, dtype=last.dtype) * obj.decoder_noise
         filled = noise.scatter(1, vis_idx.unsqueeze(-1).expand(-1, -1, D), last[:, p:])
         filled = torch.where(mask.unsqueeze(-1), noise, filled)  # masked (and filler) positions stay noise
-        pred_all = self.decoder(filled, getattr(self.student.frontend, "grid_hw", None))  # [B*M, N, D]
+        pred_all = self.decoder(filled, getattr(self.student.frontend, "grid_hw", None), mask)  # [B*M, N, D]
         loss = regression_loss(pred_all, targets, obj.loss_beta, obj.loss_scale, weight=mask)  # no gather
         if self.cls_head is not None and p > 0:
             cls_loss = regression_loss(self.cls_head(last[:, 0]), targets.mean(dim=1), obj.loss_beta, obj.loss_scale)
