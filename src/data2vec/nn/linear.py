@@ -7,6 +7,11 @@ products, at fp32 accuracy. :func:`linear` sends fp32 CPU products (forward and 
 oneDNN when a one-off timing of the two on this machine says oneDNN is clearly faster, and everything else
 (GPUs, bf16 / fp16 autocast, compiled graphs, machines where MKL is as fast) to `F.linear` unchanged.
 BENCHMARKS.md has the measurements; :func:`set_cpu_matmul` overrides the choice.
+
+The oneDNN path takes every input `F.linear` takes: operands whose memory layout oneDNN cannot describe
+(the overlapping windows of the speech feature encoder at one utterance per micro-batch, a strided bias) are
+copied to a dense layout first, and products with nothing to sum over go to `F.linear`, decided from shapes
+and strides on each product (see :func:`_onednn_mm`).
 """
 
 from __future__ import annotations
