@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from functools import partial
 
 import torch
@@ -12,6 +14,9 @@ from data2vec.data.builtin import resolve_image_source
 from data2vec.data.image import ImageDataset, ImageTransform, collate_images
 from data2vec.data.sampler import StepBatchSampler
 from data2vec.masking import block_mask, inverse_block_mask
+
+log = logging.getLogger("data2vec")
+_CAPPED: set[tuple[int, int]] = set()  # (asked, allowed) pairs already warned about in this process
 
 
 def _image_mask(generator: torch.Generator, cfg: Config) -> torch.Tensor:
@@ -43,16 +48,38 @@ def pretrain_dataset(cfg: Config) -> ImageDataset:
                         strict=cfg.data.strict)
 
 
-def pretrain_loader(cfg: Config, start_step: int = 0, rank: int = 0, world_size: int = 1,
-                    pin_memory: bool = False) -> DataLoader:
-    """Yields one rank's share of each step's global batch, from `start_step` to `train.max_steps`."""
-    dataset = pretrain_dataset(cfg)
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (taskset, cgroups' cpusets, Slurm) where the platform
+    has one, else every CPU of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def loader_workers(asked: int) -> int:
+    """The loader processes to start for `data.num_workers=asked`: at most one per usable CPU. More only
+    compete with the training process for the same cores (a Base recipe's 8 on a 2-core laptop, as a run
+    converted from Hugging Face inherits), so they are capped, with one warning per process."""
+    allowed = usable_cpus()
+    if asked <= allowed:
+        return asked
+    if (asked, allowed) not in _CAPPED:
+        _CAPPED.add((asked, allowed))
+        log.warning("data.num_workers=%d but this process may use %d CPU(s): starting %d loader worker(s); set "
+                    "data.num_workers=%d to silence this", asked, allowed, allowed, allowed)
+    return allowed
+
+
+def step_loader(dataset, cfg: Config, start_step: int = 0, rank: int = 0, world_size: int = 1,
+                pin_memory: bool = False) -> DataLoader:
+    """One rank's share of each step's global batch of `dataset`, from `start_step` to `train.max_steps`, in
+    `loader_workers(data.num_workers)` processes: the training loader of pretraining and fine-tuning."""
     if hasattr(dataset, "batch_sampler"):  # audio: batches of similar length
         sampler = dataset.batch_sampler(start_step, cfg.train.max_steps, rank, world_size)
     else:
         sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, start_step=start_step,
                                    max_steps=cfg.train.max_steps, rank=rank, world_size=world_size)
-    workers = cfg.data.num_workers
+    workers = loader_workers(cfg.data.num_workers)
     collate = getattr(dataset, "collate", collate_images)  # text datasets carry their own (padding id)
     # Its own generator: starting the iterator draws a base seed, which must not come from the global RNG that
     # dropout and drop path use, or a resumed run (RNG restored, then a fresh iterator) drops other paths.
@@ -60,6 +87,12 @@ def pretrain_loader(cfg: Config, start_step: int = 0, rank: int = 0, world_size:
                       persistent_workers=workers > 0, pin_memory=pin_memory,
                       prefetch_factor=4 if workers > 0 else None,
                       generator=torch.Generator().manual_seed(cfg.train.seed))
+
+
+def pretrain_loader(cfg: Config, start_step: int = 0, rank: int = 0, world_size: int = 1,
+                    pin_memory: bool = False) -> DataLoader:
+    """Yields one rank's share of each step's global batch, from `start_step` to `train.max_steps`."""
+    return step_loader(pretrain_dataset(cfg), cfg, start_step, rank, world_size, pin_memory)
 
 
 def eval_dataset(cfg: Config, split: str, path: str | None = None, option: str | None = None) -> ImageDataset:
@@ -80,6 +113,7 @@ def eval_dataset(cfg: Config, split: str, path: str | None = None, option: str |
 
 
 def eval_loader(dataset: ImageDataset, batch_size: int = 256, num_workers: int = 0) -> DataLoader:
+    num_workers = loader_workers(num_workers)
     if hasattr(dataset, "eval_batches"):  # audio: length-sorted batches under a budget of padded samples
         return DataLoader(dataset, batch_sampler=dataset.eval_batches(batch_size), collate_fn=dataset.collate,
                           num_workers=num_workers)

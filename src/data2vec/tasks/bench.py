@@ -25,4 +25,4 @@ def bench_data(cfg: Config, steps: int = 50, warmup: int = 5) -> dict[str, float
         skipped += batch["skipped"]
     elapsed = time.perf_counter() - start
     return {"samples_per_s": samples / elapsed, "batches_per_s": steps / elapsed, "skipped": skipped,
-            "num_workers": cfg.data.num_workers, "batch_size": cfg.train.batch_size}
+            "num_workers": loader.num_workers, "batch_size": cfg.train.batch_size}

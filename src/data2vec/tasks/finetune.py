@@ -19,9 +19,9 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimi
 from torch.utils.data import DataLoader
 
 from data2vec.config import Config, save_config
+from data2vec.data.build import step_loader
 from data2vec.data.image import collate_images
 from data2vec.data.labelled import labelled_set, text_tokenizer
-from data2vec.data.sampler import StepBatchSampler
 from data2vec.errors import Data2VecError
 from data2vec.evaluation.classify import better, evaluate_classifier, evaluate_ctc
 from data2vec.finetune.classifier import Classifier, load_pretrained, new_head
@@ -96,17 +96,7 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
         raise Data2VecError(f"finetune.metric=top5 needs more than five classes, the data has {len(classes)}; use "
                             "accuracy, f1 or mcc")
     start_step = state["step"] if state else 0
-    if hasattr(train_set, "batch_sampler"):  # speech: batches of similar length
-        sampler = train_set.batch_sampler(start_step, cfg.train.max_steps, info.rank, info.world_size)
-    else:
-        sampler = StepBatchSampler(len(train_set), cfg.train.batch_size, cfg.train.seed, start_step=start_step,
-                                   max_steps=cfg.train.max_steps, rank=info.rank, world_size=info.world_size)
-    workers = cfg.data.num_workers
-    # The loader's own generator: starting its iterator draws a seed, which must not shift the global RNG
-    # that drop path and dropout use (or a resumed run would drop other paths than an uninterrupted one).
-    loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=getattr(train_set, "collate", collate_images),
-                        num_workers=workers, persistent_workers=workers > 0,
-                        generator=torch.Generator().manual_seed(cfg.train.seed))
+    loader = step_loader(train_set, cfg, start_step, info.rank, info.world_size)  # pretraining's, workers capped
     valid_loader = eval_loader(valid_set, cfg.finetune.eval_batch_size)
 
     torch.manual_seed(cfg.train.seed)
