@@ -100,3 +100,13 @@ def test_probe_of_a_text_run_without_labels_says_what_to_pass(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "train.tsv" in err and "--data" in err and "label<TAB>text" in err
     assert "data.eval_path" not in err
+
+
+def test_run_folder_is_printed_by_the_main_process_only(tmp_path, capsys, monkeypatch):
+    # torchrun starts one process per rank with RANK set; WORLD_SIZE=1 keeps this one out of a process group
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    for rank, printed in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        run = tmp_path / f"run{rank}"
+        assert main(["pretrain", "image-tiny", *TINY, "train.max_steps=1", f"out={run}", "--no-progress"]) == 0
+        assert ("run folder:" in capsys.readouterr().out) is printed

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from data2vec.errors import Data2VecError
 from data2vec.nn.linear import check_environment
+from data2vec.train.distributed import is_main_process
 from data2vec.train.loop import Preempted
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGINT after writing a checkpoint; run again to resume
@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         from data2vec.tasks.pretrain import pretrain
 
         out = pretrain(build_config(args.recipe, args.overrides), progress=not args.no_progress)
-        print(f"run folder: {out}")
+        if is_main_process():  # torchrun: once, not once per process
+            print(f"run folder: {out}")
     elif args.command == "probe":
         from data2vec.tasks.probe import probe
 
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
 
         overrides = [f"finetune.{o}" if o.startswith("checkpoint=") else o for o in args.overrides]
         out = finetune(build_config(args.recipe, overrides), progress=not args.no_progress)
-        if int(os.environ.get("RANK", "0")) != 0:  # torchrun: the main process reports
+        if not is_main_process():  # torchrun: the main process reports
             return 0
         result = json.loads((out / "results.json").read_text())
         best, metric = result["best"] or {}, result["metric"]

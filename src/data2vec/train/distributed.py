@@ -31,6 +31,12 @@ class DistInfo:
         return self.world_size > 1
 
 
+def is_main_process() -> bool:
+    """True in rank 0 of a torchrun job and in a plain launch: the one process that reports to the user.
+    Read from torchrun's environment, so it holds before the process group exists and after it is gone."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group torchrun prepared (if any) and pin this process to its GPU."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
