@@ -153,6 +153,7 @@ def _labelled(head):
                                   "image.pool_norm=true"], LinearClassifier(32, 3)),
     ("image-tiny", IMAGE_SMALL + ["image.pos_embed=none", "image.rel_pos_bias=shared"], None),
     ("image-tiny", IMAGE_SMALL, None),  # sin-cos positions and mean pooling after the final norm: kept by config.json
+    ("image-tiny", IMAGE_SMALL + ["image.sincos_order=yx"], None),  # the order of models saved before the key
     ("text-tiny", TEXT_SMALL, SentenceClassifier(32, 3, dropout=0.1)),
     ("text-tiny", TEXT_SMALL, None),
 ])

@@ -412,9 +412,11 @@ def _restore(cfg: Config, stored: dict, ours: dict[str, Tensor], headless: bool)
             cfg.image.pool = saved.image.pool
         side = cfg.image.image_size // cfg.image.patch_size
         if saved.image.pos_embed == "sincos" and cfg.image.pos_embed == "learned":
-            fixed = torch.cat([torch.zeros(1, cfg.model.dim), sincos_pos_embed(cfg.model.dim, (side, side))]).unsqueeze(0)
+            order = saved.image.sincos_order
+            fixed = torch.cat([torch.zeros(1, cfg.model.dim),
+                               sincos_pos_embed(cfg.model.dim, (side, side), order)]).unsqueeze(0)
             if torch.equal(ours["frontend.pos_embed"], fixed):
-                cfg.image.pos_embed = "sincos"
+                cfg.image.pos_embed, cfg.image.sincos_order = "sincos", order
                 del ours["frontend.pos_embed"]
     elif cfg.modality == "audio":  # input handling and the padding rule; the architecture stays HF's
         for key in ("pos_conv_zero_padding", "normalize", "sample_rate", "max_sample_size", "min_sample_size",
@@ -673,7 +675,7 @@ def _vision_to_hf(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dic
     if img.pos_embed == "sincos":  # fixed positions become HF's learned ones, initialised to the same values
         side = img.image_size // img.patch_size
         tensors["embeddings.position_embeddings"] = torch.cat(
-            [torch.zeros(1, m.dim), sincos_pos_embed(m.dim, (side, side))]).unsqueeze(0)
+            [torch.zeros(1, m.dim), sincos_pos_embed(m.dim, (side, side), img.sincos_order)]).unsqueeze(0)
         log.info("image.pos_embed=sincos exported as HF absolute position embeddings holding the sin-cos values")
     for h, o in _attention_prefixes(cfg):
         (wq, wk, wv), (bq, bk, bv) = _split_qkv(cfg, ours, o)

@@ -10,16 +10,24 @@ from torch import Tensor, nn
 from data2vec.config import EncoderConfig, ImageConfig
 
 
-def sincos_pos_embed(dim: int, grid_hw: tuple[int, int]) -> Tensor:
-    """Fixed 2-D sine-cosine positions `[H*W, dim]` (MAE / data2vec 2.0): half the channels per axis."""
+def sincos_pos_embed(dim: int, grid_hw: tuple[int, int], order: str = "xy") -> Tensor:
+    """Fixed 2-D sine-cosine positions `[H*W, dim]` (MAE / data2vec 2.0), patches in row-major order.
+
+    Half the channels encode one axis, half the other, each as [sin, cos] of the coordinate times the
+    frequencies ``10000 ** (-i / (dim / 4))``. `order` "xy" puts the column (x) half first, as MAE's
+    ``get_2d_sincos_pos_embed`` and fairseq do, so converted weights see the positions they were trained
+    with; "yx" (row half first) is what models of this library saved before ``image.sincos_order`` existed use.
+    """
     if dim % 4:
         raise ValueError(f"sin-cos positions need model.dim divisible by 4, got {dim}")
+    if order not in ("xy", "yx"):
+        raise ValueError(f"sin-cos order must be xy or yx, got {order!r}")
     h, w = grid_hw
     freqs = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
     parts = []
-    for coord in (ys.reshape(-1), xs.reshape(-1)):
-        angles = coord[:, None] * freqs[None, :]
+    for coord in ((xs, ys) if order == "xy" else (ys, xs)):
+        angles = coord.reshape(-1)[:, None] * freqs[None, :]  # [H*W, dim / 4]
         parts += [angles.sin(), angles.cos()]
     return torch.cat(parts, dim=1).float()
 
@@ -70,7 +78,8 @@ class ImageFrontend(nn.Module):
         if cfg.pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix + self.num_patches, enc.dim))
         elif cfg.pos_embed == "sincos":
-            pos = torch.cat([torch.zeros(self.num_prefix, enc.dim), sincos_pos_embed(enc.dim, self.grid_hw)])
+            pos = torch.cat([torch.zeros(self.num_prefix, enc.dim),
+                             sincos_pos_embed(enc.dim, self.grid_hw, cfg.sincos_order)])
             self.register_buffer("pos_embed", pos.unsqueeze(0), persistent=False)
         else:
             self.pos_embed = None
