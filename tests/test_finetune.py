@@ -202,6 +202,20 @@ def test_text_pairs_fine_tune_and_evaluate_with_the_stored_tokenizer(text_run, t
         to_hf(linear, tmp_path / "hf2")
 
 
+def test_rerunning_a_fine_tuning_continues_or_stops_and_never_rewrites(text_run, tmp_path, capsys):
+    pre, glue = text_run
+    args = ["finetune", "text-tiny-ft", f"checkpoint={pre}", f"out={tmp_path / 'ft'}", f"data.path={glue}",
+            "train.max_steps=2", "train.batch_size=8", "finetune.eval_every=2", "--no-progress"]
+    assert main(args) == 0
+    files = {p: p.read_bytes() for p in (tmp_path / "ft").rglob("*")
+             if p.is_file() and p.name != "train.log" and "tensorboard" not in p.parts}
+    assert main(args) == 0  # the same command: the finished run has nothing left to do
+    assert main([*args, "train.lr=1e-2"]) == 2  # other settings: a one-line error naming the choices
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "train.lr" in err and "resume=auto" in err and "overwrite=true" in err
+    assert {p: p.read_bytes() for p in files} == files
+
+
 def test_text_checkpoint_with_an_image_recipe_or_bad_labels_is_a_one_line_error(text_run, tmp_path, capsys):
     pre, glue = text_run
     assert main(["finetune", "image-tiny-ft", f"checkpoint={pre}", f"out={tmp_path / 'a'}"]) == 2

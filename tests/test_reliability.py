@@ -69,7 +69,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_75(reference, tmp_path):
     assert proc.wait(timeout=120) == 75
     checkpoints = sorted((out / "checkpoints").glob("step_*"))
     assert len(checkpoints) == 1 and int(checkpoints[0].name[5:]) < STEPS
-    resumed = launch(out, "train.save_every=1000", "resume=auto")
+    resumed = launch(out, "train.save_every=1000")  # the same command again continues the run
     assert resumed.wait(timeout=300) == 0
     assert_identical(final_weights(out), reference)
 
@@ -79,7 +79,8 @@ def test_kill_9_at_random_points_always_resumes_to_the_same_run(reference, tmp_p
     rng = random.Random(1234)
     kills = 0
     for attempt in range(12):
-        proc = launch(out, "train.save_every=1", "train.keep_last=2", "resume=auto")
+        # The same command each time: a killed run left its lock behind, which the next launch recovers.
+        proc = launch(out, "train.save_every=1", "train.keep_last=2")
         try:
             code = proc.wait(timeout=rng.uniform(1.0, 4.0))
         except subprocess.TimeoutExpired:
@@ -90,7 +91,7 @@ def test_kill_9_at_random_points_always_resumes_to_the_same_run(reference, tmp_p
         assert code == 0, proc.stderr.read()[-2000:]
         break
     else:
-        proc = launch(out, "train.save_every=1", "resume=auto")
+        proc = launch(out, "train.save_every=1", "train.keep_last=2")
         assert proc.wait(timeout=300) == 0
     assert kills >= 2, "the test never interrupted training; widen the kill window"
     assert_identical(final_weights(out), reference)

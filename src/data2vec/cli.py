@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data2vec: error: {err}", file=sys.stderr)
         return 2
     except Preempted as err:
-        print(f"data2vec: {err}; continue with resume=auto", file=sys.stderr)
+        print(f"data2vec: {err}; run the same command again to continue", file=sys.stderr)
         return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("data2vec: interrupted", file=sys.stderr)

@@ -231,6 +231,7 @@ class Config:
     out: str = "runs/data2vec"
     resume: Optional[str] = None  # "auto": newest complete checkpoint in `out`; or a checkpoint path
     overwrite: bool = False  # `out` holds another run: move it aside to OUT.old-TIME (never deleted), start afresh
+    overwrite: bool = False  # `out` holds another run: move it aside to OUT.old-TIME (never deleted), start afresh
     device: str = "auto"
     model: EncoderConfig = field(default_factory=EncoderConfig)
     image: ImageConfig = field(default_factory=ImageConfig)

@@ -371,10 +371,11 @@ def _resolve(cfg, path: str | None = None) -> tuple[Path, object, dict[str, int]
     return folder, tokenizer, ids
 
 
-def checked_tokenizer(tok_path: str | Path, text_cfg) -> tuple[object, dict[str, int]]:
+def checked_tokenizer(tok_path: str | Path, text_cfg, tokenizer=None) -> tuple[object, dict[str, int]]:
     """(tokenizer, special ids) of `tok_path`, checked against the model's `text` settings: the special ids
-    must agree and the vocabulary must fit."""
-    tokenizer = load_tokenizer(tok_path)
+    must agree and the vocabulary must fit. A `tokenizer` already loaded is checked in its place (`tok_path`
+    then only names it, e.g. where it is about to be written)."""
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(tok_path)
     ids = special_ids(tokenizer)
     for key, value in ids.items():
         if getattr(text_cfg, key) != value:

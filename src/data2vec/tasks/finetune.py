@@ -15,13 +15,15 @@ import time
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 from torch.utils.data import DataLoader
 
 from data2vec.config import Config, save_config
 from data2vec.data.build import step_loader
 from data2vec.data.image import collate_images
-from data2vec.data.labelled import labelled_set, text_tokenizer
+from data2vec.data.labelled import labelled_set
+from data2vec.data.text import checked_tokenizer
 from data2vec.errors import Data2VecError
 from data2vec.evaluation.classify import better, evaluate_classifier, evaluate_ctc
 from data2vec.finetune.classifier import Classifier, load_pretrained, new_head
@@ -29,13 +31,14 @@ from data2vec.finetune.loop import finetune_loop
 from data2vec.finetune.setup import resolve_config, tokenizer_json
 from data2vec.model import Data2VecEncoder
 from data2vec.nn.heads import HEAD_FILE, head_file, load_head
-from data2vec.tasks.pretrain import StopSignal, _resume_path
-from data2vec.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from data2vec.tasks.pretrain import StopSignal
+from data2vec.train.checkpoint import load_checkpoint, load_config, resolve_checkpoint, save_checkpoint
 from data2vec.train.device import resolve_device
 from data2vec.train.distributed import barrier, full_state, init_distributed, local_device
 from data2vec.train.logging import MetricsLogger, setup_logging
 from data2vec.train.loop import Preempted, rng_state, set_rng_state
 from data2vec.train.optim import layer_decay_groups
+from data2vec.train.run_folder import claim, start_point
 
 log = logging.getLogger("data2vec")
 BEST = "best"
@@ -48,9 +51,6 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
     device = resolve_device(cfg.device)
     info = init_distributed(device)  # torchrun: every process trains on its share of each batch
     device = local_device(device, info)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    setup_logging(out if info.is_main else None, level=logging.INFO if info.is_main else logging.WARNING)
     if cfg.train.strategy != "ddp":
         raise Data2VecError(f"finetune trains data-parallel only; train.strategy={cfg.train.strategy} (sharding) is "
                             "for pretraining: drop it")
@@ -61,25 +61,27 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
     if ctc != (cfg.finetune.metric in ("wer", "cer")):
         raise Data2VecError(f"finetune.metric={cfg.finetune.metric} does not score finetune.task="
                             f"{cfg.finetune.task}; use {'wer or cer' if ctc else 'accuracy, top5, f1 or mcc'}")
-    resume_from = _resume_path(cfg)
-    if not cfg.finetune.checkpoint and resume_from is None:
-        raise Data2VecError("no checkpoint to fine-tune: give checkpoint=PATH (a pretraining run or checkpoint "
-                            "folder); add finetune.random_init=true for the from-scratch baseline")
+
+    def fresh_config() -> Config:  # what a new run would save, to compare with a run already in `out`
+        _require_checkpoint(cfg)
+        return _resolve(cfg, load_config(cfg.finetune.checkpoint), resolve_checkpoint(cfg.finetune.checkpoint))
+
+    # Everything up to `claim` only reads: a start that fails leaves nothing behind.
+    resume_from = start_point(cfg, fresh_config)
+    if resume_from is None:
+        _require_checkpoint(cfg)
     # The architecture comes from where the weights come from: the run's own checkpoint when resuming.
     source_dir = resolve_checkpoint(resume_from or cfg.finetune.checkpoint)
     weights, state, source = load_checkpoint(source_dir, with_state=resume_from is not None)
     if resume_from is not None:  # where the run started from, whatever this command line says
         cfg.finetune.checkpoint = cfg.finetune.checkpoint or source.finetune.checkpoint
         cfg.finetune.random_init = source.finetune.random_init
-    cfg = resolve_config(cfg, source, str(source_dir))
-    tokenizer = None
+    given_tokenizer = (cfg.text.tokenizer or source.text.tokenizer) if resume_from is None else ""
+    cfg = _resolve(cfg, source, source_dir)
+    tokenizer, tokenizer_text = None, None
     if cfg.modality == "text":
-        if info.is_main:
-            (out / "tokenizer.json").write_text(tokenizer_json(cfg.text.tokenizer if resume_from is None else "",
-                                                               source, source_dir))
-        barrier(info)  # the others read it next
-        cfg.text.tokenizer = str((out / "tokenizer.json").resolve())
-        tokenizer = text_tokenizer(cfg)
+        tokenizer_text = tokenizer_json(given_tokenizer, source, source_dir)
+        tokenizer = checked_tokenizer(cfg.text.tokenizer, cfg.text, Tokenizer.from_str(tokenizer_text))
 
     # Data before the model: a bad path or label fails in a second.
     train_set = labelled_set(cfg, "train", augment=True, tokenizer=tokenizer)
@@ -121,71 +123,97 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
         if state.get("world_size", 1) == info.world_size:
             set_rng_state(state["rng"])  # dropout and drop path continue exactly (same process count only)
         best = state.get("best")
-        log.info("resumed from %s at step %d", resume_from, start_step)
     if info.enabled:  # each process draws its own dropout / drop-path noise
         torch.manual_seed(cfg.train.seed + 1_000_003 * info.rank + start_step)
-    if info.is_main:
-        save_config(cfg, out / "config.yaml")
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("fine-tune %s: %s from %s%s, %.2fM parameters, %d classes, %d train / %d validation samples, %d steps, "
-             "%d process(es)", out, cfg.name, cfg.finetune.checkpoint, " (random init)" if cfg.finetune.random_init
-             else "", n_params / 1e6, len(classes), len(train_set), len(valid_set), tc.max_steps, info.world_size)
-    extra = {"tokenizer.json": (out / "tokenizer.json").read_bytes()} if cfg.modality == "text" else {}
+    with claim(cfg, info.is_main):  # the first write: a start that failed above left nothing behind
+        setup_logging(out if info.is_main else None, level=logging.INFO if info.is_main else logging.WARNING)
+        if start_step >= tc.max_steps:
+            log.info("fine-tuning run %s is complete (step %d of train.max_steps=%d): nothing to do", out,
+                     start_step, tc.max_steps)
+            return out
+        if resume_from is not None:
+            log.info("resumed from %s at step %d", resume_from, start_step)
+        if info.is_main:
+            if tokenizer_text is not None:
+                (out / "tokenizer.json").write_text(tokenizer_text)
+            save_config(cfg, out / "config.yaml")
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info("fine-tune %s: %s from %s%s, %.2fM parameters, %d classes, %d train / %d validation samples, "
+                 "%d steps, %d process(es)", out, cfg.name, cfg.finetune.checkpoint,
+                 " (random init)" if cfg.finetune.random_init else "", n_params / 1e6, len(classes), len(train_set),
+                 len(valid_set), tc.max_steps, info.world_size)
+        extra = {"tokenizer.json": tokenizer_text.encode()} if tokenizer_text is not None else {}
 
-    def weights_now() -> dict[str, torch.Tensor]:
-        return {f"student.{k}": v for k, v in model.encoder.state_dict().items()}
+        def weights_now() -> dict[str, torch.Tensor]:
+            return {f"student.{k}": v for k, v in model.encoder.state_dict().items()}
 
-    def save(step: int) -> None:
-        if info.is_main:  # every process holds the same weights and optimiser state
-            _, optim = full_state(model, optimizer)
-            train_state = {"step": step, "optimizer": optim, "rng": rng_state(), "best": best,
-                           "world_size": info.world_size}
-            save_checkpoint(out, step, weights_now(), train_state, cfg, tc.keep_last,
-                            extra_files={HEAD_FILE: head_file(model.head), **extra})
-        barrier(info)
+        def save(step: int) -> None:
+            if info.is_main:  # every process holds the same weights and optimiser state
+                _, optim = full_state(model, optimizer)
+                train_state = {"step": step, "optimizer": optim, "rng": rng_state(), "best": best,
+                               "world_size": info.world_size}
+                save_checkpoint(out, step, weights_now(), train_state, cfg, tc.keep_last,
+                                extra_files={HEAD_FILE: head_file(model.head), **extra})
+            barrier(info)
 
-    last: dict = {}
+        last: dict = {}
 
-    def validate(step: int) -> None:
-        nonlocal best
-        # Every process scores the whole validation set (the main one alone would leave the others waiting in a
-        # collective, where NCCL's 10-minute timeout can hit on a large set); only the main one writes.
-        if ctc:
-            metrics = evaluate_ctc(model, valid_loader, device, classes, tc.precision)
-        else:
-            metrics = evaluate_classifier(model, valid_loader, device, tc.precision)
-        last.update(step=step, **metrics)
-        if logger is not None:
-            logger.log({"step": step, "split": "valid", **metrics}, group="valid")
-        log.info("step %d validation: %s", step, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                                                               if k != "samples"))
-        if better(cfg.finetune.metric, metrics, best):
-            best = {"step": step, **metrics}
-            if not info.is_main:
-                return
-            save_checkpoint(out / BEST, step, weights_now(), {"step": step, "metrics": metrics}, cfg, keep_last=1,
-                            extra_files={HEAD_FILE: head_file(model.head), **extra})
+        def validate(step: int) -> None:
+            nonlocal best
+            # Every process scores the whole validation set (the main one alone would leave the others waiting in a
+            # collective, where NCCL's 10-minute timeout can hit on a large set); only the main one writes.
+            if ctc:
+                metrics = evaluate_ctc(model, valid_loader, device, classes, tc.precision)
+            else:
+                metrics = evaluate_classifier(model, valid_loader, device, tc.precision)
+            last.update(step=step, **metrics)
+            if logger is not None:
+                logger.log({"step": step, "split": "valid", **metrics}, group="valid")
+            log.info("step %d validation: %s", step, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                                                   if k != "samples"))
+            if better(cfg.finetune.metric, metrics, best):
+                best = {"step": step, **metrics}
+                if not info.is_main:
+                    return
+                save_checkpoint(out / BEST, step, weights_now(), {"step": step, "metrics": metrics}, cfg, keep_last=1,
+                                extra_files={HEAD_FILE: head_file(model.head), **extra})
 
-    logger = MetricsLogger(out, tc.max_steps, start_step, progress=progress, desc="finetune") if info.is_main else None
-    stop = StopSignal(info, device)
-    start = time.perf_counter()
-    try:
-        with stop.installed():
-            finetune_loop(model, optimizer, loader, cfg, device, start_step, save, validate, logger,
-                          should_stop=stop, dist_info=info)
-    except Preempted as err:
-        log.warning("%s in %s; continue with resume=auto", err, out)
-        raise
-    finally:
-        if logger is not None:
-            logger.close()
-    if not info.is_main:
+        logger = (MetricsLogger(out, tc.max_steps, start_step, progress=progress, desc="finetune")
+                  if info.is_main else None)
+        stop = StopSignal(info, device)
+        start = time.perf_counter()
+        try:
+            with stop.installed():
+                finetune_loop(model, optimizer, loader, cfg, device, start_step, save, validate, logger,
+                              should_stop=stop, dist_info=info)
+        except Preempted as err:
+            log.warning("%s in %s; run the same command again (or resume=auto) to continue", err, out)
+            raise
+        finally:
+            if logger is not None:
+                logger.close()
+        if not info.is_main:
+            return out
+        result = {"recipe": cfg.name, "checkpoint": cfg.finetune.checkpoint, "random_init": cfg.finetune.random_init,
+                  "metric": cfg.finetune.metric, "classes": classes, "final": last, "best": best,
+                  "seconds": round(time.perf_counter() - start, 1)}
+        (out / "results.json").write_text(json.dumps(result, indent=1))
         return out
-    result = {"recipe": cfg.name, "checkpoint": cfg.finetune.checkpoint, "random_init": cfg.finetune.random_init,
-              "metric": cfg.finetune.metric, "classes": classes, "final": last, "best": best,
-              "seconds": round(time.perf_counter() - start, 1)}
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    return out
+
+
+def _require_checkpoint(cfg: Config) -> None:
+    if not cfg.finetune.checkpoint:
+        raise Data2VecError("no checkpoint to fine-tune: give checkpoint=PATH (a pretraining run or checkpoint "
+                            "folder); add finetune.random_init=true for the from-scratch baseline")
+
+
+def _resolve(cfg: Config, source: Config, source_dir: Path) -> Config:
+    """The config this run saves: the recipe on the checkpoint's architecture, and for text the tokenizer
+    the run folder keeps (out/tokenizer.json)."""
+    resolved = resolve_config(cfg, source, str(source_dir))
+    if resolved.modality == "text":
+        resolved.text.tokenizer = str((Path(cfg.out) / "tokenizer.json").resolve())
+    return resolved
 
 
 def eval_loader(dataset, batch_size: int) -> DataLoader:

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import yaml
 
-from data2vec.config import Config, config_from_yaml_text
+from data2vec.config import Config
 from data2vec.errors import Data2VecError
 from data2vec.tasks import plots
+from data2vec.train.run_folder import run_config
 
 COLLAPSE_THRESHOLD = 0.01  # variance; the reference stops a run whose target *std* falls below 0.1
 TSNE_SAMPLES = 1000
@@ -234,17 +234,6 @@ EXAMPLES: dict[str, Callable[[Config, Path], str]] = {
 }
 
 
-def _run_config(run_dir: Path) -> Config | None:
-    """The run's resolved config: `config.yaml` in the run folder, else the newest checkpoint's."""
-    candidates = [run_dir / "config.yaml", *sorted((run_dir / "checkpoints").glob("step_*/config.yaml"), reverse=True)]
-    for path in candidates:
-        try:
-            return config_from_yaml_text(path.read_text())
-        except (OSError, yaml.YAMLError, Data2VecError):
-            continue
-    return None
-
-
 def examples_section(cfg: Config | None, out: Path) -> str:
     if cfg is None:
         return _note("No example inputs: the run folder has no config.yaml to rebuild its data from.")
@@ -275,7 +264,7 @@ def report(run_dir: str | Path, out: str | Path | None = None, collapse_threshol
         raise Data2VecError(f"run folder '{run_dir}' does not exist; give the `out` folder of a pretraining run")
     out = Path(out) if out is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    cfg = _run_config(run_dir)
+    cfg = run_config(run_dir)
     sections = [("curves", "Training curves", curves_section(run_dir, out, collapse_threshold)),
                 ("probe", "Probe accuracy", probe_section(run_dir, out)),
                 ("embedding", "Embedding map (t-SNE)", embedding_section(run_dir, out)),

@@ -138,6 +138,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return latest
 
 
+def load_config(path: str | Path) -> Config:
+    """The config of a checkpoint (or of a run folder's newest checkpoint), without reading its weights."""
+    path = resolve_checkpoint(path)
+    return config_from_yaml_text((path / "config.yaml").read_text(), source=str(path))
+
+
 def load_checkpoint(path: str | Path, with_state: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any], Config]:
     """(weights, training state, config) of a checkpoint or run folder. Nothing in it can run code."""
     path = resolve_checkpoint(path)
@@ -150,5 +156,4 @@ def load_checkpoint(path: str | Path, with_state: bool = True) -> tuple[dict[str
             raise Data2VecError(f"refusing to load '{path / 'state.pt'}': it holds objects other than tensors and "
                                 f"plain data ({str(err).splitlines()[0][:120]}); never load checkpoints from "
                                 "untrusted sources without weights_only") from None
-    config = config_from_yaml_text((path / "config.yaml").read_text(), source=str(path))
-    return weights, state, config
+    return weights, state, load_config(path)

@@ -22,12 +22,14 @@ def setup_logging(out: Path | None = None, level: int = logging.INFO) -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
         handler._d2v = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
-    if out is not None:
-        path = str(Path(out) / "train.log")
-        if not any(getattr(h, "baseFilename", None) == path for h in logger.handlers):
-            file_handler = logging.FileHandler(path)
-            file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-            logger.addHandler(file_handler)
+    if out is not None:  # one run's log at a time: an earlier run of this process (or its moved folder) lets go
+        for old in [h for h in logger.handlers if getattr(h, "_d2v_run", False)]:
+            logger.removeHandler(old)
+            old.close()
+        file_handler = logging.FileHandler(str(Path(out) / "train.log"))
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        file_handler._d2v_run = True  # type: ignore[attr-defined]
+        logger.addHandler(file_handler)
     logger.propagate = True  # our own handlers print; the root logger (empty unless a user set one up) may listen
 
 
