@@ -1,0 +1,98 @@
+"""fairseq's data2vec parameter names -> ours, for the parity fixtures (`tests/fixtures/fairseq/`).
+
+The fixtures keep fairseq's own state dicts (what `benchmarks/fairseq_parity/make_fixtures.py` saved), so when
+a fix changes our layout (a new LayerNorm, a split of the blocks) only this mapping changes, never the
+fixtures. Each function takes fairseq tensors under the prefix of one module and returns our names.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _sub(weights: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def post_ln_layer(fs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A fairseq post-LN layer (wav2vec 2.0 `TransformerSentenceEncoderLayer` or the text
+    `TransformerEncoderLayer`: separate q/k/v projections) -> our `Block` (fused qkv)."""
+    attn = "self_attn."
+    return {
+        "attn.qkv.weight": torch.cat([fs[f"{attn}{p}_proj.weight"] for p in "qkv"]),
+        "attn.qkv.bias": torch.cat([fs[f"{attn}{p}_proj.bias"] for p in "qkv"]),
+        "attn.proj.weight": fs[f"{attn}out_proj.weight"], "attn.proj.bias": fs[f"{attn}out_proj.bias"],
+        "norm1.weight": fs["self_attn_layer_norm.weight"], "norm1.bias": fs["self_attn_layer_norm.bias"],
+        "mlp.fc1.weight": fs["fc1.weight"], "mlp.fc1.bias": fs["fc1.bias"],
+        "mlp.fc2.weight": fs["fc2.weight"], "mlp.fc2.bias": fs["fc2.bias"],
+        "norm2.weight": fs["final_layer_norm.weight"], "norm2.bias": fs["final_layer_norm.bias"],
+    }
+
+
+def alt_block(fs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A data2vec 2.0 `AltBlock` (timm layout: fused qkv, norm1 / norm2, mlp.fc1 / fc2) -> our `Block`."""
+    out = {k: v for k, v in fs.items() if k.split(".")[0] in ("norm1", "norm2", "mlp")}
+    out["attn.qkv.weight"] = fs["attn.qkv.weight"]
+    out["attn.qkv.bias"] = fs["attn.qkv.bias"]
+    out["attn.proj.weight"], out["attn.proj.bias"] = fs["attn.proj.weight"], fs["attn.proj.bias"]
+    return out
+
+
+def blocks(fs: dict[str, Tensor], prefix: str, depth: int, layer=post_ln_layer) -> dict[str, Tensor]:
+    out = {}
+    for i in range(depth):
+        for k, v in layer(_sub(fs, f"{prefix}{i}.")).items():
+            out[f"encoder.blocks.{i}.{k}"] = v
+    return out
+
+
+def v1_audio_encoder(student: dict[str, Tensor], encoder: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
+    """Our `Data2VecEncoder` for speech: the front-end from fairseq's `Data2VecAudioModel` (`student`), the
+    positional convs, their LayerNorm and the blocks from a fairseq wav2vec 2.0 `TransformerEncoder`
+    (`encoder`: the student's `encoder.*` or the EMA teacher's state)."""
+    out = {}
+    n_conv = len({k.split(".")[2] for k in student if k.startswith("feature_extractor.conv_layers.")})
+    for i in range(n_conv):
+        p = f"feature_extractor.conv_layers.{i}."
+        out[f"frontend.feature_extractor.conv_layers.{i}.conv.weight"] = student[p + "0.weight"]
+        if p + "0.bias" in student:
+            out[f"frontend.feature_extractor.conv_layers.{i}.conv.bias"] = student[p + "0.bias"]
+        out[f"frontend.feature_extractor.conv_layers.{i}.layer_norm.weight"] = student[p + "2.1.weight"]
+        out[f"frontend.feature_extractor.conv_layers.{i}.layer_norm.bias"] = student[p + "2.1.bias"]
+    out["frontend.feature_projection.layer_norm.weight"] = student["layer_norm.weight"]
+    out["frontend.feature_projection.layer_norm.bias"] = student["layer_norm.bias"]
+    out["frontend.feature_projection.projection.weight"] = student["post_extract_proj.weight"]
+    out["frontend.feature_projection.projection.bias"] = student["post_extract_proj.bias"]
+    out["frontend.masked_spec_embed"] = student["mask_emb"]
+    n_pos = len({k.split(".")[1] for k in encoder if k.startswith("pos_conv.")})
+    for i in range(n_pos):
+        out[f"frontend.pos_conv_embed.layers.{i}.conv.weight"] = encoder[f"pos_conv.{i}.0.weight"]
+        out[f"frontend.pos_conv_embed.layers.{i}.conv.bias"] = encoder[f"pos_conv.{i}.0.bias"]
+    out["frontend.layer_norm.weight"] = encoder["layer_norm.weight"]
+    out["frontend.layer_norm.bias"] = encoder["layer_norm.bias"]
+    out.update(blocks(encoder, "layers.", depth))
+    return out
+
+
+def v1_text_encoder(encoder: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
+    """Our text `Data2VecEncoder` from a fairseq `TransformerEncoder` (`sentence_encoder.*` or the EMA
+    teacher's state). fairseq has no token-type embedding: ours is zero."""
+    word = encoder["embed_tokens.weight"]
+    out = {
+        "frontend.word_embeddings.weight": word,
+        "frontend.position_embeddings.weight": encoder["embed_positions.weight"],
+        "frontend.token_type_embeddings.weight": torch.zeros(1, word.shape[1]),
+        "frontend.norm.weight": encoder["layernorm_embedding.weight"],
+        "frontend.norm.bias": encoder["layernorm_embedding.bias"],
+    }
+    out.update(blocks(encoder, "layers.", depth))
+    return out
+
+
+def sequential_head(fs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """fairseq's `regression_head` (nn.Sequential of Linear / GELU) -> our `regression_head`: the same
+    Sequential indices, or a bare Linear when it has one layer."""
+    if set(fs) == {"0.weight", "0.bias"}:
+        return {"weight": fs["0.weight"], "bias": fs["0.bias"]}
+    return dict(fs)
