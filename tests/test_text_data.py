@@ -139,9 +139,31 @@ def test_samples_are_wrapped_blocks_and_masks_skip_specials(dataset):
         item = dataset[(i, 0)]
         ids, mask = item["ids"], item["mask"]
         assert ids[0] == 0 and ids[-1] == 2 and len(ids) <= 8
-        assert not mask[0] and not mask[-1] and mask.any()
-        changed = item["student_ids"] != ids
-        assert not (changed & ~mask).any()  # only chosen tokens are corrupted
+        assert not mask[0] and not mask[-1]
+        assert torch.equal(item["student_ids"][mask], torch.full((int(mask.sum()),), dataset.ids["mask_id"]))
+        assert not (item["student_ids"][[0, -1]] != ids[[0, -1]]).any()
+
+
+def test_v1_regresses_only_the_positions_whose_input_is_mask(dataset):
+    """fairseq's data2vec_text.py regresses ``src_tokens.eq(mask_idx)``: of the chosen tokens, those kept or
+    replaced at random are input only. The chosen tokens are redrawn here from the sample's generator."""
+    from data2vec.data.seeding import sample_generator
+    from data2vec.masking import token_mask
+
+    dataset.random_prob, dataset.keep_prob = 0.3, 0.3  # many chosen tokens that do not become <mask>
+    mask_id, unregressed = dataset.ids["mask_id"], 0
+    for i in range(len(dataset)):
+        item = dataset[(i, 0)]
+        specials = [dataset.ids[k] for k in ("bos_id", "pad_id", "eos_id", "mask_id")]
+        corrupted, chosen = token_mask(item["ids"][None], dataset.mask_prob, generator=sample_generator(0, 0, i),
+                                       mask_id=mask_id, vocab_size=300, special_ids=specials, random_prob=0.3,
+                                       keep_prob=0.3)
+        assert torch.equal(item["student_ids"], corrupted[0])
+        assert torch.equal(item["mask"], chosen[0] & (corrupted[0] == mask_id))
+        unregressed += int((chosen[0] & ~item["mask"]).sum())
+    assert unregressed > 0  # the case that differs: chosen, but kept or replaced at random
+    batch = make_collate(pad_id=1)([dataset[(i, 0)] for i in range(len(dataset))])
+    assert torch.equal(batch["mask"], batch["student_inputs"] == mask_id)
 
 
 def test_samples_are_keyed_by_index_and_epoch(dataset):

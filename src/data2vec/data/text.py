@@ -276,10 +276,13 @@ class TextBlockDataset:
             chosen = token_choice(ids[None].expand(self.clones, -1), self.mask_prob, generator=g,
                                   special_ids=specials, span=self.span)
             return {"ids": ids, "mask": chosen, "index": index, "label": -1}  # mask [M, T]
-        corrupted, chosen = token_mask(ids[None], self.mask_prob, generator=g, mask_id=self.ids["mask_id"],
-                                       vocab_size=self.vocab_size, special_ids=specials,
-                                       random_prob=self.random_prob, keep_prob=self.keep_prob, span=self.span)
-        return {"ids": ids, "student_ids": corrupted[0], "mask": chosen[0], "index": index, "label": -1}
+        corrupted, _ = token_mask(ids[None], self.mask_prob, generator=g, mask_id=self.ids["mask_id"],
+                                  vocab_size=self.vocab_size, special_ids=specials,
+                                  random_prob=self.random_prob, keep_prob=self.keep_prob, span=self.span)
+        # Regressed: the positions whose input is <mask>, as fairseq's data2vec_text.py (src_tokens.eq(mask_idx));
+        # chosen tokens left unchanged or replaced at random are part of the input, not of the loss.
+        regressed = corrupted[0] == self.ids["mask_id"]
+        return {"ids": ids, "student_ids": corrupted[0], "mask": regressed, "index": index, "label": -1}
 
 
 class LabelledTextDataset:
