@@ -247,7 +247,10 @@ def document_blocks(doc_offsets: np.ndarray, max_tokens: int) -> np.ndarray:
 
 
 class TextBlockDataset:
-    """Pretraining samples: ``<s> block </s>`` with BERT masking drawn from the sample's own generator."""
+    """Pretraining samples: ``<s> block </s>`` with BERT masking drawn from the sample's own generator.
+
+    v1 items carry the corrupted ids the student sees and ``mask``, the positions the loss regresses: those
+    whose input is ``<mask>`` (with 80/10/10 masking, not the chosen tokens kept or replaced at random)."""
 
     def __init__(self, shards: TokenShards, block_size: int, seed: int, mask_prob: float, random_prob: float,
                  keep_prob: float, ids: dict[str, int], vocab_size: int, clones: int = 0, span: int = 1) -> None:
