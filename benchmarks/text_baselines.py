@@ -5,6 +5,8 @@ the same tokenizer, features that need no Transformer:
 
 - **bag of words**: token counts (normalised), the full vocabulary, and the same projected to the model width
   by a fixed random matrix, which is what mean-pooling a random-weight encoder amounts to;
+- **TF-IDF + logistic regression** (built-in sets only): scikit-learn's `TfidfVectorizer` with its defaults on
+  the raw paragraphs and `LogisticRegression()`, the usual lexical baseline, for scale;
 - **PPMI-SVD**: 128-d word vectors from the corpus's co-occurrences (window 5, positive PMI with context
   smoothing 0.75, truncated SVD), mean-pooled; a classic estimate of what distributional word meaning alone
   is worth here;
@@ -44,6 +46,28 @@ from data2vec.train.optim import build_optimizer, lr_at, set_lr
 def token_lists(cfg, split: str) -> tuple[list[np.ndarray], np.ndarray]:
     data = eval_dataset(cfg, split)
     return [ids.numpy() for ids in data.ids], np.array(data.labels)
+
+
+def tfidf_accuracy(cfg) -> float | None:
+    """Test accuracy of TF-IDF words (scikit-learn's defaults) and a logistic regression on the raw text of a
+    built-in labelled set; None for other data (the labelled files' text is not kept by the data set)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    from data2vec.data.builtin_text import builtin_labelled_file
+
+    path = cfg.data.eval_path or cfg.data.path
+    if not path.startswith("builtin:"):
+        return None
+    splits = []
+    for split in ("train", "test"):
+        rows = [line.split("\t", 1) for line in builtin_labelled_file(path.split(":", 1)[1], split).read_text()
+                .splitlines() if "\t" in line]
+        splits.append(([text for _, text in rows], np.array([label for label, _ in rows])))
+    (train_text, train_y), (test_text, test_y) = splits
+    vectorizer = TfidfVectorizer()
+    clf = LogisticRegression(max_iter=2000).fit(vectorizer.fit_transform(train_text), train_y)
+    return float((clf.predict(vectorizer.transform(test_text)) == test_y).mean())
 
 
 def bag_of_words(docs: list[np.ndarray], vocab: int) -> np.ndarray:
@@ -115,6 +139,10 @@ def main() -> None:
         print(f"{name:<40}{results[name]['linear']:>8.3f}{results[name]['knn']:>8.3f}", flush=True)
 
     print(f"{'features (' + cfg.data.path + ')':<40}{'linear':>8}{'kNN':>8}")
+    tfidf = tfidf_accuracy(cfg)
+    if tfidf is not None:
+        results["tf-idf + logistic regression"] = {"linear": tfidf}
+        print(f"{'TF-IDF + logistic regression':<40}{tfidf:>8.3f}", flush=True)
     bow_train, bow_test = bag_of_words(train_docs, vocab), bag_of_words(test_docs, vocab)
     score(f"bag of words ({vocab} tokens)", bow_train, bow_test)
     projection = np.random.default_rng(0).normal(size=(vocab, dim))
