@@ -164,3 +164,16 @@ def test_lock_is_shared_by_one_torchrun_job_and_kept_from_other_hosts(tmp_path, 
     write_lock(tmp_path, owner.pid, host="another-node")  # a dead pid, but on a host we cannot look at
     with pytest.raises(data2vec.Data2VecError, match="if that process is gone, delete"):
         check_unlocked(tmp_path)
+
+
+def test_rerunning_the_demo_continues_its_pretraining(tmp_path):
+    from data2vec.tasks.demo import demo
+
+    tiny_demo = [o for o in TINY if not o.startswith("train.save_every")] + ["train.max_steps=2"]
+    first = demo("image", tmp_path / "demo", tiny_demo, progress=False)
+    pretraining = snapshot(tmp_path / "demo" / "pretrain" / "checkpoints")
+    again = demo("image", tmp_path / "demo", tiny_demo, progress=False)  # the same command: nothing retrained
+    assert snapshot(tmp_path / "demo" / "pretrain" / "checkpoints") == pretraining
+    assert again["pretrained"] == first["pretrained"]
+    with pytest.raises(data2vec.Data2VecError, match="--out"):
+        demo("image", tmp_path / "demo", [*tiny_demo, "train.lr=0.01"], progress=False)
