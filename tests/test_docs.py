@@ -13,7 +13,6 @@ what it would have written is then missing, so commands reading it are parsed on
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import re
 import shlex
@@ -58,7 +57,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 def code_blocks(text: str, language: str) -> list[tuple[str, str]]:
     """(the heading above it, its text) for each fenced block of `language`."""
     blocks, heading = [], ""
-    for match in re.finditer(rf"^(#+ [^\n]*)$|^```{language}\n(.*?)^```", text, re.S | re.M):
+    for match in re.finditer(rf"^(#+ [^\n]*)$|^```{language}\n(.*?)^```", text, re.DOTALL | re.MULTILINE):
         if match.group(1):
             heading = match.group(1).lstrip("# ").strip()
         else:
@@ -127,7 +126,8 @@ def tones(folder: Path) -> Path:
     return folder
 
 
-WORDS = "array tensor matrix sparse solver gradient kernel model layer vector sample batch".split()
+WORDS = ["array", "tensor", "matrix", "sparse", "solver", "gradient", "kernel", "model", "layer", "vector", "sample",
+         "batch"]
 
 
 def corpus(folder: Path) -> None:
@@ -331,7 +331,7 @@ def test_readme_python_snippet_runs(tmp_path, monkeypatch):
     pretrain = data2vec.pretrain
     monkeypatch.setattr(data2vec, "pretrain", lambda recipe, *o: pretrain(recipe, *o, *TINY["image"], *STEPS))
     scope = {"images": torch.rand(2, 3, 16, 16)}
-    exec(compile(snippet, "README.md (From Python)", "exec"), scope)
+    exec(compile(snippet, "README.md (From Python)", "exec"), scope)  # noqa: S102 - our own README
     assert Path(scope["run"]).is_dir() and scope["out"].last_hidden_state.shape == (2, 17, 32)
     assert len(scope["out"].hidden_states) == 2 and scope["features"].shape == (2, 32)
 
@@ -343,56 +343,51 @@ def _markdown_files() -> list[Path]:
 
 
 def _backticked(path: Path) -> list[str]:
-    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)  # inline code only
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.DOTALL | re.MULTILINE)  # inline code only
     return re.findall(r"`([^`\n]+)`", text)
 
 
 @pytest.mark.parametrize("doc", _markdown_files(), ids=lambda p: p.name)
 def test_links_and_named_files_exist(doc):
-    missing = []
-    for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
-        if not re.match(r"[a-z]+:", target) and not (doc.parent / target.split("#")[0]).exists():
-            missing.append(target)
+    missing = [target for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text())
+               if not re.match(r"[a-z]+:", target) and not (doc.parent / target.split("#")[0]).exists()]
+    bases = (ROOT, ROOT / "src", ROOT / "src" / "data2vec")  # nn/transformer.py is relative to the package
     for code in _backticked(doc):
-        for token in code.split():
-            token = token.rstrip(",;:")
-            if re.fullmatch(r"(src|tests|benchmarks|docs)/[\w./-]+\.(py|md|yaml|png)", token):
-                if not (ROOT / token).exists():
-                    missing.append(token)
-            elif re.fullmatch(r"[\w/]+/\w+\.py", token):  # relative to the package: nn/transformer.py
-                if not any((base / token).exists() for base in (ROOT, ROOT / "src", ROOT / "src" / "data2vec")):
-                    missing.append(token)
+        for token in (t.rstrip(",;:") for t in code.split()):
+            named = re.fullmatch(r"(src|tests|benchmarks|docs)/[\w./-]+\.(py|md|yaml|png)|[\w/]+/\w+\.py", token)
+            if named and not any((base / token).exists() for base in bases):
+                missing.append(token)
     assert not missing, f"{doc.name} names what does not exist: {missing}"
 
 
 def _tests_defined() -> set[str]:
-    return {m for f in (ROOT / "tests").glob("test_*.py") for m in re.findall(r"^def (test_\w+)", f.read_text(), re.M)}
+    return {name for f in (ROOT / "tests").glob("test_*.py")
+            for name in re.findall(r"^def (test_\w+)", f.read_text(), re.MULTILINE)}
+
+
+FILE_TYPES = {"py", "md", "yaml", "json", "jsonl", "tsv", "txt", "log", "safetensors", "npy", "pt", "bin"}
+SECTIONS = "model|image|audio|text|masking|objective|data|train|finetune"
+
+
+def _is_config_key(dotted: str) -> bool:
+    section, _, key = dotted.partition(".")
+    hints = typing.get_type_hints(Config)
+    return section in hints and key in typing.get_type_hints(hints[section])
+
+
+def _unknown(token: str, tests: set[str], recipes: set[str]) -> bool:
+    if re.fullmatch(r"test_\w+", token):
+        return token not in tests
+    if re.fullmatch(r"(image|audio|text)-(tiny|base|large)[\w-]*", token):
+        return token not in recipes
+    if re.fullmatch(rf"({SECTIONS})\.[a-z_]+(=\S*)?", token) and token.split(".")[1] not in FILE_TYPES:
+        return not _is_config_key(token.split("=")[0])
+    return False
 
 
 @pytest.mark.parametrize("doc", _markdown_files(), ids=lambda p: p.name)
 def test_named_tests_recipes_and_config_keys_exist(doc):
     tests, recipes = _tests_defined(), set(recipe_names())
-    missing = []
-    for code in _backticked(doc):
-        for token in re.split(r"[\s,]+", code):
-            if re.fullmatch(r"test_\w+", token) and token not in tests:
-                missing.append(token)
-            elif re.fullmatch(r"(image|audio|text)-(tiny|base|large)[\w-]*", token) and token not in recipes:
-                missing.append(token)
-            elif re.fullmatch(r"(model|image|audio|text|masking|objective|data|train|finetune)\.[a-z_]+(=\S*)?",
-                              token) and token.split(".")[1] not in FILE_TYPES and not _is_config_key(token.split("=")[0]):
-                missing.append(token)
+    missing = [token for code in _backticked(doc) for token in re.split(r"[\s,]+", code)
+               if _unknown(token, tests, recipes)]
     assert not missing, f"{doc.name} names tests, recipes or config keys that do not exist: {missing}"
-
-
-FILE_TYPES = {"py", "md", "yaml", "json", "jsonl", "tsv", "txt", "log", "safetensors", "npy", "pt", "bin"}
-
-
-def _is_config_key(dotted: str) -> bool:
-    cls: typing.Any = Config
-    for name in dotted.split("."):
-        hints = typing.get_type_hints(cls)
-        if name not in hints:
-            return False
-        cls = hints[name]
-    return not dataclasses.is_dataclass(cls) or dotted.count(".") == 0
