@@ -76,3 +76,47 @@ def test_decoder_mixes_neighbours_only_within_its_receptive_field():
     want = torch.zeros(5, 5, dtype=torch.bool)
     want[1:4, 1:4] = True
     assert torch.equal(touched, want)
+
+
+def _fairseq_total_loss(pred, targets, mask, cls, weight):
+    """fairseq's data2vec2.py + ModelCriterion in float64: the losses' elements summed (d2v_loss: squared error
+    times 1/sqrt(D)), the CLS term times `cls_loss * sample_size`, all divided by sample_size (the masked
+    positions), as the trainer does."""
+    pred, targets, cls = pred.double(), targets.double(), cls.double()
+    scale = 1 / pred.shape[-1] ** 0.5
+    sample_size = mask.sum()
+    reg = ((pred[mask] - targets[mask]) ** 2 * scale).sum()
+    cls_term = ((cls - targets.mean(dim=1)) ** 2 * scale).sum() * (weight * sample_size)
+    return (reg + cls_term) / sample_size
+
+
+def test_cls_loss_is_fairseqs_raw_cls_output_summed_over_rows():
+    torch.manual_seed(0)
+    cfg = build_config("image-tiny", V2 + ["objective.loss_beta=0", "objective.loss_scale=inv_sqrt_dim",
+                                           "objective.cls_loss_weight=0.5"])
+    model = Data2Vec(cfg)
+    assert not hasattr(model, "cls_head") or model.cls_head is None  # no head: the CLS output itself
+    assert not any("cls_head" in name for name, _ in model.named_parameters())
+    images, m = torch.randn(2, 3, 16, 16), masks(2, 3)
+    seen = {}
+    model.student.encoder.register_forward_hook(lambda mod, args, out: seen.update(cls=out[0][:, 0]))
+    model.decoder.register_forward_hook(lambda mod, args, out: seen.update(pred=out))
+    loss = model(images, m)["loss"]
+    targets = model.targets(images).repeat_interleave(3, 0)  # [B*M, N, D]
+    want = _fairseq_total_loss(seen["pred"], targets, m.reshape(6, 16), seen["cls"], 0.5)
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=0)
+
+
+def test_cls_head_of_older_checkpoints_is_kept_by_their_config():
+    from data2vec.config import config_from_yaml_text, save_config, to_dict
+    import yaml
+
+    cfg = build_config("image-tiny", V2)
+    data = to_dict(cfg)
+    del data["objective"]["cls_head"]  # a config saved before the key existed
+    old = config_from_yaml_text(yaml.safe_dump(data))
+    assert old.objective.cls_head is True
+    model = Data2Vec(old)
+    assert isinstance(model.cls_head, torch.nn.Linear)  # its weights load, and it trains as it did
+    model(torch.randn(2, 3, 16, 16), masks(2, 3))["loss"].backward()
+    assert model.cls_head.weight.grad is not None

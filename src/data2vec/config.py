@@ -137,6 +137,9 @@ class ObjectiveConfig:
     decoder_proj_layers: int = 1  # back to D: 1 Linear; 2: Linear(C, 2C) + GELU + Linear(2C, D) (fairseq v2 text)
     decoder_input_dropout: float = 0.0  # dropout on the encoder outputs entering the decoder (fairseq: 0.1 speech, text)
     cls_loss_weight: float = 0.0  # v2 images: weight of the loss between CLS output and mean target
+    # v2 images: a Linear head on the CLS output and the CLS term averaged over rows (this library before
+    # issue 19; configs saved before the key load with true); false: fairseq's raw CLS output, summed over rows
+    cls_head: bool = False
 
     def __post_init__(self) -> None:
         _check(self.decoder_proj_layers >= 1, "objective.decoder_proj_layers", self.decoder_proj_layers,
@@ -392,7 +395,7 @@ RENAMED: dict[str, str] = {}
 
 # Keys added with a default that changes what an older saved config meant: a config saved before the key
 # existed gets this value, which reproduces the older behaviour, instead of the default.
-LEGACY_VALUES: dict[str, Any] = {"image.sincos_order": "yx"}
+LEGACY_VALUES: dict[str, Any] = {"image.sincos_order": "yx", "objective.cls_head": True}
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -111,7 +111,8 @@ class Data2Vec(nn.Module):
                                        obj.decoder_groups, spatial_dims=2 if grid else 1,
                                        input_proj=obj.decoder_input_proj, residual=obj.decoder_residual,
                                        proj_layers=obj.decoder_proj_layers, input_dropout=obj.decoder_input_dropout)
-            self.cls_head = nn.Linear(dim, dim) if obj.cls_loss_weight > 0 else None
+            # fairseq regresses the raw CLS output; `objective.cls_head` is the Linear head of older versions
+            self.cls_head = nn.Linear(dim, dim) if obj.cls_loss_weight > 0 and obj.cls_head else None
         for module in (getattr(self, name, None) for name in ("head", "decoder", "cls_head")):
             if module is not None:
                 module.apply(_init_linear_and_norm)
@@ -246,10 +247,20 @@ class Data2Vec(nn.Module):
         filled = torch.where(mask.unsqueeze(-1), noise, filled)  # masked (and filler) positions stay noise
         pred_all = self.decoder(filled, getattr(self.student.frontend, "grid_hw", None), mask)  # [B*M, N, D]
         loss = regression_loss(pred_all, targets, obj.loss_beta, obj.loss_scale, weight=mask)  # no gather
-        if self.cls_head is not None and p > 0:
-            cls_loss = regression_loss(self.cls_head(last[:, 0]), targets.mean(dim=1), obj.loss_beta, obj.loss_scale)
-            loss = loss + obj.cls_loss_weight * cls_loss
+        if obj.cls_loss_weight > 0 and p > 0:
+            loss = loss + obj.cls_loss_weight * self._cls_loss(last[:, 0], targets)
         return {"loss": loss, **_spread(pred_all, targets, mask)}
+
+    def _cls_loss(self, cls: Tensor, targets: Tensor) -> Tensor:
+        """data2vec 2.0 images: the student's CLS output `[B*M, D]` regresses the mean target of its sample
+        (`targets` `[B*M, N, D]`), as fairseq's `cls_loss`: the raw CLS output, no head, and the term summed
+        over the B*M rows (fairseq scales it by the masked-position count, by which the whole loss is then
+        divided), so it weighs as much as `B*M` rows, not one. With `objective.cls_head` (checkpoints saved
+        before that key existed): a Linear head and the mean over rows."""
+        obj = self.cfg.objective
+        if self.cls_head is not None:
+            return regression_loss(self.cls_head(cls), targets.mean(dim=1), obj.loss_beta, obj.loss_scale)
+        return regression_loss(cls, targets.mean(dim=1), obj.loss_beta, obj.loss_scale) * cls.shape[0]
 
 
 def regression_head(dim: int, layers: int) -> nn.Module:
