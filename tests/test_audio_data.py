@@ -144,14 +144,29 @@ def test_collated_masks_never_cover_padding(folder):
     assert (batch["mask"].sum(1) > 0).all()
 
 
+def test_collated_v1_masks_share_the_smallest_count_unless_same_count_is_off(folder):
+    """fairseq's require_same_masks: every clip of a batch keeps the batch's smallest masked count, by dropping
+    masked frames of its own spans (in the order the item drew); masking.same_count=false keeps the spans."""
+    free = AudioDataset(scan_folder(folder, 400), cfg_for(folder, "masking.same_count=false"), train=True)
+    equal = AudioDataset(scan_folder(folder, 400), cfg_for(folder), train=True)
+    items = [free[(i, 0)] for i in range(len(free))]
+    assert "mask_order" not in items[0]
+    spans = free.collate(items)["mask"]
+    batch = equal.collate([equal[(i, 0)] for i in range(len(equal))])["mask"]
+    assert len(set(spans.sum(1).tolist())) > 1  # clips of different lengths get different counts
+    assert (batch.sum(1) == spans.sum(1).min()).all() and not (batch & ~spans).any()
+
+
 def test_same_length_batch_has_no_padding_mask():
     batch = AudioCollate(KERNELS, STRIDES)([{"audio": torch.randn(800), "index": i, "label": -1} for i in range(2)])
     assert batch["padding_mask"] is None and batch["inputs"].shape == (2, 800)
 
 
-def test_span_mask_fraction_is_the_papers_on_long_inputs():
-    mask = span_mask(64, 2000, 0.65, 10, generator=torch.Generator().manual_seed(0))
+def test_span_mask_fraction_is_the_papers_on_long_inputs_and_fairseqs_in_batches():
+    mask = span_mask(64, 2000, 0.65, 10, generator=torch.Generator().manual_seed(0), same_count=False)
     assert 0.47 < mask.float().mean().item() < 0.51  # about 49% of frames for p=0.65, span 10
+    mask = span_mask(8, 500, 0.65, 10, generator=torch.Generator().manual_seed(0))
+    assert 0.43 < mask.float().mean().item() < 0.47  # fairseq's batches of 8 keep the smallest count: ~45%
 
 
 def test_length_buckets_respect_the_budget_cover_the_epoch_and_resume():

@@ -93,19 +93,31 @@ class AudioConfig:
 
 @dataclass
 class MaskingConfig:
-    """How the student's input is masked (block-wise for images)."""
+    """How the student's input is masked (block-wise for images). The image and speech masks draw what Meta's
+    code draws (docs/fidelity.md, "Masking")."""
 
-    ratio: float = 0.6
+    ratio: float = 0.6  # images: share of patches masked (v1: at most round(ratio * patches), as Meta's BEiT generator)
     min_block: int = 16
     min_aspect: float = 0.3
     inverse: bool = False  # data2vec 2.0: choose blocks to keep visible instead of blocks to mask
     block_size: int = 3  # side of a kept block when `inverse`
+    # data2vec 2.0 images (inverse) and speech: extra share of block centres drawn, as overlaps shrink the blocks
+    # (fairseq's mask_prob_adjust: 0.07 Base / 0.1 Large images, 0.05 Base / 0.1 Large speech)
+    prob_adjust: float = 0.0
     token_prob: float = 0.15  # text: BERT masking, share of non-special tokens chosen (paper: 15%)
     token_random: float = 0.1  # text: share of chosen tokens replaced by a random token
     token_keep: float = 0.1  # text: share of chosen tokens left unchanged (the rest become the mask token)
     token_span: int = 1  # text: chosen tokens come in spans of this many (released v1 recipe: 35% in spans of 4)
-    span_prob: float = 0.65  # audio: chance that a frame starts a masked span (paper: 0.65, ~49% masked)
+    # audio v1: chance that a frame starts a masked span (0.65: ~49% masked, ~45% after same_count); audio v2:
+    # share of frames masked, exactly (0.5), in spans centred on random frames
+    span_prob: float = 0.65
     span_length: int = 10  # audio: frames per masked span (paper: 10, i.e. 200 ms)
+    # audio v1: every clip of a batch keeps the batch's smallest masked count, masked frames dropped at random
+    # (fairseq's require_same_masks, its released recipe); false: spans as drawn (the wav2vec 2.0 paper's 49%)
+    same_count: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.prob_adjust >= 0.0, "masking.prob_adjust", self.prob_adjust, "must be >= 0")
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """Which inputs the student does not see: block masks for images, span masks for audio, token masks for text.
 
-All three are pure functions of sizes (or tokens) and a CPU ``torch.Generator``: every random number comes
-from that generator, so one seed gives one mask, in a data-loader worker as in a test. Masks are bool with
-``True`` = masked (hidden from the student, predicted from the teacher).
+All are pure functions of sizes (or tokens) and a CPU ``torch.Generator``: every random number comes from
+that generator, so one seed gives one mask, in a data-loader worker as in a test. Masks are bool with
+``True`` = masked (hidden from the student, predicted from the teacher). The image and speech masks draw
+what Meta's code draws (fairseq's `data_utils.py`, data2vec_vision's BEiT generator): `tests/test_masking.py`
+compares their statistics with a fixture computed by running Meta's functions.
 """
 
 from __future__ import annotations
@@ -22,42 +24,42 @@ def _check(ok: bool, message: str) -> None:
 
 
 def _block_mask_row(h: int, w: int, n: int, min_block: int, min_aspect: float, g: torch.Generator) -> Tensor:
-    """One ``[H, W]`` mask with exactly `n` cells: rectangles while they fit, then single random cells."""
+    """One ``[H, W]`` mask of at most `n` cells, drawn as Meta's BEiT `MaskingGenerator` draws it."""
     mask = torch.zeros(h, w, dtype=torch.bool)
     count, log_lo = 0, math.log(min_aspect)
     while count < n:
-        remaining, added = n - count, 0
-        for _ in range(10):  # attempts per block: BEiT gives up on a block after 10 overshoots
+        budget, added = n - count, 0
+        for _ in range(10):  # attempts per block; after 10 without a new cell the mask is final
             u_area, u_aspect, u_top, u_left = torch.rand(4, generator=g).tolist()
-            area = min(min_block, remaining) + u_area * (remaining - min(min_block, remaining))
+            area = min_block + u_area * (budget - min_block)  # uniform between min_block and the budget
             aspect = math.exp(log_lo - 2 * log_lo * u_aspect)  # log-uniform in [min_aspect, 1 / min_aspect]
-            bh = min(max(round(math.sqrt(area * aspect)), 1), h)
-            bw = min(max(round(math.sqrt(area / aspect)), 1), w)
+            bh, bw = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+            if bh >= h or bw >= w:  # strictly smaller than the grid
+                continue
             top, left = int(u_top * (h - bh + 1)), int(u_left * (w - bw + 1))
             cells = mask[top:top + bh, left:left + bw]
-            new = bh * bw - int(cells.sum())  # only newly covered cells spend the budget
-            if 0 < new <= remaining:
+            new = bh * bw - int(cells.sum())  # a block may overlap earlier ones: only new cells count
+            if 0 < new <= budget:
                 cells.fill_(True)
                 added = new
                 break
         if added == 0:
             break
         count += added
-    if count < n:  # no rectangle fits the last few cells (small grids): top up one cell at a time
-        free = (~mask).flatten().nonzero().squeeze(1)
-        pick = free[torch.randperm(free.numel(), generator=g)[: n - count]]
-        mask.view(-1)[pick] = True
     return mask
 
 
 def block_mask(batch_size: int, grid_hw: tuple[int, int], mask_ratio: float, *, generator: torch.Generator,
                min_block: int = 16, min_aspect: float = 0.3) -> Tensor:
-    """BEiT block-wise masks over a patch grid: ``[B, H*W]`` bool, row-major, exactly round(ratio*H*W) per row.
+    """BEiT block-wise masks over a patch grid: ``[B, H*W]`` bool, row-major, at most round(ratio*H*W) per row.
 
     Masking whole rectangles rather than scattered patches keeps the task from being solved by interpolating
-    neighbours (data2vec v1 images, after BEiT). Blocks have area uniform in ``[min_block, remaining]`` and
-    aspect log-uniform in ``[min_aspect, 1/min_aspect]``; a block that would overshoot the budget is redrawn.
-    Note: the paper's "120 of 196" patches is ratio ~0.612; ratio 0.6 gives round(117.6) = 118.
+    neighbours (data2vec v1 images, after BEiT). This is Meta's `MaskingGenerator` (data2vec_vision's
+    ``beit/masking_generator.py``) with the release's settings: rectangles of area uniform in
+    ``[min_block, remaining budget]`` and aspect log-uniform in ``[min_aspect, 1/min_aspect]``, strictly smaller
+    than the grid, placed uniformly; a rectangle may overlap earlier ones and spends the budget by its new cells
+    only; one that would overshoot is redrawn, and after 10 draws without a new cell the mask is final. So a
+    row has `round(ratio*H*W)` cells or a few fewer (the release's 120 of 196: 119.5 on average, 1.15 regions).
     """
     _check(batch_size > 0, f"block_mask: batch_size must be positive, got {batch_size}")
     h, w = grid_hw
@@ -66,21 +68,41 @@ def block_mask(batch_size: int, grid_hw: tuple[int, int], mask_ratio: float, *, 
     _check(min_block > 0, f"block_mask: min_block must be positive, got {min_block}")
     _check(0.0 < min_aspect <= 1.0, f"block_mask: min_aspect must be in (0, 1], got {min_aspect}")
     n = round(mask_ratio * h * w)
-    if n == 0:
-        return torch.zeros(batch_size, h * w, dtype=torch.bool)
-    rows = [_block_mask_row(h, w, n, min(min_block, n), min_aspect, generator) for _ in range(batch_size)]
+    rows = [_block_mask_row(h, w, n, min_block, min_aspect, generator) for _ in range(batch_size)]
     return torch.stack(rows).view(batch_size, h * w)  # [B, H*W]
 
 
-def span_mask(batch_size: int, num_frames: int, mask_prob: float, span_length: int, *,
-              generator: torch.Generator, padding_mask: Tensor | None = None, min_spans: int = 2) -> Tensor:
-    """wav2vec 2.0 / data2vec speech span masks: ``[B, T]`` bool, padding (``padding_mask`` True) never masked.
+def _keep_first(chosen: Tensor, count: int | Tensor, order: Tensor) -> Tensor:
+    """Exactly `count` cells per row of bool ``chosen [B, N]``: the chosen cells first, each group in the
+    random `order` (float ``[B, N]`` in [0, 1)). A row with more drops chosen cells at random, one with fewer
+    adds unchosen cells at random, as fairseq's `require_same_masks` does."""
+    rank = (order + (~chosen).float()).argsort(1).argsort(1)  # [B, N]: chosen cells rank before the others
+    return rank < count
 
-    A row with L valid frames gets ``max(min_spans, int(mask_prob * L / span_length + u))`` starts, u ~ U[0, 1)
-    (stochastic rounding, so the expected count is exact), drawn without replacement from ``[0, L - span]``;
-    each masks ``span`` frames and overlaps merge, so p=0.65, span 10 masks ~49% of a long input. Spans
-    shorter than audio events force the model to use context. Short rows use a span of at most L-1 and at
-    most (L-1)//span starts, so a row is never entirely masked.
+
+def equal_counts(mask: Tensor, order: Tensor) -> Tensor:
+    """Trims every row of bool ``mask [B, N]`` to the batch's smallest masked count, dropping masked cells in
+    the random `order` (float ``[B, N]`` in [0, 1)): ``[B, N]`` bool with equal row sums.
+
+    fairseq's v1 speech masking (`compute_mask_indices` with `require_same_masks`) gives every row of a batch
+    the same count this way; it splits spans, so the masked runs are shorter than the spans drawn.
+    """
+    return mask & _keep_first(mask, mask.sum(1).min(), order)
+
+
+def span_mask(batch_size: int, num_frames: int, mask_prob: float, span_length: int, *,
+              generator: torch.Generator, padding_mask: Tensor | None = None, min_spans: int = 1,
+              same_count: bool = True) -> Tensor:
+    """data2vec v1 / wav2vec 2.0 speech span masks: ``[B, T]`` bool, padding (``padding_mask`` True) never masked.
+
+    fairseq's `compute_mask_indices` as data2vec's speech model calls it: a row with L valid frames gets
+    ``k = max(min_spans, int(mask_prob * L / span_length + u))`` starts, u ~ U[0, 1) (stochastic rounding),
+    drawn without replacement from ``[0, L - span_length)``; each masks `span_length` frames and overlaps merge
+    (p=0.65, span 10: ~49% of a long row, mean masked run 14.7, the wav2vec 2.0 paper's figures). With
+    `same_count` every row is then trimmed to the batch's smallest count by dropping masked frames at random
+    (:func:`equal_counts`; fairseq's `require_same_masks`, on in its released recipes): 8 rows of 500 frames
+    keep ~45% in runs of ~7 frames. Short rows (L - span_length <= k) start spans in ``[0, k]`` and cut them
+    at L; a row that would be entirely masked, where fairseq raises an error, keeps its last frame visible.
     """
     _check(batch_size > 0 and num_frames > 0,
            f"span_mask: batch_size and num_frames must be positive, got {batch_size} and {num_frames}")
@@ -97,14 +119,52 @@ def span_mask(batch_size: int, num_frames: int, mask_prob: float, span_length: i
     mask = torch.zeros(batch_size, num_frames, dtype=torch.bool)
     for b, length in enumerate(lengths):
         u = torch.rand((), generator=generator).item()
-        span = min(span_length, length - 1)
-        if mask_prob == 0.0 or span <= 0:
+        if mask_prob == 0.0 or length < 2:
             continue
-        k = max(min_spans, int(mask_prob * length / span_length + u))
-        k = min(k, (length - 1) // span)  # k * span <= L - 1: at least one frame stays visible
-        starts = torch.randperm(length - span + 1, generator=generator)[:k]  # [k]
-        mask[b, (starts[:, None] + torch.arange(span)).flatten()] = True  # [k * span], overlaps merge
+        k = min(max(min_spans, int(mask_prob * length / span_length + u)), length - 1)
+        places = length - span_length if length - span_length > k else k + 1
+        starts = torch.randperm(places, generator=generator)[:k]  # [k]
+        frames = (starts[:, None] + torch.arange(span_length)).flatten()  # [k * span], overlaps merge
+        mask[b, frames[frames < length]] = True
+        if mask[b, :length].all():
+            mask[b, length - 1] = False
+    if same_count:
+        mask = equal_counts(mask, torch.rand(batch_size, num_frames, generator=generator))
     return mask
+
+
+def _centred_blocks(batch_size: int, grid_hw: tuple[int, int], centres: int, block_hw: tuple[int, int],
+                    generator: torch.Generator) -> Tensor:
+    """``[B, H*W]`` bool: the union of `centres` blocks per row, each ``block_hw`` cells around a cell drawn
+    uniformly with replacement, clipped at the grid's edges (fairseq's `compute_block_mask_1d/2d`)."""
+    (h, w), (bh, bw) = grid_hw, block_hw
+    centre = torch.randint(0, h * w, (batch_size, centres), generator=generator)  # [B, C]
+    rows = (centre // w)[..., None, None] + (torch.arange(bh) - bh // 2)[:, None]  # [B, C, bh, 1]
+    cols = (centre % w)[..., None, None] + (torch.arange(bw) - bw // 2)[None, :]  # [B, C, 1, bw]
+    cells = rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)  # [B, C, bh, bw]
+    chosen = torch.zeros(batch_size, h * w, dtype=torch.bool)
+    return chosen.scatter_(1, cells.reshape(batch_size, -1), True)  # [B, H*W]
+
+
+def centred_span_mask(batch_size: int, num_frames: int, mask_prob: float, span_length: int, *,
+                      generator: torch.Generator, prob_adjust: float = 0.0) -> Tensor:
+    """data2vec 2.0 speech masks: ``[B, T]`` bool with exactly ``int(mask_prob * T)`` masked frames per row.
+
+    fairseq's `compute_block_mask_1d` (its v2 speech recipes precompute masks with it): ``int(T * (mask_prob
+    + prob_adjust) / span_length)`` centres drawn with replacement, a span of `span_length` frames around
+    each (clipped at the ends), then random frames dropped or added to reach the exact count. Overlaps make
+    the spans cover less than asked; `prob_adjust` (fairseq's `mask_prob_adjust`, 0.05 in the Base recipe)
+    draws more centres so that few frames need adding, which keeps the masked runs whole.
+    """
+    _check(batch_size > 0 and num_frames > 0,
+           f"centred_span_mask: batch_size and num_frames must be positive, got {batch_size} and {num_frames}")
+    _check(0.0 <= mask_prob < 1.0, f"centred_span_mask: mask_prob must be in [0, 1), got {mask_prob}")
+    _check(span_length > 0, f"centred_span_mask: span_length must be positive, got {span_length}")
+    _check(prob_adjust >= 0.0, f"centred_span_mask: prob_adjust must be >= 0 (masking.prob_adjust), got {prob_adjust}")
+    centres = int(num_frames * ((mask_prob + prob_adjust) / span_length))
+    spans = _centred_blocks(batch_size, (1, num_frames), centres, (1, span_length), generator)  # [B, T]
+    order = torch.rand(batch_size, num_frames, generator=generator)
+    return _keep_first(spans, int(num_frames * mask_prob), order)  # [B, T]
 
 
 def token_choice(tokens: Tensor, mask_prob: float, *, generator: torch.Generator,
@@ -175,34 +235,26 @@ def token_mask(tokens: Tensor, mask_prob: float, *, generator: torch.Generator, 
 
 
 def inverse_block_mask(batch_size: int, grid_hw: tuple[int, int], mask_ratio: float, *,
-                       generator: torch.Generator, block_size: int = 3) -> Tensor:
-    """data2vec 2.0 inverse block masks: ``[B, H*W]`` bool, exactly round(ratio*H*W) masked per row.
+                       generator: torch.Generator, block_size: int = 3, prob_adjust: float = 0.0) -> Tensor:
+    """data2vec 2.0 inverse block masks: ``[B, H*W]`` bool, exactly ``H*W - int(H*W * (1 - ratio))`` masked per row.
 
     Instead of masking blocks, blocks of ``block_size x block_size`` patches are chosen to stay *visible*:
     at high mask ratios (0.8) this leaves a few contiguous islands of context rather than scattered patches,
-    so the student cannot solve the task by local interpolation. Seeds are drawn without replacement until
-    the kept blocks cover the visible budget; the last block is trimmed at random to hit it exactly.
+    so the student cannot solve the task by local interpolation. fairseq's `compute_block_mask_2d` with
+    `inverse_mask`: ``int(H*W * (1 - ratio + prob_adjust) / block_size**2)`` centres drawn with replacement,
+    a block around each (clipped at the edges), then random patches dropped from or added to the visible set
+    to reach the exact count. `prob_adjust` (fairseq's `mask_prob_adjust`: 0.07 for Base, 0.1 for Large)
+    draws more blocks than the visible share needs, as overlaps and edges shrink them: 5.2 islands per image
+    at ratio 0.8 on a 14x14 grid.
     """
     _check(batch_size > 0, f"inverse_block_mask: batch_size must be positive, got {batch_size}")
     h, w = grid_hw
     _check(h > 0 and w > 0, f"inverse_block_mask: grid_hw must be two positive sizes, got {grid_hw}")
     _check(0.0 <= mask_ratio < 1.0, f"inverse_block_mask: mask_ratio must be in [0, 1), got {mask_ratio}")
     _check(block_size > 0, f"inverse_block_mask: block_size must be positive, got {block_size}")
-    n_keep = h * w - round(mask_ratio * h * w)
-    rows = []
-    for _ in range(batch_size):
-        keep = torch.zeros(h, w, dtype=torch.bool)
-        count = 0
-        for seed in torch.randperm(h * w, generator=generator).tolist():
-            if count >= n_keep:
-                break
-            top, left = max(seed // w - block_size // 2, 0), max(seed % w - block_size // 2, 0)
-            block = torch.zeros(h, w, dtype=torch.bool)
-            block[top:top + block_size, left:left + block_size] = True
-            new = (block & ~keep).flatten().nonzero().squeeze(1)
-            if count + new.numel() > n_keep:  # trim the last block to the exact budget
-                new = new[torch.randperm(new.numel(), generator=generator)[: n_keep - count]]
-            keep.view(-1)[new] = True
-            count += new.numel()
-        rows.append(~keep.flatten())
-    return torch.stack(rows)  # [B, H*W], True = masked
+    _check(prob_adjust >= 0.0, f"inverse_block_mask: prob_adjust must be >= 0 (masking.prob_adjust), got {prob_adjust}")
+    n, keep_prob = h * w, 1 - mask_ratio
+    centres = int(n * ((keep_prob + prob_adjust) / block_size ** 2))
+    blocks = _centred_blocks(batch_size, (h, w), centres, (block_size, block_size), generator)  # [B, H*W]
+    keep = _keep_first(blocks, int(n * keep_prob), torch.rand(batch_size, n, generator=generator))
+    return ~keep  # [B, H*W], True = masked

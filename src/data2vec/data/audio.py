@@ -32,7 +32,7 @@ from data2vec.config import Config
 from data2vec.data.sampler import LengthBucketSampler
 from data2vec.data.seeding import sample_generator
 from data2vec.errors import Data2VecError
-from data2vec.masking import span_mask
+from data2vec.masking import centred_span_mask, equal_counts, span_mask
 from data2vec.nn.audio import conv_output_length, receptive_field
 
 log = logging.getLogger("data2vec")
@@ -248,7 +248,8 @@ class AudioDataset(torch.utils.data.Dataset):
     """Items keyed by (index, epoch), randomness from a generator seeded by (seed, epoch, index).
 
     An item is ``{"audio": float32 [S], "mask": bool [N] (training; [M, N] for v2 with M clones), "label": int
-    (-1 unlabelled), "index"}``.
+    (-1 unlabelled), "index"}``, and for v1 with ``masking.same_count`` ``"mask_order"``: float [N], the random
+    order in which the collator drops masked frames to give every row of a batch the same count.
     Training crops a random window of at most ``audio.max_sample_size`` samples and draws span masks over its
     frames; evaluation keeps the centred window. An unreadable file gives None with a warning (the collate
     function counts it), or raises Data2VecError under `strict`.
@@ -294,9 +295,14 @@ class AudioDataset(torch.utils.data.Dataset):
         item = {"audio": wave, "index": index, "label": labels[index] if labels is not None else -1}
         if self.train:
             frames = conv_output_length(wave.numel(), self.audio.conv_kernel, self.audio.conv_stride)
-            masks = span_mask(max(self.clones, 1), frames, self.masking.span_prob, self.masking.span_length,
-                              generator=g)  # [M, N]
-            item["mask"] = masks if self.clones else masks[0]
+            m = self.masking
+            if self.clones:  # v2: fairseq's compute_block_mask_1d, exactly int(span_prob * N) per mask
+                item["mask"] = centred_span_mask(self.clones, frames, m.span_prob, m.span_length, generator=g,
+                                                 prob_adjust=m.prob_adjust)  # [M, N]
+            else:  # v1: fairseq's compute_mask_indices; the collator equalises the counts of a batch
+                item["mask"] = span_mask(1, frames, m.span_prob, m.span_length, generator=g, same_count=False)[0]
+                if m.same_count:
+                    item["mask_order"] = torch.rand(frames, generator=g)  # [N]: which masked frames go first
         return item
 
     def batch_sampler(self, start_step: int, max_steps: int, rank: int, world_size: int) -> LengthBucketSampler:
@@ -321,8 +327,8 @@ class AudioDataset(torch.utils.data.Dataset):
 class AudioCollate:
     """Pads a batch at the end: ``inputs`` float32 ``[B, S]``, ``padding_mask`` bool ``[B, S]`` (True =
     padding; None when no row is padded), ``mask`` bool ``[B, N]`` (v2: ``[B, M, N]``) over frames (False on
-    padding frames),
-    ``label``, ``index`` int64 ``[B]`` and ``skipped`` (unreadable files dropped)."""
+    padding frames; with items' ``mask_order`` every row trimmed to the batch's smallest masked count, as
+    fairseq's v1 speech masking), ``label``, ``index`` int64 ``[B]`` and ``skipped`` (unreadable files dropped)."""
 
     def __init__(self, kernels: list[int], strides: list[int]) -> None:
         self.kernels, self.strides = list(kernels), list(strides)
@@ -347,6 +353,11 @@ class AudioCollate:
             mask = torch.zeros(B, *kept[0]["mask"].shape[:-1], frames, dtype=torch.bool)  # [B, N] or [B, M, N]
             for b, it in enumerate(kept):
                 mask[b, ..., : it["mask"].shape[-1]] = it["mask"]
+            if "mask_order" in kept[0]:  # v1 with masking.same_count: every row keeps the smallest count
+                order = torch.ones(B, frames)  # [B, N]; padding frames are never masked, so their order is moot
+                for b, it in enumerate(kept):
+                    order[b, : it["mask_order"].numel()] = it["mask_order"]
+                mask = equal_counts(mask, order)
             batch["mask"] = mask
         return batch
 

@@ -25,7 +25,8 @@ def _image_mask(generator: torch.Generator, cfg: Config) -> torch.Tensor:
     m = cfg.masking
     clones = cfg.objective.clones if cfg.objective.version == 2 else 1
     if m.inverse:
-        masks = inverse_block_mask(clones, (side, side), m.ratio, generator=generator, block_size=m.block_size)
+        masks = inverse_block_mask(clones, (side, side), m.ratio, generator=generator, block_size=m.block_size,
+                                   prob_adjust=m.prob_adjust)
     else:
         masks = block_mask(clones, (side, side), m.ratio, generator=generator, min_block=m.min_block,
                            min_aspect=m.min_aspect)
