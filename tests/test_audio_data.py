@@ -208,3 +208,14 @@ def test_eval_loader_keeps_labels_aligned_in_length_buckets(folder):
         assert batch["inputs"].shape[0] * batch["inputs"].shape[1] <= 12000
         seen += list(zip(batch["index"].tolist(), batch["label"].tolist()))
     assert sorted(seen) == [(i, dataset.files.labels[i]) for i in range(len(dataset))]
+
+
+def test_report_caption_says_how_each_version_masks(folder, tmp_path):
+    from data2vec.tasks.report import audio_examples
+
+    v1 = audio_examples(cfg_for(folder), tmp_path / "v1.png", count=2)
+    assert "each frame a start with probability 0.65" in v1 and "smallest masked count" in v1
+    assert "smallest" not in audio_examples(cfg_for(folder, "masking.same_count=false"), tmp_path / "f.png", count=2)
+    v2 = audio_examples(build_config("audio-tiny-v2", [f"data.path={folder}", "data.num_workers=0"]),
+                        tmp_path / "v2.png", count=2)
+    assert "centred on random frames, 0.5 of the frames exactly" in v2 and (tmp_path / "v2.png").is_file()

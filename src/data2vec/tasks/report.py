@@ -220,11 +220,16 @@ def audio_examples(cfg: Config, png: Path, count: int = 6) -> str:
     plots.masked_waveforms([it["audio"].numpy() for it in items], masks, hop,
                            receptive_field(cfg.audio.conv_kernel, cfg.audio.conv_stride), cfg.audio.sample_rate, png)
     m = cfg.masking
+    spans = f"spans of {m.span_length} frames of {1000 * hop / cfg.audio.sample_rate:g} ms"
+    if cfg.objective.version == 2:
+        how = (f"{spans} centred on random frames, {m.span_prob:g} of the frames exactly. The student sees only "
+               "the other frames; its decoder predicts the teacher's representation of the masked ones.")
+    else:
+        trim = " (in a training batch every clip then keeps the batch's smallest masked count)" if m.same_count else ""
+        how = (f"{spans}, each frame a start with probability {m.span_prob:g}{trim}. The student sees masked frames "
+               "only as a learned mask embedding and predicts the teacher's representation of them.")
     return (f"{len(items)} training inputs as the pretraining loader makes them (random crop, normalised), with "
-            f"the frames the student does not see shaded: spans of {m.span_length} frames of "
-            f"{1000 * hop / cfg.audio.sample_rate:g} ms, each frame a start with probability {m.span_prob:g}. "
-            "The student sees masked frames only as a learned mask embedding and predicts the teacher's "
-            "representation of them.")
+            f"the frames the student does not see shaded: {how}")
 
 
 # One entry per modality: draw example training inputs with their masks into a PNG, return an HTML caption.
