@@ -15,7 +15,18 @@ def test_image_base_follows_the_paper():
     cfg = build_config("image-base")
     assert (cfg.model.dim, cfg.model.depth, cfg.objective.top_k) == (768, 12, 6)
     assert cfg.objective.loss_beta == 2.0 and cfg.objective.ema_end == 0.9998
-    assert cfg.masking.ratio == 0.6
+    assert round(cfg.masking.ratio * 196) == 120  # Meta's data2vec_vision: --num_mask_patches 120
+
+
+def test_recipes_mask_with_fairseqs_released_settings():
+    """mask_prob_adjust of fairseq's v2 recipes (base_images_only_task.yaml 0.07, base_audio_only_task.yaml 0.05)
+    and require_same_masks of its v1 speech recipe (base_librispeech.yaml)."""
+    image, audio = build_config("image-base-v2").masking, build_config("audio-base-v2").masking
+    assert (image.ratio, image.inverse, image.block_size, image.prob_adjust) == (0.8, True, 3, 0.07)
+    assert (audio.span_prob, audio.span_length, audio.prob_adjust) == (0.5, 5, 0.05)
+    assert build_config("audio-base").masking.same_count and build_config("image-base").masking.prob_adjust == 0.0
+    with pytest.raises(Data2VecError, match="masking.prob_adjust"):
+        build_config("image-base-v2", ["masking.prob_adjust=-0.1"])
 
 
 def test_overrides_are_typed():
