@@ -91,8 +91,11 @@ def _onednn_mm(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 def _time_kernels(n: int = 512, reps: int = 15) -> tuple[float, float]:
     """Fastest of `reps` interleaved timings of an n x n product by F.linear and by oneDNN: the minimum is what
-    the kernel costs when nothing else on the machine interrupts it."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    the kernel costs when nothing else on the machine interrupts it. The operands come from a generator of
+    their own: the first product of a process must not move the global RNG (a seeded run would otherwise
+    draw different dropout, noise or masks depending on whether this timing already ran)."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
     F.linear(a, b), _onednn_mm(a, b)  # first calls set up the kernels
     best = [math.inf, math.inf]
     for _ in range(reps):
