@@ -314,6 +314,20 @@ def test_readme_commands_run_at_a_tiny_size(heading, commands, tiny_run, tmp_pat
         assert (tmp_path / "hf" / "mine" / "config.json").exists()
 
 
+def test_report_doc_commands_and_snippet_run(tiny_run, tmp_path, monkeypatch, capsys):
+    """docs/report.md's first commands and its Python call, on copies of the shared run."""
+    doc = (ROOT / "docs" / "report.md").read_text()
+    monkeypatch.chdir(tmp_path)
+    session = Session(tmp_path, tiny_run)
+    for words in shell_commands(code_blocks(doc, "bash")[0][1]):
+        session.run(words, capsys)
+    assert session.ran and Path("runs/image-tiny/report/index.html").exists()
+    [(_, snippet)] = code_blocks(doc, "python")
+    scope: dict = {}
+    exec(compile(snippet, "docs/report.md", "exec"), scope)  # noqa: S102 - our own docs
+    assert scope["index"] == Path("runs/image-tiny/report/index.html")
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_docs_commands_parse_and_their_configs_build(doc, tmp_path):
     """Every `data2vec` command in docs/*.md: the CLI parses it and its recipe and overrides build (the README's
