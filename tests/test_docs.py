@@ -328,6 +328,27 @@ def test_report_doc_commands_and_snippet_run(tiny_run, tmp_path, monkeypatch, ca
     assert scope["index"] == Path("runs/image-tiny/report/index.html")
 
 
+def test_huggingface_doc_snippet_runs(tmp_path, monkeypatch):
+    """docs/huggingface.md's Python code on tiny random `transformers` models in the folders it names: an image
+    classifier for the vision part and a CTC model for the speech part."""
+    transformers = pytest.importorskip("transformers")
+    [(_, snippet)] = code_blocks((ROOT / "docs" / "huggingface.md").read_text(), "python")
+    monkeypatch.chdir(tmp_path)
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    torch.manual_seed(0)
+    transformers.Data2VecVisionForImageClassification(transformers.Data2VecVisionConfig(
+        **small, image_size=16, patch_size=4, num_labels=3)).save_pretrained("hf/data2vec-vision-base-ft1k")
+    transformers.Data2VecAudioForCTC(transformers.Data2VecAudioConfig(
+        **small, conv_dim=(8, 8, 8), conv_kernel=(10, 3, 3), conv_stride=(5, 2, 2), num_conv_pos_embeddings=3,
+        conv_pos_kernel_size=5, num_conv_pos_embedding_groups=4, vocab_size=6)).save_pretrained("hf/d2v-audio-960h")
+    waves = torch.randn(2, 1200)
+    padding = torch.zeros(2, 1200, dtype=torch.bool)
+    padding[1, 700:] = True
+    scope = {"images": torch.rand(2, 3, 16, 16), "waves": waves, "padding": padding}
+    exec(compile(snippet, "docs/huggingface.md", "exec"), scope)  # noqa: S102 - our own docs
+    assert scope["logits"].shape[::2] == (2, 6) and Path("hf/exported/config.json").exists()
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_docs_commands_parse_and_their_configs_build(doc, tmp_path):
     """Every `data2vec` command in docs/*.md: the CLI parses it and its recipe and overrides build (the README's
