@@ -70,10 +70,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_rate(device: torch.device, dtype: torch.dtype, kernel: str = "torch", tries: int = 5) -> float:
-    """Best measured FLOP/s of an n x n matmul (n = 2048 on CPU, 8192 on CUDA) over a few tries. `kernel`:
-    "torch" (`a @ b`: MKL for fp32 on CPU builds, oneDNN for bf16) or "onednn" (oneDNN's fp32 product)."""
-    n = 8192 if device.type == "cuda" else 2048
+def matmul_rate(device: torch.device, dtype: torch.dtype, kernel: str = "torch", tries: int = 5, n: int = 0) -> float:
+    """Best measured FLOP/s of an n x n matmul (by default n = 2048 on CPU, 8192 on CUDA) over a few tries.
+    `kernel`: "torch" (`a @ b`: MKL for fp32 on CPU builds, oneDNN for bf16) or "onednn" (oneDNN's fp32 product)."""
+    n = n or (8192 if device.type == "cuda" else 2048)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     mm = (lambda: _onednn_mm(a, b)) if kernel == "onednn" else (lambda: a @ b)
     mm()

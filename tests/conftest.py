@@ -9,6 +9,16 @@ import torch
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` are skipped on a machine without a GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run: bash benchmarks/gpu_check.sh)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models gain nothing from a second thread, and on a busy machine waiting for one costs seconds."""
