@@ -96,3 +96,73 @@ def sequential_head(fs: dict[str, Tensor]) -> dict[str, Tensor]:
     if set(fs) == {"0.weight", "0.bias"}:
         return {"weight": fs["0.weight"], "bias": fs["0.bias"]}
     return dict(fs)
+
+
+# ------------------------------------------------------------------------------------------- data2vec 2.0
+def v2_decoder(fs: dict[str, Tensor], dim: int) -> dict[str, Tensor]:
+    """fairseq's `Decoder1d` / `Decoder2d` (first conv on the model width, residual blocks, one projection)
+    -> our `ConvDecoder`, whose input projection is then the identity. A decoder with 2 projection layers
+    (the released text decoder) has `proj.0.*` and no `proj.weight`: our layout cannot take it (issue 19
+    item 8)."""
+    n = len({k.split(".")[1] for k in fs if k.startswith("blocks.")})
+    out = {"proj_in.weight": torch.eye(dim), "proj_in.bias": torch.zeros(dim),
+           "proj_out.weight": fs["proj.weight"], "proj_out.bias": fs["proj.bias"]}
+    for i in range(n):
+        out[f"blocks.{i}.conv.weight"] = fs[f"blocks.{i}.0.weight"]
+        out[f"blocks.{i}.conv.bias"] = fs[f"blocks.{i}.0.bias"]
+    return out
+
+
+def v2_text_frontend(enc: dict[str, Tensor]) -> dict[str, Tensor]:
+    """fairseq's `TextEncoder` (`modality_encoders.TEXT.*`) -> our text front-end."""
+    word = enc["local_encoder.embed_tokens.weight"]
+    return {"frontend.word_embeddings.weight": word,
+            "frontend.position_embeddings.weight": enc["local_encoder.embed_positions.weight"],
+            "frontend.token_type_embeddings.weight": torch.zeros(1, word.shape[1]),
+            "frontend.norm.weight": enc["local_encoder.layernorm_embedding.weight"],
+            "frontend.norm.bias": enc["local_encoder.layernorm_embedding.bias"]}
+
+
+def v2_audio_frontend(local: dict[str, Tensor], context: dict[str, Tensor]) -> dict[str, Tensor]:
+    """fairseq's `AudioEncoder`: the conv feature encoder and projection from `local` (the student's
+    `modality_encoders.AUDIO.*`), the positional convs and the LayerNorm after them (`context_encoder.norm`,
+    no prenet blocks) from `context` (the student's or the teacher's)."""
+    out = {}
+    n_conv = len({k.split(".")[2] for k in local if k.startswith("local_encoder.conv_layers.")})
+    for i in range(n_conv):
+        p = f"local_encoder.conv_layers.{i}."
+        out[f"frontend.feature_extractor.conv_layers.{i}.conv.weight"] = local[p + "0.weight"]
+        out[f"frontend.feature_extractor.conv_layers.{i}.layer_norm.weight"] = local[p + "2.1.weight"]
+        out[f"frontend.feature_extractor.conv_layers.{i}.layer_norm.bias"] = local[p + "2.1.bias"]
+    out["frontend.feature_projection.layer_norm.weight"] = local["project_features.1.weight"]
+    out["frontend.feature_projection.layer_norm.bias"] = local["project_features.1.bias"]
+    out["frontend.feature_projection.projection.weight"] = local["project_features.2.weight"]
+    out["frontend.feature_projection.projection.bias"] = local["project_features.2.bias"]
+    out["frontend.masked_spec_embed"] = torch.zeros(local["project_features.2.weight"].shape[0])  # v1 only
+    n_pos = len({k.split(".")[1] for k in context if k.startswith("relative_positional_encoder.")
+                 and k.endswith(".0.weight")})
+    for i in range(n_pos):  # index 0 of the Sequential is a TransposeLast
+        out[f"frontend.pos_conv_embed.layers.{i}.conv.weight"] = context[f"relative_positional_encoder.{i + 1}.0.weight"]
+        out[f"frontend.pos_conv_embed.layers.{i}.conv.bias"] = context[f"relative_positional_encoder.{i + 1}.0.bias"]
+    out["frontend.layer_norm.weight"] = context["context_encoder.norm.weight"]
+    out["frontend.layer_norm.bias"] = context["context_encoder.norm.bias"]
+    return out
+
+
+def v2_image_encoder(model: dict[str, Tensor], prenet: int, depth: int) -> dict[str, Tensor]:
+    """fairseq's image model (student, or the teacher, which holds the whole model) -> our image encoder:
+    patch embedding, CLS token (`extra_tokens`), the prenet blocks (`context_encoder.blocks`) then the main
+    blocks as one stack. The LayerNorm fairseq applies before the prenet (`context_encoder.norm`) maps to
+    `frontend.embed_norm` (issue 19 item 2: ours has none yet)."""
+    enc = _sub(model, "modality_encoders.IMAGE.")
+    out = {"frontend.patch_embed.weight": enc["local_encoder.proj.weight"],
+           "frontend.patch_embed.bias": enc["local_encoder.proj.bias"],
+           "frontend.cls_token": enc["extra_tokens"],
+           "frontend.mask_token": torch.zeros(1, 1, enc["extra_tokens"].shape[-1]),  # v1 only
+           "frontend.embed_norm.weight": enc["context_encoder.norm.weight"],
+           "frontend.embed_norm.bias": enc["context_encoder.norm.bias"]}
+    out.update(blocks(enc, "context_encoder.blocks.", prenet, layer=alt_block))
+    main = blocks(model, "blocks.", depth - prenet, layer=alt_block)
+    out.update({k.replace(f"blocks.{k.split('.')[2]}.", f"blocks.{int(k.split('.')[2]) + prenet}.", 1): v
+                for k, v in main.items()})
+    return out
