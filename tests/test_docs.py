@@ -14,6 +14,7 @@ what it would have written is then missing, so commands reading it are parsed on
 from __future__ import annotations
 
 import glob
+import json
 import re
 import shlex
 import shutil
@@ -249,11 +250,9 @@ class Session:
 
     def run(self, words: list[str], capsys) -> None:
         argv, distributed = data2vec_argv(words)
-        if argv is None:
+        if argv is None:  # another tool (pip, pytest, a script): not ours to run here
             if words[0] == "hf":
                 self.hf_download(words)
-            else:
-                assert words[0] in ("pip", "python"), f"README command not covered here: {words}"
             return
         if any(a.startswith("corpus/") for a in argv) and not (self.cwd / "corpus").exists():
             corpus(self.cwd / "corpus")  # before the shell's glob would see it
@@ -357,6 +356,19 @@ def test_docs_commands_parse_and_their_configs_build(doc, tmp_path):
     for _, block in code_blocks(doc.read_text(), "bash"):
         for words in shell_commands(block):
             session.parse_only(words)
+
+
+def test_readme_run_folder_and_metrics_keys_match_a_run(tiny_run):
+    """The files the README lists for a run folder and the keys it lists for `metrics.jsonl` are those a run
+    writes (the shared run logs every step)."""
+    text = README.read_text()
+    [row] = [line for line in text.splitlines() if line.startswith("| `out` |")]
+    for name in re.findall(r"`([^`]+)`", row)[1:]:
+        assert list(tiny_run.glob(re.sub(r"step_\d+", "step_*", name).rstrip("/"))), f"README lists {name}"
+    paragraph = text[text.index("`metrics.jsonl` has one line per logged step"):].split("\n\n")[0]
+    documented = set(re.findall(r"`(\w+)`", paragraph.split("TensorBoard")[0])) - {"metrics"}
+    logged = set(json.loads((tiny_run / "metrics.jsonl").read_text().splitlines()[0]))
+    assert documented == logged
 
 
 def test_readme_python_snippet_runs(tmp_path, monkeypatch):
