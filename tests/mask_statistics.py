@@ -56,3 +56,29 @@ def regions_2d(masks: np.ndarray, grid_hw: tuple[int, int], visible: bool) -> di
         regions.append(n)
         small.append(int((sizes <= 2).sum()))
     return {"count": summary(count), "regions": summary(regions), "small": summary(small)}
+
+
+def our_stats(case: str, p: dict, draws: int, generator) -> dict:
+    """Our masks for a fixture case (its name says which function, `p` its parameters), `draws` calls."""
+    import torch
+
+    from data2vec.masking import block_mask, centred_span_mask, inverse_block_mask, span_mask
+
+    g = generator
+    if case.startswith("speech_v1"):
+        padding, valid = None, None
+        if "lengths" in p:
+            padding = torch.arange(p["frames"])[None, :] >= torch.tensor(p["lengths"])[:, None]
+            valid = [np.array(p["lengths"])] * draws
+        return spans_1d([span_mask(p["batch"], p["frames"], p["prob"], p["length"], generator=g, padding_mask=padding,
+                                   same_count=p.get("same_count", True)).numpy() for _ in range(draws)], valid)
+    if case.startswith("speech_v2"):
+        return spans_1d([centred_span_mask(p["batch"], p["frames"], p["prob"], p["length"], generator=g,
+                                           prob_adjust=p["adjust"]).numpy() for _ in range(draws)])
+    side = p["side"]
+    if case.startswith("image_v2"):
+        masks = torch.cat([inverse_block_mask(p["batch"], (side, side), p["prob"], generator=g, block_size=p["length"],
+                                              prob_adjust=p["adjust"]) for _ in range(draws)])
+        return regions_2d(masks.numpy(), (side, side), visible=True)
+    masks = block_mask(draws, (side, side), p["patches"] / side ** 2, generator=g, min_block=p["min_block"])
+    return regions_2d(masks.numpy(), (side, side), visible=False)

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mask_statistics import regions_2d, spans_1d
+from mask_statistics import our_stats
 
 from data2vec.errors import Data2VecError
 from data2vec.masking import block_mask, centred_span_mask, equal_counts, inverse_block_mask, span_mask, token_mask
@@ -356,28 +356,7 @@ def test_prob_adjust_must_not_be_negative(call):
 # --- statistics against Meta's own generators (tests/fixtures/mask_stats.json, benchmarks/fairseq_parity) ---
 
 def ours(case: str, draws: int, **overrides) -> dict:
-    """Our masks for a fixture case, `draws` calls, as statistics of tests/mask_statistics.py."""
-    p = {**FIXTURE[case]["params"], **overrides}
-    g = gen(11)
-    if case.startswith("speech_v1"):
-        padding, valid = None, None
-        if "lengths" in p:
-            padding = torch.arange(p["frames"])[None, :] >= torch.tensor(p["lengths"])[:, None]
-            valid = [np.array(p["lengths"])] * draws
-        same = p.get("same_count", True)
-        return spans_1d([span_mask(p["batch"], p["frames"], p["prob"], p["length"], generator=g, padding_mask=padding,
-                                   same_count=same).numpy() for _ in range(draws)], valid)
-    if case.startswith("speech_v2"):
-        return spans_1d([centred_span_mask(p["batch"], p["frames"], p["prob"], p["length"], generator=g,
-                                           prob_adjust=p["adjust"]).numpy() for _ in range(draws)])
-    side = p["side"]
-    if case.startswith("image_v2"):
-        masks = torch.cat([inverse_block_mask(p["batch"], (side, side), p["prob"], generator=g, block_size=p["length"],
-                                              prob_adjust=p["adjust"]) for _ in range(draws)])
-        return regions_2d(masks.numpy(), (side, side), visible=True)
-    ratio = p["patches"] / side ** 2
-    masks = block_mask(draws, (side, side), ratio, generator=g, min_block=p["min_block"])
-    return regions_2d(masks.numpy(), (side, side), visible=False)
+    return our_stats(case, {**FIXTURE[case]["params"], **overrides}, draws, gen(11))
 
 
 def differences(got: dict, ref: dict) -> list[str]:

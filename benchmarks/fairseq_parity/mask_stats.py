@@ -14,7 +14,12 @@ copied: the files are loaded from where they were unpacked. fairseq's `data_util
     python benchmarks/fairseq_parity/mask_stats.py --fairseq /work/fsread/fairseq_fixed-0.12.3.1 \
         --beit /work/fsread/data2vec_vision/beit
 
-It prints one line per case. About a minute on one CPU core.
+It prints one line per case. About a minute on one CPU core. Then, without fairseq,
+
+    python benchmarks/fairseq_parity/mask_stats.py --compare
+
+prints the table of docs/fidelity.md ("Masking"): each statistic of the fixture beside ours (seed 0, as many
+draws as the fixture).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-from mask_statistics import regions_2d, spans_1d
+from mask_statistics import our_stats, regions_2d, spans_1d
 
 OUT = ROOT / "tests" / "fixtures" / "mask_stats.json"
 
@@ -93,12 +98,30 @@ def image_v1(beit, side: int, patches: int, min_block: int, draws: int) -> dict:
     return regions_2d(masks, (side, side), visible=False)
 
 
+def compare(path: Path) -> None:
+    """Markdown table: the fixture's statistics (Meta's functions) beside ours, as many units as the fixture."""
+    cases = json.loads(path.read_text())["cases"]
+    print("| case | statistic | Meta's code | ours |\n|---|---|---|---|")
+    for name, case in cases.items():
+        ref = case["stats"]
+        units = next(iter(ref.values()))["n"]
+        rows = case["params"].get("batch", 1)
+        got = our_stats(name, case["params"], max(units // rows, 1), torch.Generator().manual_seed(0))
+        for key, r in ref.items():
+            print(f"| {name} | {key} | {r['mean']:.3f} ({r['std']:.3f}) | {got[key]['mean']:.3f} ({got[key]['std']:.3f}) |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fairseq", type=Path, required=True, help="unpacked fairseq-fixed 0.12.3.1 sdist")
-    parser.add_argument("--beit", type=Path, required=True, help="data2vec_vision's beit/ folder")
+    parser.add_argument("--fairseq", type=Path, help="unpacked fairseq-fixed 0.12.3.1 sdist")
+    parser.add_argument("--beit", type=Path, help="data2vec_vision's beit/ folder")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--compare", action="store_true", help="print the fixture beside ours (needs neither)")
     args = parser.parse_args()
+    if args.compare:
+        return compare(args.out)
+    if args.fairseq is None or args.beit is None:
+        parser.error("--fairseq and --beit are required to write the fixture")
     du = load_data_utils(args.fairseq)
     if not hasattr(np, "int"):
         np.int = int  # numpy 2 removed the alias that masking_generator.py's np.zeros(dtype=np.int) uses
