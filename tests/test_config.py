@@ -68,3 +68,16 @@ def test_recipe_by_path(tmp_path):
 def test_malformed_override():
     with pytest.raises(Data2VecError, match="key=value"):
         build_config("image-tiny", ["train.lr"])
+
+
+@pytest.mark.parametrize("override,key", [("model.layer_drop=1.0", "model.layer_drop"),
+                                          ("model.layer_drop=-0.1", "model.layer_drop")])
+def test_out_of_range_values_name_the_key(override, key):
+    with pytest.raises(Data2VecError, match=key.replace(".", r"\.")) as err:
+        build_config("audio-tiny", [override])
+    assert "\n" not in str(err.value)
+
+
+def test_finetune_layer_drop_is_checked():
+    with pytest.raises(Data2VecError, match=r"finetune\.layer_drop"):
+        build_config("audio-tiny-ctc", ["finetune.layer_drop=1.5"])

@@ -219,3 +219,18 @@ def test_average_gradients_over_processes(tmp_path):
         assert torch.equal(grads[0], torch.full((3,), 1.5))
         assert torch.equal(grads[1], torch.tensor([2.0, 3.0, 4.0]))
         assert grads[2] is None  # no gradient anywhere: none after, so AdamW skips it as in one process
+
+
+def test_layer_drop_trains_under_ddp_and_fsdp_is_refused(tmp_path):
+    from data2vec.config import build_config
+    from data2vec.errors import Data2VecError
+    from data2vec.model import Data2Vec
+    from data2vec.train.distributed import DistInfo, wrap_model
+
+    out = tmp_path / "layer-drop"  # the processes skip different blocks: DDP must not wait for their gradients
+    run(torchrun("--nproc_per_node=2", f"--master_port={free_port()}") +
+        ["pretrain", "image-tiny", *TINY, "model.depth=4", "model.layer_drop=0.5", "train.max_steps=3", f"out={out}"])
+    assert len(losses(out)) == 3 and all(torch.isfinite(torch.tensor(loss)) for loss in losses(out))
+    model = Data2Vec(build_config("image-tiny", TINY[:-1] + ["model.layer_drop=0.05"]))
+    with pytest.raises(Data2VecError, match="model.layer_drop"):  # before any collective: no hang
+        wrap_model(model, "fsdp", DistInfo(rank=0, world_size=2), torch.device("cpu"))

@@ -308,3 +308,13 @@ def test_labelled_folder_of_only_unreadable_files_stops_with_a_reason(pretrained
              "train.max_steps=50", "train.max_bad_steps=3", "finetune.eval_every=0")
     with pytest.raises(Data2VecError, match="3 batches in a row had no readable sample"):
         finetune(cfg, progress=False)
+
+
+def test_finetune_layer_drop_overrides_the_checkpoints():
+    from data2vec.config import build_config
+    from data2vec.finetune.setup import resolve_config
+
+    source = build_config("audio-tiny", ["model.layer_drop=0.2"])
+    assert resolve_config(build_config("audio-tiny-ctc", []), source, "x").model.layer_drop == 0.2
+    out = resolve_config(build_config("audio-tiny-ctc", ["finetune.layer_drop=0.05"]), source, "x")
+    assert out.model.layer_drop == 0.05

@@ -123,3 +123,86 @@ def test_dense_loss_without_a_gather_equals_the_gathered_one():
         torch.testing.assert_close(g2[k], g1[k], rtol=1e-4, atol=1e-8)
     none = torch.zeros(3, 16, dtype=torch.bool)  # nothing masked: a zero loss, no NaN
     assert float(model(images, none)["loss"].detach()) == 0.0
+
+
+def test_layer_drop_spares_the_teacher_and_its_targets():
+    cfg = build_config("audio-tiny", ["model.layer_drop=0.9", "model.depth=3", "objective.top_k=3"])
+    torch.manual_seed(0)
+    model = Data2Vec(cfg).train()
+    runs = {"student": 0, "teacher": 0}
+    for name in runs:
+        for block in getattr(model, name).encoder.blocks:
+            block.register_forward_hook(lambda mod, args, out, name=name: runs.__setitem__(name, runs[name] + 1))
+    wave = torch.randn(2, 4000)
+    mask = torch.rand(2, 12) < 0.5
+    for _ in range(5):
+        model(wave, mask)["loss"].backward()
+    assert runs["teacher"] == 5 * 3 and runs["student"] < 5 * 3  # top-3 targets of all 3 teacher blocks
+
+
+SPEECH = ["audio.conv_dim=[16,16,16,16,16,16,16]", "model.dim=32", "model.heads=4", "model.depth=2",
+          "objective.top_k=2", "audio.pos_conv_groups=4", "audio.pos_conv_kernel=5"]
+
+
+def _fairseq_ema_rule(name: str, scope: str) -> str:
+    """What fairseq's teacher does with each of our speech parameters, from its code: v1 (`data2vec_audio.py`,
+    ema_transformer_only + ema_layers_only) averages the Transformer, whose `layer_norm` is our front-end's norm
+    after the positional convs, copies `pos_conv` (skip_keys) and has no feature encoder (the student's
+    features are used); v2 (`data2vec2.py`, ema_local_encoder: false) averages the positional encoder and the
+    context encoder's norm too. "copy": the teacher holds the student's value."""
+    if not name.startswith("frontend."):
+        return "average"
+    if name.startswith("frontend.layer_norm."):
+        return "average"
+    if name.startswith("frontend.pos_conv_embed."):
+        return "average" if scope == "context" else "copy"
+    return "copy"
+
+
+def test_speech_ema_scopes_follow_fairseq():
+    for scope in ("layers", "context"):
+        model = Data2Vec(build_config("audio-tiny", SPEECH + [f"objective.ema_scope={scope}"]))
+        with torch.no_grad():
+            for p in model.student.parameters():
+                p.add_(1.0)
+        before = {n: p.clone() for n, p in model.teacher.named_parameters()}
+        model.update_teacher(0.75)
+        student = dict(model.student.named_parameters())
+        rules = set()
+        for n, p in model.teacher.named_parameters():
+            rule = _fairseq_ema_rule(n, scope)
+            rules.add((n.split(".")[1] if n.startswith("frontend.") else "encoder", rule))
+            want = student[n] if rule == "copy" else 0.75 * before[n] + 0.25 * student[n]
+            torch.testing.assert_close(p, want, msg=f"{scope}: {n}")
+        assert ("layer_norm", "average") in rules and ("feature_extractor", "copy") in rules
+
+
+def test_speech_v1_teacher_adds_its_own_positions_and_norm_to_the_students_features():
+    """fairseq v1: the teacher's Transformer (its averaged norm after the positional conv included) runs on the
+    student's features before dropout. With the teacher's norm away from the student's, the step's targets
+    are the teacher's own pass on the clean input, not what the student's norm would give."""
+    torch.manual_seed(0)
+    model = Data2Vec(build_config("audio-tiny", SPEECH + ["objective.ema_scope=layers",
+                                                         "audio.feature_dropout=0.5"])).train()
+    with torch.no_grad():
+        for p in model.teacher.frontend.layer_norm.parameters():
+            p.add_(torch.randn_like(p))
+    waves = torch.randn(2, 4000)
+    mask = torch.rand(2, 12, generator=torch.Generator().manual_seed(1)) < 0.5
+    captured, calls = {}, []
+    real = model.targets
+    model.targets = lambda *a: captured.setdefault("t", real(*a))
+    model.teacher.frontend.feature_extractor.register_forward_pre_hook(lambda m, a: calls.append(1))
+    model(waves, mask)["loss"].backward()
+    assert calls == []  # one conv feature encoder pass: the student's, with dropout after the teacher's copy
+    torch.testing.assert_close(captured["t"], real(waves), rtol=1e-6, atol=1e-6)
+    assert (real(waves, None, model.student.frontend.eval()(waves)) - captured["t"]).abs().max() > 1e-3
+
+
+def test_front_end_splitting_ema_scopes_are_for_speech_only():
+    import pytest
+
+    from data2vec.errors import Data2VecError
+
+    with pytest.raises(Data2VecError, match="ema_scope=layers"):
+        Data2Vec(tiny_cfg("objective.ema_scope=layers"))

@@ -123,3 +123,35 @@ def test_cpu_autocast_runs_attention_itself_in_fp32():
         out = attn(x)
     assert seen.dtypes == [torch.float32] and out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), attn(x), atol=3e-2, rtol=3e-2)
+
+
+def test_layer_drop_skips_whole_blocks_in_training_only():
+    torch.manual_seed(0)
+    enc = Encoder(EncoderConfig(dim=16, depth=6, heads=2, layer_drop=0.3, final_norm=False))
+    ran = []
+    for i, block in enumerate(enc.blocks):
+        block.register_forward_hook(lambda mod, args, out, i=i: ran.append(i))
+    x = torch.randn(2, 5, 16)
+    counts = 0
+    for _ in range(200):
+        ran.clear()
+        out, outputs, taps = enc(x)
+        want = x
+        for i in ran:  # the blocks that ran, composed in order: a skipped block passes its input on unchanged
+            want = enc.blocks[i](want)[0]
+        torch.testing.assert_close(out, want)
+        assert len(outputs) == len(taps) == len(ran)
+        counts += len(ran)
+    assert abs(1 - counts / (200 * 6) - 0.3) < 0.05  # 1,200 draws: the skipped share is p within 3 sigma
+    enc.eval()
+    ran.clear()
+    enc(x)
+    assert ran == list(range(6))
+
+
+def test_no_layer_drop_draws_no_random_numbers():
+    enc = Encoder(EncoderConfig(dim=16, depth=3, heads=2))  # dropout 0, drop path 0, layer drop 0
+    x = torch.randn(2, 5, 16)
+    state = torch.get_rng_state()
+    enc(x)
+    assert torch.equal(torch.get_rng_state(), state)  # the random stream of runs without it is unchanged

@@ -34,7 +34,13 @@ class EncoderConfig:
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path: float = 0.0  # rate of the deepest block; earlier blocks get a linearly smaller rate
+    # chance that training skips a whole block (fairseq's layerdrop: 0.05 in its speech recipes); the student
+    # only, as the teacher runs in eval mode
+    layer_drop: float = 0.0
     final_norm: bool = True  # layer norm after the last block (pre-LN encoders only)
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.layer_drop < 1.0, "model.layer_drop", self.layer_drop, "must be in [0, 1)")
 
 
 @dataclass
@@ -133,7 +139,10 @@ class ObjectiveConfig:
     ema_start: float = 0.9998
     ema_end: float = 0.9998
     ema_anneal_steps: int = 0
-    ema_scope: Literal["all", "encoder"] = "all"  # "encoder": front-end shared with the student, not averaged
+    # what the teacher averages of the front-end: "all" of it; nothing ("encoder": shared with the student);
+    # speech: the norm after the positional convs ("layers", fairseq v1 ema_layers_only) or the convs and that
+    # norm ("context", fairseq v2), the conv feature encoder shared. The Transformer is always averaged.
+    ema_scope: Literal["all", "encoder", "layers", "context"] = "all"
     head_layers: int = 1  # v1 regression head: 1 = linear; 2 = Linear(D, 2D) + GELU + Linear(2D, D) (text reference)
     version: Literal[1, 2] = 1  # 2: data2vec 2.0 (visible-only student, conv decoder, several masks per sample)
     clones: int = 1  # v2: masks (student passes) per sample; the teacher runs once
@@ -227,6 +236,7 @@ class FinetuneConfig:
     drop_path: Optional[float] = None  # regularisation while fine-tuning; None keeps the checkpoint's value
     dropout: Optional[float] = None
     attn_dropout: Optional[float] = None
+    layer_drop: Optional[float] = None  # fairseq's speech fine-tuning recipes use 0.05 (wav2vec 2.0's base_10h: 0.05)
     freeze_frontend_steps: int = 0  # the front-end (speech: its conv feature encoder) is frozen this long (-1: always)
     freeze_encoder_steps: int = 0  # only the head trains for this many steps (wav2vec 2.0's frozen start)
     eval_every: int = 100  # validate every N updates (and at the end); the best checkpoint goes to OUT/best
@@ -235,6 +245,10 @@ class FinetuneConfig:
     text_column: str = ""  # text files: column of the (first) sentence; empty: guessed from the header
     pair_column: str = ""  # text files: column of the second sentence of a pair; empty: guessed, or none
     label_column: str = ""  # text files: column of the label; empty: guessed (label, gold_label, ...)
+
+    def __post_init__(self) -> None:
+        _check(self.layer_drop is None or 0.0 <= self.layer_drop < 1.0, "finetune.layer_drop", self.layer_drop,
+               "must be in [0, 1)")
 
 
 @dataclass
@@ -245,7 +259,6 @@ class Config:
     modality: Literal["image", "text", "audio"] = "image"
     out: str = "runs/data2vec"
     resume: Optional[str] = None  # "auto": newest complete checkpoint in `out`; or a checkpoint path
-    overwrite: bool = False  # `out` holds another run: move it aside to OUT.old-TIME (never deleted), start afresh
     overwrite: bool = False  # `out` holds another run: move it aside to OUT.old-TIME (never deleted), start afresh
     device: str = "auto"
     model: EncoderConfig = field(default_factory=EncoderConfig)

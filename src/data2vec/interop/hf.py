@@ -238,7 +238,8 @@ def _audio_config(hf: dict, weights: dict[str, Tensor], folder: Path) -> Config:
     a.pos_conv_zero_padding = "once"  # as HF: padded frames zeroed before the first positional conv only
     a.feature_dropout = float(get("feat_proj_dropout"))
     if float(get("layerdrop")) > 0:
-        log.info("layerdrop=%s is not converted (training only; data2vec has no layer drop)", get("layerdrop"))
+        log.info("layerdrop=%s is not converted (a training setting: set model.layer_drop or finetune.layer_drop)",
+                 get("layerdrop"))
     preprocessor = folder / "preprocessor_config.json"
     if preprocessor.is_file():  # the feature extractor's input settings, when the folder has them
         try:

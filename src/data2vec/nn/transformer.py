@@ -144,6 +144,7 @@ class Encoder(nn.Module):
         super().__init__()
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(Block(cfg, rate) for rate in rates)
+        self.layer_drop = cfg.layer_drop
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.norm_first and cfg.final_norm else nn.Identity()
         self.grad_checkpoint = False  # set by the trainer: trade compute for activation memory
 
@@ -156,11 +157,17 @@ class Encoder(nn.Module):
         """x `[B, T, D]` -> (final output, block outputs, FFN taps), lists bottom to top.
 
         `attn_bias` is one additive bias for all blocks or one per block (per-layer relative positions).
+        With `layer_drop` > 0, training skips each block with that probability (drawn from torch's global
+        generator, the whole batch alike; fairseq's layerdrop) and the lists hold only the blocks that ran, as
+        fairseq's layer results do: only the student trains with it, the teacher (always in eval mode) runs
+        every block, so its top-K targets are those of the full stack.
         """
         outputs, taps = [], []
         shared = attn_bias if not isinstance(attn_bias, list) else None
         shared_mask = padding_bias(padding_mask, shared)
         for i, block in enumerate(self.blocks):
+            if self.layer_drop > 0 and self.training and float(torch.rand(())) < self.layer_drop:
+                continue
             mask = shared_mask if shared is not None or attn_bias is None else padding_bias(padding_mask, attn_bias[i])
             if self.grad_checkpoint and self.training and torch.is_grad_enabled():
                 x, ffn = checkpoint(block, x, mask, use_reentrant=False)

@@ -135,10 +135,16 @@ def wrap_model(model: torch.nn.Module, strategy: str, info: DistInfo, device: to
     with FSDP2 (each block of student and teacher its own unit, so the EMA update pairs identical shards)."""
     if not info.enabled:
         return model
+    # layer drop skips blocks, each process its own: their parameters get no gradient in that step
+    layer_drop = model.cfg.model.layer_drop > 0
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=layer_drop)
+    if layer_drop:  # a block one process skips and another runs would wait forever for its all-gather
+        raise Data2VecError(f"model.layer_drop={model.cfg.model.layer_drop} needs train.strategy=ddp with more "
+                            "than one process (FSDP shards each block); set model.layer_drop=0 or use ddp")
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
