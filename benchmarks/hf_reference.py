@@ -133,10 +133,13 @@ class Reference(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, decay: float) -> None:
-        """The plain loop: one multiply and one add per parameter (the front-end copied for ema_scope=encoder)."""
-        shared = self.cfg.objective.ema_scope == "encoder"
+        """The plain loop: one multiply and one add per parameter (what `ema_scope` shares copied: HF's
+        `encoder.` holds the speech positional conv and its norm, so "layers" copies the conv there too)."""
+        scope = self.cfg.objective.ema_scope
         for (name, t), s in zip(self.teacher.named_parameters(), self.student.parameters()):
-            if shared and not name.startswith("encoder."):
+            copied = scope != "all" and (not name.startswith("encoder.")
+                                         or (scope == "layers" and name.startswith("encoder.pos_conv_embed.")))
+            if copied:
                 t.copy_(s)
             else:
                 t.mul_(decay).add_(s, alpha=1 - decay)

@@ -58,7 +58,7 @@ def test_recipe_objective_is_the_papers():
     cfg = build_config("audio-base")
     o = cfg.objective
     assert (o.top_k, o.tap, o.per_layer_norm, o.final_norm) == (8, "ffn", "instance", "none")
-    assert (o.loss_beta, o.loss_scale, o.ema_scope) == (0.0, "inv_sqrt_dim", "encoder")
+    assert (o.loss_beta, o.loss_scale, o.ema_scope) == (0.0, "inv_sqrt_dim", "layers")  # fairseq ema_layers_only
     assert (o.ema_start, o.ema_end, o.ema_anneal_steps) == (0.999, 0.9999, 30000)
     assert (cfg.masking.span_prob, cfg.masking.span_length) == (0.65, 10)
     assert cfg.audio.conv_dim == [512] * 7 and (cfg.audio.pos_conv_layers, cfg.audio.pos_conv_kernel) == (5, 19)
@@ -145,10 +145,10 @@ def test_resume_is_bit_exact_across_epochs(tones, tmp_path):
 
 
 def test_v1_student_and_teacher_share_one_feature_encoder_pass():
-    """With a shared front-end (ema_scope encoder, no front-end dropout) the v1 step runs the conv feature
-    encoder once: same loss and gradients as the plain path (teacher's own front-end pass), one call fewer."""
+    """With the local encoder shared (every ema_scope but all) the v1 step runs the conv feature encoder once:
+    same loss and gradients as the plain path (teacher's own front-end pass), one call fewer."""
     m = model().train()
-    assert m.shares_frontend_output()
+    assert m.shares_local_features()
     inputs, padding = padded([torch.randn(6000), torch.randn(9000)], 9000)
     n = m.student.frontend.num_frames(9000)
     mask = torch.rand(2, n, generator=torch.Generator().manual_seed(0)) < 0.5

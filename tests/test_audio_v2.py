@@ -46,25 +46,86 @@ def test_v2_speech_masks_clones_over_real_frames_and_drops_them(tmp_path):
     assert model.student.frontend.masked_spec_embed.grad is None  # v2 drops masked frames: no mask embedding
 
 
-def test_v2_teacher_reuses_the_shared_front_end_output_only_when_it_is_identical():
-    cfg = build_config("audio-tiny", V2)
+def test_v2_teacher_starts_from_the_students_local_features_with_its_own_positions():
+    """fairseq v2 (`ema_local_encoder: false`): the teacher takes the student's conv features and adds its own
+    (averaged) positional convs and norm. The step's targets are the teacher's own full pass on the clean input
+    (its local encoder is the student's copy), and differ from what the student's positions would give."""
+    cfg = build_config("audio-tiny-v2", V2)
+    assert cfg.objective.ema_scope == "context"
     torch.manual_seed(0)
     model = Data2Vec(cfg).train()
+    with torch.no_grad():  # as after some EMA updates: the teacher's positions and norm lag the student's
+        for name, p in model.teacher.frontend.named_parameters():
+            if name.startswith(("pos_conv_embed.", "layer_norm.")):
+                p.add_(0.1 * torch.randn_like(p))
     waves, padding = torch.randn(2, 4000), torch.zeros(2, 4000, dtype=torch.bool)
     padding[1, 3000:] = True
-    frontend_calls = []
-    model.teacher.frontend.register_forward_pre_hook(lambda m, a: frontend_calls.append(1))
-    assert model.shares_frontend_output()  # ema_scope encoder and no active dropout in the front-end
-    shared = model.targets(waves, padding, model.student.frontend(waves, None, padding))
-    assert frontend_calls == []
-    full = model.targets(waves, padding)  # the teacher's own front-end: the same numbers
-    assert frontend_calls == [1]
-    torch.testing.assert_close(shared, full, rtol=0, atol=0)
-    model.student.frontend.dropout.p = 0.1  # the student's front-end output now differs from the teacher's
-    assert not model.shares_frontend_output()
-    model.cfg.objective.ema_scope = "all"  # averaged front-end weights differ too
-    model.student.frontend.dropout.p = 0.0
-    assert not model.shares_frontend_output()
+    n = model.student.frontend.num_frames(4000)
+    mask = torch.rand(2, 3, n, generator=torch.Generator().manual_seed(1)) < 0.5
+    calls, captured = [], {}
+    model.teacher.frontend.feature_extractor.register_forward_pre_hook(lambda m, a: calls.append(1))
+    real_targets = model.targets
+    model.targets = lambda *a: captured.setdefault("t", real_targets(*a))
+    assert model.shares_local_features()
+    model(waves, mask, padding)["loss"].backward()
+    assert calls == []  # the teacher's own conv feature encoder never ran
+    own = real_targets(waves, padding)  # the teacher's full front-end on the clean input
+    assert calls == [1]
+    torch.testing.assert_close(captured["t"], own, rtol=1e-6, atol=1e-6)
+    clean = model.student.frontend(waves, None, padding)  # the student's positions instead
+    assert (real_targets(waves, padding, clean) - own).abs().max() > 1e-3
+    model.cfg.objective.ema_scope = "all"  # averaged conv features: the teacher embeds the input itself
+    assert not model.shares_local_features()
+
+
+def test_v2_student_positions_never_see_masked_frames():
+    """The information leak of issue 19: the student's positional convs (95 frames wide in data2vec) must see
+    masked frames as zeros, as fairseq's `compute_mask(..., apply=True)` before its relative positional
+    encoder. Changing what the masked frames hold leaves the student's outputs at visible frames unchanged;
+    its input there is fairseq's `x_unmasked + pos_conv(x * (1 - mask))`, then the norm, recomputed in float64."""
+    import torch.nn.functional as F
+
+    cfg = build_config("audio-tiny-v2", V2 + ["objective.clones=1", "objective.decoder_noise=0"])
+    torch.manual_seed(0)
+    model = Data2Vec(cfg).eval()
+    frontend = model.student.frontend
+    waves = torch.randn(2, 4000)
+    n = frontend.num_frames(4000)
+    mask = torch.zeros(2, 1, n, dtype=torch.bool)
+    assert n == 12
+    mask[0, 0, 3:7], mask[1, 0, 7:10] = True, True
+    real_local = frontend.local_features
+    seen = {}
+    model.student.encoder.register_forward_pre_hook(lambda m, a, k: seen.update(tokens=a[0]), with_kwargs=True)
+    model.student.encoder.register_forward_hook(lambda m, a, k, out: seen.update(out=out[0]), with_kwargs=True)
+    outputs = []
+    for scale in (0.0, 100.0):
+        def local(wave, padding_mask, scale=scale):
+            x, padding = real_local(wave, padding_mask)
+            noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+            return x + scale * noise * mask[:, 0, :, None], padding  # only masked frames change
+        frontend.local_features = local
+        model(waves, mask)
+        outputs.append((seen["tokens"], seen["out"]))
+        if scale == 0.0:
+            x = local(waves, None)[0].double()
+    (tokens_a, out_a), (tokens_b, out_b) = outputs
+    for b in range(2):  # the visible frames (a row with fewer is padded with filler the encoder ignores)
+        k = int((~mask[b, 0]).sum())
+        torch.testing.assert_close(tokens_a[b, :k], tokens_b[b, :k], rtol=0, atol=0)
+        torch.testing.assert_close(out_a[b, :k], out_b[b, :k], rtol=0, atol=0)
+
+    h = (x * (~mask[:, 0, :, None])).transpose(1, 2)  # fairseq: masked frames zeroed, [B, D, N]
+    for layer in frontend.pos_conv_embed.layers:
+        conv = layer.conv
+        h = F.conv1d(h, conv.weight.double(), conv.bias.double(), padding=conv.padding[0], groups=conv.groups)
+        h = h[:, :, :-1] if conv.kernel_size[0] % 2 == 0 else h  # SamePad
+        h = F.gelu(F.layer_norm(h.transpose(1, 2), h.shape[1:2]).transpose(1, 2))
+    norm = frontend.layer_norm
+    want = F.layer_norm(x + h.transpose(1, 2), x.shape[-1:], norm.weight.double(), norm.bias.double(), norm.eps)
+    for b in range(2):
+        visible = want[b][~mask[b, 0]]  # fairseq gathers the visible frames, in order
+        torch.testing.assert_close(tokens_a[b, : len(visible)].double(), visible, rtol=1e-5, atol=1e-5)
 
 
 def test_report_draws_one_mask_per_utterance_for_v2(tmp_path):

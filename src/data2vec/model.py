@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from data2vec.config import Config
 from data2vec.ema import ema_update
+from data2vec.errors import Data2VecError
 from data2vec.losses import regression_loss
 from data2vec.nn.audio import AudioFrontend
 from data2vec.nn.decoder import ConvDecoder
@@ -103,6 +104,10 @@ class Data2Vec(nn.Module):
         self.teacher = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
         dim, obj = cfg.model.dim, cfg.objective
+        if obj.ema_scope not in ("all", "encoder") and obj.ema_scope not in getattr(
+                self.student.frontend, "ema_averaged", {}):
+            raise Data2VecError(f"objective.ema_scope={obj.ema_scope} splits the speech front-end as fairseq does; "
+                                f"a {cfg.modality} model takes ema_scope=all or ema_scope=encoder")
         if obj.version == 1:
             self.head = regression_head(dim, obj.head_layers)  # v1: on the student's final layer
         else:  # v2: the decoder's output projection is the regression head
@@ -143,13 +148,23 @@ class Data2Vec(nn.Module):
         return [(n, p) for n, p in self.named_parameters() if not n.startswith("teacher.")]
 
     def ema_groups(self) -> list[tuple[list[Tensor], list[Tensor], bool]]:
-        """(teacher tensors, student tensors, averaged?) groups. With `ema_scope="encoder"` the front-end is
-        shared: its teacher copy is overwritten with the student's instead of averaged."""
+        """(teacher tensors, student tensors, averaged?) groups. `objective.ema_scope` says which front-end
+        parameters the teacher averages: all of them ("all"), none ("encoder": the front-end is shared, its
+        teacher copy overwritten with the student's), or the speech front-end's parts after its local encoder
+        ("layers": the norm after the positional convs, fairseq v1; "context": the positional convs and that
+        norm, fairseq v2; see `AudioFrontend.ema_averaged`). The Transformer is always averaged."""
         t = dict(self.teacher.named_parameters())
         s = dict(self.student.named_parameters())
-        shared = self.cfg.objective.ema_scope == "encoder"
-        averaged = [n for n in t if not (shared and n.startswith("frontend."))]
-        copied = [n for n in t if shared and n.startswith("frontend.")]
+        scope = self.cfg.objective.ema_scope
+        kept = () if scope == "encoder" else getattr(self.student.frontend, "ema_averaged", {}).get(scope, ())
+
+        def is_averaged(name: str) -> bool:
+            if scope == "all" or not name.startswith("frontend."):
+                return True
+            return name[len("frontend."):].startswith(kept) if kept else False
+
+        averaged = [n for n in t if is_averaged(n)]
+        copied = [n for n in t if not is_averaged(n)]
         return [([t[n] for n in averaged], [s[n] for n in averaged], True),
                 ([t[n] for n in copied], [s[n] for n in copied], False)]
 
@@ -161,13 +176,20 @@ class Data2Vec(nn.Module):
     def shares_frontend_output(self) -> bool:
         """Whether the teacher's front-end would compute exactly what the student's computes on the unmasked
         input: its weights are the student's (`ema_scope: encoder` copies rather than averages them) and no
-        dropout is active in the student's. Then v2, whose student embeds the unmasked input anyway, hands
-        that output to the teacher's Transformer and skips a second front-end pass (the whole conv feature
-        encoder, for speech); v1 speech shares the conv features and runs only the positional convs twice."""
+        dropout is active in the student's. Then v2 with fixed positions (images, text), whose student embeds
+        the unmasked input anyway, hands that output to the teacher's Transformer and skips a second front-end
+        pass. Speech shares less, and more often: see `shares_local_features`."""
         if self.cfg.objective.ema_scope != "encoder":
             return False
         frontend = self.student.frontend
         return not frontend.training or all(m.p == 0 for m in frontend.modules() if isinstance(m, nn.Dropout))
+
+    def shares_local_features(self) -> bool:
+        """Speech: whether the teacher may start from the student's local features (conv feature encoder and
+        projection, before dropout) and run only its own positional convs and norm: the local encoder's
+        weights are the student's in the teacher (every `ema_scope` but "all"), as in fairseq, whose teacher
+        has no local encoder (v1 `ema_transformer_only`, v2 `ema_local_encoder: false`)."""
+        return hasattr(self.student.frontend, "local_features") and self.cfg.objective.ema_scope != "all"
 
     @torch.no_grad()
     def targets(self, inputs: Tensor, padding_mask: Tensor | None = None,
@@ -198,9 +220,9 @@ class Data2Vec(nn.Module):
             return self._forward_v2(inputs, mask, padding_mask)
         obj = self.cfg.objective
         pair = getattr(self.student.frontend, "forward_pair", None)
-        if student_inputs is None and pair is not None and self.shares_frontend_output():
-            # speech: one conv feature encoder pass serves the student (masked) and the teacher (clean)
-            seen, clean = pair(inputs, mask, padding_mask)
+        if student_inputs is None and pair is not None and self.shares_local_features():
+            # speech: one local encoder pass serves the student (masked) and the teacher (clean)
+            seen, clean = pair(inputs, mask, padding_mask, self.teacher.frontend)
             targets = self.targets(inputs, padding_mask, clean)
             out = self.student.encode(*seen)
         else:
@@ -225,14 +247,18 @@ class Data2Vec(nn.Module):
         mask = mask.unsqueeze(1) if mask.ndim == 2 else mask  # [B, M, N]
         B, M, N = mask.shape
         p = self.student.num_prefix
-        x, attn_bias, token_padding = self.student.frontend(inputs, None, padding_mask)  # [B, P + N, D]
-        if attn_bias is not None:
-            raise ValueError("data2vec 2.0 drops masked tokens, which a fixed relative position bias cannot "
-                             "follow; use absolute positions (image.rel_pos_bias=none, image.pos_embed=sincos)")
-        shared = (x, attn_bias, token_padding) if self.shares_frontend_output() else None
-        targets = self.targets(inputs, padding_mask, shared)  # [B, N, D], computed once, reused by every clone
+        if hasattr(self.student.frontend, "contextualize"):  # speech: relative positions, from masked input
+            x, targets, token_padding = self._speech_v2_inputs(inputs, mask, padding_mask)
+        else:  # fixed positions: added before masking, so the clean front-end output serves every clone
+            x, attn_bias, token_padding = self.student.frontend(inputs, None, padding_mask)  # [B, P + N, D]
+            if attn_bias is not None:
+                raise ValueError("data2vec 2.0 drops masked tokens, which a fixed relative position bias cannot "
+                                 "follow; use absolute positions (image.rel_pos_bias=none, image.pos_embed=sincos)")
+            shared = (x, attn_bias, token_padding) if self.shares_frontend_output() else None
+            targets = self.targets(inputs, padding_mask, shared)  # [B, N, D], computed once for every clone
+            x = x.repeat_interleave(M, 0)  # [B*M, P + N, D]
         D = x.shape[-1]
-        x, targets, mask = x.repeat_interleave(M, 0), targets.repeat_interleave(M, 0), mask.reshape(B * M, N)
+        targets, mask = targets.repeat_interleave(M, 0), mask.reshape(B * M, N)
         hidden = mask if token_padding is None else mask | token_padding[:, p:].repeat_interleave(M, 0)
         counts = (~hidden).sum(1)
         n_min, n_vis = counts.aminmax()
@@ -250,6 +276,27 @@ class Data2Vec(nn.Module):
         if obj.cls_loss_weight > 0 and p > 0:
             loss = loss + obj.cls_loss_weight * self._cls_loss(last[:, 0], targets)
         return {"loss": loss, **_spread(pred_all, targets, mask)}
+
+    def _speech_v2_inputs(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None
+                          ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """data2vec 2.0 speech, mask `[B, M, N]` -> (the student's frames for each clone `[B*M, N, D]`, the
+        teacher's targets `[B, N, D]`, frame padding `[B, N]`). As fairseq (`modalities/base.py`): the local
+        features are computed once; each clone's positional convs see its masked frames zeroed, so no frame
+        the student keeps carries what a masked one holds; the teacher adds its own positions to the clean
+        features (or embeds the input itself under `ema_scope: all`)."""
+        B, M, N = mask.shape
+        frontend = self.student.frontend
+        local, token_padding = frontend.local_features(inputs, padding_mask)  # [B, N, D]
+        if self.shares_local_features():
+            with torch.no_grad():
+                clean = self.teacher.frontend.contextualize(local.detach(), token_padding)
+            targets = self.targets(inputs, padding_mask, (clean, None, token_padding))
+        else:
+            targets = self.targets(inputs, padding_mask)
+        clone_padding = None if token_padding is None else token_padding.repeat_interleave(M, 0)
+        x = frontend.contextualize(frontend.feature_projection.dropout(local).repeat_interleave(M, 0),
+                                   clone_padding, hide=mask.reshape(B * M, N))
+        return x, targets, token_padding
 
     def _cls_loss(self, cls: Tensor, targets: Tensor) -> Tensor:
         """data2vec 2.0 images: the student's CLS output `[B*M, D]` regresses the mean target of its sample

@@ -88,7 +88,9 @@ class FeatureEncoder(nn.Module):
 
 
 class FeatureProjection(nn.Module):
-    """LayerNorm over the conv channels, then a linear map to the Transformer width."""
+    """LayerNorm over the conv channels, then a linear map to the Transformer width. Its dropout (HF's layout)
+    is applied by the front-end afterwards, to the student's copy only: the teacher starts from the features
+    before it, as fairseq's does."""
 
     def __init__(self, in_dim: int, dim: int, eps: float, dropout: float) -> None:
         super().__init__()
@@ -97,7 +99,7 @@ class FeatureProjection(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.projection(self.layer_norm(x)))
+        return self.projection(self.layer_norm(x))
 
 
 class PositionalConvLayer(nn.Module):
@@ -141,6 +143,11 @@ class AudioFrontend(nn.Module):
     (data2vec v1) before positions are added; no prefix token; pooling is a mean over real frames."""
 
     num_prefix = 0
+    # Front-end parts the EMA teacher averages under `objective.ema_scope` "layers" (fairseq v1's
+    # `ema_layers_only`: the LayerNorm after the positional convs, part of fairseq's Transformer; the convs are
+    # copied) and "context" (fairseq v2 with `ema_local_encoder: false`: the positional convs too). The local
+    # encoder (conv feature encoder and projection) is copied from the student under both.
+    ema_averaged = {"layers": ("layer_norm.",), "context": ("pos_conv_embed.", "layer_norm.")}
 
     def __init__(self, cfg: AudioConfig, enc: EncoderConfig) -> None:
         super().__init__()
@@ -191,25 +198,25 @@ class AudioFrontend(nn.Module):
                 ) -> tuple[Tensor, None, Tensor | None]:
         """wave float `[B, S]`, mask bool `[B, N]` (True = masked), padding_mask bool `[B, S]` (True = padding)
         -> (frames `[B, N, D]`, no attention bias, frame padding mask `[B, N]` or None)."""
-        x, padding = self._project(wave, padding_mask)
-        if mask is not None:
-            x = torch.where(mask.unsqueeze(-1), self.masked_spec_embed.to(x.dtype), x)
-        return self._positions(x, padding), None, padding
+        x, padding = self.local_features(wave, padding_mask)
+        return self.contextualize(self.feature_projection.dropout(x), padding, mask), None, padding
 
-    def forward_pair(self, wave: Tensor, mask: Tensor, padding_mask: Tensor | None = None
+    def forward_pair(self, wave: Tensor, mask: Tensor, padding_mask: Tensor | None, teacher: "AudioFrontend"
                      ) -> tuple[tuple[Tensor, None, Tensor | None], tuple[Tensor, None, Tensor | None]]:
-        """The student's masked frames and the teacher's clean ones from one pass of the conv feature encoder,
-        for data2vec v1 with a shared front-end (fairseq's teacher also starts from the student's features).
-        The feature encoder is most of the front-end's cost; only the cheap positional convs run twice. The
-        clean frames carry no gradient."""
-        x, padding = self._project(wave, padding_mask)
-        masked = torch.where(mask.unsqueeze(-1), self.masked_spec_embed.to(x.dtype), x)
+        """data2vec v1: the student's masked frames and the `teacher` front-end's clean ones from one pass of
+        the student's local encoder, as fairseq's teacher starts from the student's features before dropout
+        (`pre_encoder_features`). The local encoder is most of the front-end's cost; only the cheap positional
+        convs run twice. The teacher's frames carry no gradient."""
+        x, padding = self.local_features(wave, padding_mask)
         with torch.no_grad():
-            clean = self._positions(x.detach(), padding)
-        return (self._positions(masked, padding), None, padding), (clean, None, padding)
+            clean = teacher.contextualize(x.detach(), padding)
+        return (self.contextualize(self.feature_projection.dropout(x), padding, mask), None, padding), \
+            (clean, None, padding)
 
-    def _project(self, wave: Tensor, padding_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Checked waveforms -> projected conv features `[B, N, D]` and the frame padding mask."""
+    def local_features(self, wave: Tensor, padding_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The local encoder (fairseq's name): checked waveforms -> conv features projected to the model width
+        `[B, N, D]`, before the projection's dropout, and the frame padding mask. Its weights are the student's
+        in the teacher under every `objective.ema_scope` but "all", so the teacher may start from these."""
         if wave.ndim != 2 or not wave.is_floating_point():
             raise ValueError(f"expected float waveforms [B, S], got {wave.dtype} {list(wave.shape)}")
         if wave.shape[1] < self.receptive_field:
@@ -219,12 +226,23 @@ class AudioFrontend(nn.Module):
         padding = None if padding_mask is None else self.frame_padding(padding_mask, x.shape[1])
         return x, padding
 
-    def _positions(self, x: Tensor, padding: Tensor | None) -> Tensor:
-        """Zero padded frames, add the positional convs, normalise."""
+    def contextualize(self, x: Tensor, padding: Tensor | None, mask: Tensor | None = None,
+                      hide: Tensor | None = None) -> Tensor:
+        """Local features `[B, N, D]` -> frame embeddings `[B, N, D]`: frames in `mask` `[B, N]` replaced by the
+        mask embedding (v1), padded frames zeroed, the positional convs added, LayerNorm, dropout.
+
+        `hide` `[B, N]` (data2vec 2.0: the masked frames, which the student then drops) zeroes those frames in
+        the positional convs' input only, as fairseq's ``compute_mask(..., apply=True)`` before its relative
+        positional encoder: the convs are 95 frames wide, so otherwise every visible frame near a masked one
+        would carry what that frame holds. The hidden frames' own outputs are meaningless and must be dropped.
+        """
+        if mask is not None:
+            x = torch.where(mask.unsqueeze(-1), self.masked_spec_embed.to(x.dtype), x)
         if padding is not None:
             x = x.masked_fill(padding.unsqueeze(-1), 0.0)
         if len(self.pos_conv_embed.layers):
-            x = x + self.pos_conv_embed(x, padding)
+            seen = x if hide is None else x.masked_fill(hide.unsqueeze(-1), 0.0)
+            x = x + self.pos_conv_embed(seen, padding)
         return self.dropout(self.layer_norm(x))
 
     def pool(self, hidden: Tensor, padding_mask: Tensor | None = None) -> Tensor:
