@@ -55,3 +55,28 @@ def test_config_saved_before_the_key_keeps_the_old_order(tmp_path, caplog):
     assert config_from_yaml_text(text).image.sincos_order == "yx"  # what the model was trained with
     assert "image.sincos_order=yx" in caplog.text
     assert config_from_yaml_text((tmp_path / "config.yaml").read_text()).image.sincos_order == "xy"
+
+
+def test_embed_norm_normalises_the_tokens_before_the_first_block():
+    """image.embed_norm: fairseq v2's context-encoder LayerNorm over CLS and patch tokens (positions added),
+    recomputed in float64 from the patch embedding."""
+    import torch.nn.functional as F
+
+    small = ["model.dim=32", "model.depth=1", "model.heads=2", "image.image_size=16", "image.patch_size=4",
+             "image.pos_embed=sincos", "model.norm_first=false"]
+    torch.manual_seed(0)
+    enc = Data2VecEncoder(build_config("image-tiny-v2", small + ["image.embed_norm=true"]))
+    front = enc.frontend
+    with torch.no_grad():
+        front.embed_norm.weight.normal_()
+        front.embed_norm.bias.normal_()
+    images = torch.randn(2, 3, 16, 16)
+    x, _, _ = front(images)
+    patches = F.conv2d(images.double(), front.patch_embed.weight.double(), front.patch_embed.bias.double(),
+                       stride=4).flatten(2).transpose(1, 2)
+    tokens = torch.cat([front.cls_token.double().expand(2, -1, -1), patches + sincos_pos_embed(32, (4, 4)).double()],
+                       dim=1)
+    want = F.layer_norm(tokens, (32,), front.embed_norm.weight.double(), front.embed_norm.bias.double(), 1e-6)
+    torch.testing.assert_close(x.double(), want, rtol=1e-5, atol=1e-5)
+    plain = Data2VecEncoder(build_config("image-tiny-v2", small))
+    assert plain.frontend.embed_norm is None and "embed_norm" not in str(plain)  # the default: BEiT / v1 layout

@@ -548,7 +548,7 @@ def v2_image() -> None:
                       "model.mlp_ratio=2.0", "model.norm_eps=1e-6", "model.norm_first=false", "model.qkv_bias=all",
                       "model.layer_scale=0.0", "model.dropout=0.0", "model.attn_dropout=0.0", "model.drop_path=0.0",
                       f"image.image_size={IMAGE_SIZE}", f"image.patch_size={PATCH}", "image.cls_token=true",
-                      "image.pos_embed=sincos", "image.rel_pos_bias=none",
+                      "image.pos_embed=sincos", "image.rel_pos_bias=none", "image.embed_norm=true",
                       f"objective.clones={CLONES}", "objective.top_k=2", "objective.tap=ffn",
                       "objective.per_layer_norm=instance", "objective.final_norm=layer", "objective.loss_beta=0.0",
                       "objective.loss_scale=inv_sqrt_dim", "objective.ema_scope=all",

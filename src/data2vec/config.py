@@ -55,6 +55,9 @@ class ImageConfig:
     # channel halves of the sin-cos positions: [x (column), y (row)] as MAE and fairseq, or [y, x] (configs saved
     # before this key existed load with "yx", so their models keep the positions they were trained with)
     sincos_order: Literal["xy", "yx"] = "xy"
+    # LayerNorm over the tokens (CLS and patches with their positions) before the first block: fairseq's data2vec
+    # 2.0 image model has it (its context encoder's norm, as its blocks are post-LN); BEiT / data2vec v1 does not
+    embed_norm: bool = False
     rel_pos_bias: Literal["none", "shared", "per_layer"] = "none"
     pool: Literal["mean", "cls"] = "mean"
     pool_norm: bool = False  # LayerNorm on the pooled vector (BEiT / HF Data2VecVision pooler with mean pooling)

@@ -101,8 +101,10 @@ def span_mask(batch_size: int, num_frames: int, mask_prob: float, span_length: i
     (p=0.65, span 10: ~49% of a long row, mean masked run 14.7, the wav2vec 2.0 paper's figures). With
     `same_count` every row is then trimmed to the batch's smallest count by dropping masked frames at random
     (:func:`equal_counts`; fairseq's `require_same_masks`, on in its released recipes): 8 rows of 500 frames
-    keep ~45% in runs of ~7 frames. Short rows (L - span_length <= k) start spans in ``[0, k]`` and cut them
-    at L; a row that would be entirely masked, where fairseq raises an error, keeps its last frame visible.
+    keep ~45% in runs of ~7 frames; padded rows count their valid frames only, so the shortest row sets the
+    count. Short rows (L - span_length <= k) start spans in ``[0, k]`` and cut them at L; a row that would be
+    entirely masked, where fairseq raises an error, keeps its last frame visible (a row of one frame gets no
+    mask, and with `same_count` neither does its batch).
     """
     _check(batch_size > 0 and num_frames > 0,
            f"span_mask: batch_size and num_frames must be positive, got {batch_size} and {num_frames}")

@@ -654,6 +654,9 @@ def _vision_to_hf(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dic
         raise _cannot_export("model.norm_first", False, "(post-LN): Data2VecVision blocks are pre-LN (BEiT)")
     if not img.cls_token:
         raise _cannot_export("image.cls_token", False, "is not expressible: Data2VecVision always has a CLS token")
+    if img.embed_norm:
+        raise _cannot_export("image.embed_norm", True, "is not expressible: Data2VecVision has no LayerNorm before "
+                             "its first block")
     mean = not m.final_norm  # HF: use_mean_pooling drops the final LayerNorm
     if head is not None and not ((mean and img.pool == "mean" and img.pool_norm)
                                  or (not mean and img.pool == "cls" and not img.pool_norm)):

@@ -61,7 +61,8 @@ class RelativePositionBias(nn.Module):
 
 class ImageFrontend(nn.Module):
     """Turns images `[B, C, H, W]` into tokens `[B, 1 + N, D]`, with masked patches replaced by a learned
-    embedding (data2vec v1) before positions are added."""
+    embedding (data2vec v1) before positions are added, then optionally normalised (`image.embed_norm`: the
+    LayerNorm fairseq's data2vec 2.0 puts before its first post-LN block)."""
 
     def __init__(self, cfg: ImageConfig, enc: EncoderConfig) -> None:
         super().__init__()
@@ -90,6 +91,7 @@ class ImageFrontend(nn.Module):
                                          for _ in range(enc.depth))
         else:
             self.rel_pos = nn.ModuleList()
+        self.embed_norm = nn.LayerNorm(enc.dim, eps=enc.norm_eps) if cfg.embed_norm else None
         self.pool_norm = nn.LayerNorm(enc.dim, eps=enc.norm_eps) if cfg.pool_norm else None
         self._init_weights()
 
@@ -116,6 +118,8 @@ class ImageFrontend(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         if self.pos_embed is not None:
             x = x + self.pos_embed
+        if self.embed_norm is not None:  # per token, so v2 may drop masked tokens before or after it
+            x = self.embed_norm(x)
         if len(self.rel_pos) == 0:
             bias = None
         elif len(self.rel_pos) == 1:
