@@ -11,8 +11,8 @@ measured in this run. v2 runs at the v1 recipe's encoder with one mask per sampl
 
 Unlike `pretrain_step.py` (shared CPUs: interleaved rounds, median ratios) each step is timed on its own: a
 GPU of one's own does not change speed under one. The run keeps to a time budget: every eager row first, the
-compiled rows after them, and a row that would not finish in what is left is written as "not run". The table
-is rewritten after every row, so a run cut short still leaves what it measured.
+compiled rows after them (v1 of each modality, then v2), and a row that would not finish in what is left is
+written as "not run". The table is rewritten after every row, so a run cut short still leaves what it measured.
 
     python benchmarks/gpu_check.py                  # a GPU; about 4 minutes on one H100 / H200
     python benchmarks/gpu_check.py --dry-run        # tiny sizes on the CPU, seconds: checks the script runs
@@ -29,10 +29,11 @@ from pathlib import Path
 
 import torch
 
-import hf_reference  # benchmarks/hf_reference.py
-import pretrain_step as bench  # benchmarks/pretrain_step.py
 from data2vec.model import Data2Vec
 from data2vec.train.optim import build_optimizer
+
+import hf_reference  # benchmarks/hf_reference.py
+import pretrain_step as bench  # benchmarks/pretrain_step.py
 
 MODALITIES = ("image", "audio", "text")
 
@@ -126,16 +127,17 @@ def measure(runner: bench.Runner, batches: list[dict], mode: Mode, warmup: int, 
     return max(runner.rates), flops, peak
 
 
-def run_modality(modality: str, compiled: bool, mode: Mode, device: torch.device, rate: float, report: Report,
-                 flops: dict, deadline: float, start: float, backend: str) -> None:
-    """The rows of one modality: eager (ours v1, HF reference v1, ours v2) or compiled (ours v1, ours v2).
-    `flops` carries each version's FLOPs per step from the eager rows to the compiled ones and the reference."""
+def run_modality(modality: str, compiled: bool, versions: tuple[int, ...], mode: Mode, device: torch.device,
+                 rate: float, report: Report, flops: dict, deadline: float, start: float, backend: str) -> None:
+    """The rows of one modality: eager (ours v1, HF reference v1, ours v2) or compiled (ours v1, ours v2), of
+    the versions asked for. `flops` carries each version's FLOPs per step from the eager rows to the compiled
+    ones and the reference."""
     base, v2 = configs(modality, mode)
     batch = mode.batch[modality]
     kind = "compiled" if compiled else "eager"
     warmup = mode.warmup + (mode.compile_warmup if compiled else 0)
     plan = [("ours", 1, base), ("ref", 1, base), ("ours", 2, v2)] if not compiled else [("ours", 1, base), ("ours", 2, v2)]
-    for impl, version, cfg in plan:
+    for impl, version, cfg in [p for p in plan if p[1] in versions]:
         name = (f"ours v{version} bf16" if impl == "ours" else "HF reference v1 bf16") + (" compiled" if compiled else "")
         if compiled and modality not in mode.compiled:
             report.add(Row(modality, name, batch, skipped="not run: the dry run compiles image only"))
@@ -201,17 +203,20 @@ def main() -> int:
     rate = bench.matmul_rate(device, torch.bfloat16, n=mode.matmul_n)
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU: {bench.cpu_name()}"
     cuda = f", CUDA {torch.version.cuda}" if device.type == "cuda" else ""
-    header = [f"{'dry run (tiny sizes on the CPU, numbers mean nothing): ' if args.dry_run else ''}"
-              f"{where}; torch {torch.__version__}{cuda}; bf16 matmul {rate / 1e12:.1f} TFLOP/s "
-              f"({mode.matmul_n} x {mode.matmul_n}); {mode.size} recipes, compile backend {backend}; "
-              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-              f"cuda tests: {args.tests}"]
+    dry = "dry run (tiny sizes on the CPU, numbers mean nothing): " if args.dry_run else ""
+    machine = (f"{dry}{where}; torch {torch.__version__}{cuda}; bf16 matmul {rate / 1e12:.1f} TFLOP/s "
+               f"({mode.matmul_n} x {mode.matmul_n}); {mode.size} recipes, compile backend {backend}; "
+               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    header = [machine, f"cuda tests: {args.tests}"]
     report = Report(Path(args.out), header)
     report.write()
     flops: dict[str, dict[int, float]] = {m: {} for m in args.modalities}
-    for compiled in (False, True) if not args.no_compile else (False,):
+    # eager rows first, then the compiled ones, v1 of every modality before v2 (compiling takes most of the time)
+    phases = [(False, (1, 2))] + ([] if args.no_compile else [(True, (1,)), (True, (2,))])
+    for compiled, versions in phases:
         for modality in args.modalities:
-            run_modality(modality, compiled, mode, device, rate, report, flops[modality], deadline, start, backend)
+            run_modality(modality, compiled, versions, mode, device, rate, report, flops[modality], deadline, start,
+                         backend)
     report.write(footer=f"{time.perf_counter() - start:.0f} s for the table. samples/s: the best of "
                         f"{mode.rounds} timed steps after {mode.warmup} untimed ({mode.warmup + mode.compile_warmup} when "
                         "compiled); vs HF ref: over the reference's samples/s; peak MiB: allocated during one step "
