@@ -166,3 +166,25 @@ def v2_image_encoder(model: dict[str, Tensor], prenet: int, depth: int) -> dict[
     out.update({k.replace(f"blocks.{k.split('.')[2]}.", f"blocks.{int(k.split('.')[2]) + prenet}.", 1): v
                 for k, v in main.items()})
     return out
+
+
+# ------------------------------------------------------------------------------------------- v1 images
+def beit_cyclical(fs: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
+    """Meta's data2vec_vision `VisionTransformerForCyclicalTraining` (BEiT layout: q / v biases, layer scale
+    `gamma_1` / `gamma_2`, shared relative position bias) -> our image encoder."""
+    out = {"frontend.patch_embed.weight": fs["patch_embed.proj.weight"],
+           "frontend.patch_embed.bias": fs["patch_embed.proj.bias"],
+           "frontend.cls_token": fs["cls_token"], "frontend.mask_token": fs["mask_token"],
+           "frontend.rel_pos.0.table": fs["rel_pos_bias.relative_position_bias_table"],
+           "encoder.norm.weight": fs["norm.weight"], "encoder.norm.bias": fs["norm.bias"]}
+    names = {"norm1": "norm1", "norm2": "norm2", "attn.qkv": "attn.qkv", "attn.q_bias": "attn.q_bias",
+             "attn.v_bias": "attn.v_bias", "attn.proj": "attn.proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+             "gamma_1": "ls1.gamma", "gamma_2": "ls2.gamma"}
+    for i in range(depth):
+        for k, v in _sub(fs, f"blocks.{i}.").items():
+            stem, _, leaf = k.rpartition(".")
+            if k in names:  # q_bias, v_bias, gamma_1, gamma_2: bare parameters
+                out[f"encoder.blocks.{i}.{names[k]}"] = v
+            elif stem in names:
+                out[f"encoder.blocks.{i}.{names[stem]}.{leaf}"] = v
+    return out

@@ -41,7 +41,7 @@ def fairseq_weights(tensors: dict[str, torch.Tensor], meta: dict) -> tuple[dict,
     differ from the student's (`teacher_prefix` + name), the rest come from the student."""
     student = fm._sub(tensors, "fs.student.")
     prefix = meta["teacher_prefix"]
-    teacher = {k[len(prefix):]: v for k, v in student.items() if k.startswith(prefix)}
+    teacher = {} if prefix is None else {k[len(prefix):]: v for k, v in student.items() if k.startswith(prefix)}
     teacher.update(fm._sub(tensors, "fs.teacher."))
     return student, teacher
 
@@ -52,7 +52,10 @@ def build_model(tensors: dict[str, torch.Tensor], meta: dict) -> Data2Vec:
     model = Data2Vec(cfg).eval()
     student, teacher = fairseq_weights(tensors, meta)
     depth = cfg.model.depth
-    if cfg.modality == "audio" and cfg.objective.version == 1:
+    if cfg.modality == "image" and cfg.objective.version == 1:  # Meta's data2vec_vision
+        ours_s, ours_t = fm.beit_cyclical(student, depth), fm.beit_cyclical(teacher, depth)
+        head = {"head.weight": student["lm_head.weight"], "head.bias": student["lm_head.bias"]}
+    elif cfg.modality == "audio" and cfg.objective.version == 1:
         ours_s = fm.v1_audio_encoder(student, fm._sub(student, "encoder."), depth)
         ours_t = fm.v1_audio_encoder(student, teacher, depth)
         head = {"head.weight": student["final_proj.weight"], "head.bias": student["final_proj.bias"]}
@@ -133,6 +136,7 @@ CASES = {
     "v2_audio": {},
     "v2_audio_teacher_context": {},
     "v2_image": {},
+    "v1_image": {},  # Meta's data2vec_vision (BEiT layout), not fairseq
 }
 
 
@@ -158,6 +162,31 @@ def test_matches_fairseq(case, quantity):
         theirs = tensors[f"out.{quantity}"]
         assert ours.shape == theirs.shape
         torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=0)
+
+
+def test_v1_image_step_matches_data2vec_vision():
+    """One step of Meta's `train_one_epoch` (data2vec_vision): the student's gradients after the loss's
+    backward and the EMA teacher after the update, against ours on the same batch."""
+    tensors, meta = load_case("v1_image")
+    model = build_model(tensors, meta)
+    model(tensors["in.source"], tensors["in.mask"])["loss"].backward()
+    depth = model.cfg.model.depth
+    theirs = fm.beit_cyclical(fm._sub(tensors, "out.grad."), depth)
+    ours = {k[len("student."):]: p.grad for k, p in model.named_parameters() if k.startswith("student.")}
+    assert len(theirs) > 10 and all(ours.get(k) is not None for k in theirs)
+    for k, grad in theirs.items():
+        torch.testing.assert_close(ours[k], grad, atol=1e-6, rtol=1e-4, msg=k)
+    for k in ("weight", "bias"):
+        torch.testing.assert_close(getattr(model.head, k).grad, tensors[f"out.grad.lm_head.{k}"], atol=1e-6, rtol=1e-4)
+    model.update_teacher(meta["ema_decay"])
+    teacher = dict(model.teacher.named_parameters())
+    after = fm._sub(tensors, "out.teacher.")  # a few tensors: the EMA is elementwise
+    mapped = fm.beit_cyclical({**fm._sub(tensors, "fs.teacher."), **after}, depth)
+    checked = [k for k in mapped if k.startswith(("frontend.patch_embed", "frontend.rel_pos", "frontend.cls_token",
+                                                  "encoder.blocks.0."))]
+    assert len(checked) > 10
+    for k in checked:
+        torch.testing.assert_close(teacher[k], mapped[k], atol=1e-7, rtol=1e-6, msg=k)
 
 
 def test_decoder_noise_is_what_the_seed_draws():

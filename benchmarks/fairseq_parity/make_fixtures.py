@@ -49,11 +49,16 @@ def patch_fairseq(src: Path) -> None:
             if "import field" not in new and ", field" not in new:
                 new = "from dataclasses import field\n" + new
             path.write_text(new)
+    patch_numpy_aliases(src / "fairseq")
+
+
+def patch_numpy_aliases(folder: Path) -> None:
+    """numpy 2 removed `np.float`, `np.int` and `np.bool`: the builtin types (or int64 / float64 dtypes)."""
     alias = re.compile(r"\bnp\.(float|int|bool)\b(?![\w.])")
-    for path in (src / "fairseq").rglob("*.py"):
+    for path in folder.rglob("*.py"):
         text = path.read_text()
-        new = alias.sub(lambda m: m.group(1) if "(" not in m.group(0) else m.group(0), text)
-        new = new.replace("dtype=np.int)", "dtype=np.int64)").replace("dtype=np.float)", "dtype=np.float64)")
+        new = text.replace("dtype=np.int)", "dtype=np.int64)").replace("dtype=np.float)", "dtype=np.float64)")
+        new = alias.sub(lambda m: m.group(1), new)
         if new != text:
             path.write_text(new)
 
@@ -74,8 +79,13 @@ def timm_layers() -> None:
     mlp = importlib.import_module("timm.layers.mlp")
     drop = importlib.import_module("timm.layers.drop")
     patch = importlib.import_module("timm.layers.patch_embed")
+    init = importlib.import_module("timm.layers.weight_init")
     layers = types.ModuleType("timm.models.layers")
     layers.to_2tuple, layers.DropPath, layers.Mlp = helpers.to_2tuple, drop.DropPath, mlp.Mlp
+    layers.drop_path, layers.trunc_normal_ = drop.drop_path, init.trunc_normal_
+    registry = types.ModuleType("timm.models.registry")  # data2vec_vision registers its models by name
+    registry.register_model = lambda fn: fn
+    sys.modules["timm.models.registry"] = registry
     vit = types.ModuleType("timm.models.vision_transformer")
     vit.DropPath, vit.Mlp, vit.PatchEmbed = drop.DropPath, mlp.Mlp, patch.PatchEmbed
 
@@ -560,6 +570,143 @@ def v2_image() -> None:
     })
 
 
+# --------------------------------------------------------------------------------------------------- v1 images
+VISION_FILES = ("modeling_cyclical.py", "modeling_finetune.py", "engine_for_cyclical.py", "masking_generator.py")
+
+
+def import_vision(folder: Path) -> None:
+    """Meta's data2vec_vision files (`beit/` of facebookresearch/data2vec_vision) from `folder`. Its `utils`
+    module (logging, distributed helpers) is replaced by the little `train_one_epoch` touches: a metric logger
+    that logs nothing."""
+    missing = [f for f in VISION_FILES if not (folder / f).is_file()]
+    if missing:
+        raise SystemExit(f"{folder} lacks {missing}: see README.md")
+    patch_numpy_aliases(folder)
+    sys.path.insert(0, str(folder))
+
+    class Meter:
+        global_avg = 0.0
+
+    class MetricLogger:
+        def __init__(self, delimiter=""):
+            self.meters = {}
+
+        def add_meter(self, name, meter):
+            self.meters[name] = meter
+
+        def log_every(self, iterable, print_freq, header=None):
+            yield from iterable
+
+        def update(self, **kwargs):
+            pass
+
+        def synchronize_between_processes(self):
+            pass
+
+    utils = types.ModuleType("utils")
+    utils.MetricLogger, utils.SmoothedValue = MetricLogger, lambda *a, **k: Meter()
+    sys.modules["utils"] = utils
+
+
+class ModelEma:
+    """What `train_one_epoch` needs of timm's ModelEma (v0.4): `.module` and `._update`, which applies the
+    engine's update function to every entry of the state dict."""
+
+    def __init__(self, module):
+        self.module = module
+
+    @torch.no_grad()
+    def _update(self, model, update_fn):
+        for ema_v, model_v in zip(self.module.state_dict().values(), model.state_dict().values()):
+            ema_v.copy_(update_fn(ema_v, model_v))
+
+
+def v1_image() -> None:
+    """data2vec v1 images, Meta's data2vec_vision (`modeling_cyclical.py` + one step of `train_one_epoch` of
+    `engine_for_cyclical.py`, settings of its README's ViT-B command at tiny size): BEiT pre-LN blocks with
+    layer scale and a shared relative position bias, no absolute positions, block masks from its
+    `MaskingGenerator`, targets the top-2 block outputs each layer-normed, averaged and layer-normed again
+    (`--post_target_layer_norm`), Smooth L1 beta 2 (mean over elements). The step also gives the student's
+    gradients and the EMA teacher after the update (decay 0.9, large enough to see)."""
+    import masking_generator
+    import engine_for_cyclical
+    from modeling_cyclical import VisionTransformerForCyclicalTraining
+    from functools import partial
+
+    torch.manual_seed(50)
+    model = VisionTransformerForCyclicalTraining(
+        img_size=IMAGE_SIZE, patch_size=PATCH, embed_dim=TINY["dim"], depth=TINY["depth"], num_heads=TINY["heads"],
+        mlp_ratio=TINY["ffn"] / TINY["dim"], qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        init_values=0.1, use_abs_pos_emb=False, use_shared_rel_pos_bias=True, drop_path_rate=0.0)
+    perturb(model, seed=51)
+    teacher = VisionTransformerForCyclicalTraining(
+        img_size=IMAGE_SIZE, patch_size=PATCH, embed_dim=TINY["dim"], depth=TINY["depth"], num_heads=TINY["heads"],
+        mlp_ratio=TINY["ffn"] / TINY["dim"], qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        init_values=0.1, use_abs_pos_emb=False, use_shared_rel_pos_bias=True, drop_path_rate=0.0)
+    teacher.load_state_dict(model.state_dict())
+    perturb(teacher, seed=52)
+    teacher.eval()
+    student_before = state(model, "fs.student.")
+    teacher_before = state(teacher, "fs.teacher.")
+
+    import random
+    random.seed(53)
+    side = IMAGE_SIZE // PATCH
+    gen = masking_generator.MaskingGenerator((side, side), num_masking_patches=9, min_num_patches=2,
+                                             max_num_patches=None)
+    B = 2
+    mask = torch.stack([torch.from_numpy(gen()) for _ in range(B)]).bool()  # [B, H, W]
+    g = torch.Generator().manual_seed(54)
+    images = torch.randn(B, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+
+    losses = []
+
+    class LossScaler:
+        def __call__(self, loss, optimizer, clip_grad=None, parameters=None, create_graph=False):
+            losses.append(loss.detach().clone())
+            loss.backward()
+            return 0.0
+
+        def state_dict(self):
+            return {"scale": 1.0}
+
+    class Optimizer:
+        param_groups = [{"lr": 0.0, "lr_scale": 1.0, "weight_decay": 0.0}]
+
+        def zero_grad(self):
+            model.zero_grad(set_to_none=True)
+
+    decay = 0.9
+    torch.cuda.synchronize = lambda *a, **k: None  # the engine syncs CUDA after every step
+    with loss_inputs() as calls:
+        engine_for_cyclical.train_one_epoch(
+            model, ModelEma(teacher), ema_start_at=0, decay_init=decay, decay=decay, target_layers=[1, 2],
+            data_loader=[((images, mask), None)], optimizer=Optimizer(), device=torch.device("cpu"), epoch=0,
+            loss_scaler=LossScaler(), max_norm=3.0, l1_beta=2.0, start_steps=0, l2_loss=False, layer_results="end",
+            post_target_layer_norm=True)
+    pred, target = calls[-1]
+    grads = {"out.grad." + k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
+    tensors = {**student_before, **teacher_before, "in.source": images, "in.mask": mask.reshape(B, -1),
+               "out.targets": target, "out.pred": pred.detach(), "out.loss": losses[0].reshape(1), **grads,
+               **{"out.teacher." + k: v.clone() for k, v in teacher.state_dict().items()  # the EMA is elementwise:
+                  if k.split(".")[0] in ("patch_embed", "rel_pos_bias", "cls_token") or k.startswith("blocks.0.")}}
+    save_case("v1_image", tensors, {
+        "fairseq": "data2vec_vision beit/modeling_cyclical.py (VisionTransformerForCyclicalTraining), "
+                   "engine_for_cyclical.py (train_one_epoch)",
+        "recipe": "image-tiny",
+        "overrides": [f"model.dim={TINY['dim']}", f"model.depth={TINY['depth']}", f"model.heads={TINY['heads']}",
+                      "model.mlp_ratio=2.0", "model.norm_eps=1e-6", "model.norm_first=true", "model.qkv_bias=qv",
+                      "model.layer_scale=0.1", "model.final_norm=true", "model.dropout=0.0",
+                      "model.attn_dropout=0.0", "model.drop_path=0.0", f"image.image_size={IMAGE_SIZE}",
+                      f"image.patch_size={PATCH}", "image.cls_token=true", "image.pos_embed=none",
+                      "image.rel_pos_bias=shared", "objective.top_k=2", "objective.tap=block",
+                      "objective.per_layer_norm=layer", "objective.final_norm=layer", "objective.loss_beta=2.0",
+                      "objective.loss_scale=mean", "objective.ema_scope=all", "objective.head_layers=1"],
+        "teacher_prefix": None, "ema_decay": decay,
+        "loss": float(losses[0]), "sample_size": int(mask.sum()),
+    })
+
+
 # --------------------------------------------------------------------------------------------------- main
 CASES = {
     "v1_audio_unpadded": lambda: v1_audio(padded=False),
@@ -571,6 +718,7 @@ CASES = {
     "v2_audio": v2_audio,
     "v2_audio_teacher_context": lambda: v2_audio(teacher_context=True),
     "v2_image": v2_image,
+    "v1_image": v1_image,  # Meta's data2vec_vision, with --vision
 }
 
 
@@ -598,13 +746,19 @@ def main() -> None:
     parser.add_argument("--fairseq", type=Path, required=True,
                         help=f"folder of the unpacked {FAIRSEQ_SDIST} sdist (patched in place, idempotent)")
     parser.add_argument("cases", nargs="*", default=list(CASES), help=f"any of {', '.join(CASES)} (default: all)")
+    parser.add_argument("--vision", type=Path, help="folder with data2vec_vision's beit/ files "
+                        f"({', '.join(VISION_FILES)}) for the v1_image case; without it that case is skipped")
     parser.add_argument("--no-compare", action="store_true", help="only write the fixtures")
     args = parser.parse_args()
     unknown = [c for c in args.cases if c not in CASES]
     if unknown:
         raise SystemExit(f"unknown case(s) {unknown}; choose from {list(CASES)}")
+    if args.vision is None:
+        args.cases = [c for c in args.cases if c != "v1_image"]
     torch.set_num_threads(1)
     import_fairseq(args.fairseq.resolve())
+    if args.vision is not None:
+        import_vision(args.vision.resolve())
     for case in args.cases:
         CASES[case]()
     if not args.no_compare:
