@@ -181,7 +181,8 @@ def run_modality(modality: str, compiled: bool, versions: tuple[int, ...], mode:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU: checks that the script runs")
-    parser.add_argument("--out", default="gpu_check.md", help="the Markdown table (and OUT.json: the same rows)")
+    parser.add_argument("--out", default="runs/gpu_check.md",
+                        help="the Markdown table (and .json beside it: the same rows)")
     parser.add_argument("--budget", type=float, default=240.0, help="seconds for all rows (default 240)")
     parser.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=MODALITIES)
     parser.add_argument("--no-compile", action="store_true", help="eager rows only")
@@ -208,6 +209,7 @@ def main() -> int:
                f"({mode.matmul_n} x {mode.matmul_n}); {mode.size} recipes, compile backend {backend}; "
                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     header = [machine, f"cuda tests: {args.tests}"]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     report = Report(Path(args.out), header)
     report.write()
     flops: dict[str, dict[int, float]] = {m: {} for m in args.modalities}

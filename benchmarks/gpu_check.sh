@@ -8,14 +8,14 @@
 #      Hugging Face reference step, with MFU, into one Markdown table
 # Each part has its share of the time and prints where it stands as it goes.
 #
-#   bash benchmarks/gpu_check.sh                     # on a GPU machine; writes gpu_check.md (+ gpu_check.json)
+#   bash benchmarks/gpu_check.sh                     # on a GPU machine; writes runs/gpu_check.md (+ .json, .tests.log)
 #   bash benchmarks/gpu_check.sh --out FILE.md
 #   bash benchmarks/gpu_check.sh --dry-run           # tiny sizes on the CPU (the test suite runs this)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 DRY=""
-OUT="gpu_check.md"
+OUT="runs/gpu_check.md"
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY="--dry-run" ;;
