@@ -148,7 +148,7 @@ def test_collated_v1_masks_share_the_smallest_count_unless_same_count_is_off(fol
     """fairseq's require_same_masks: every clip of a batch keeps the batch's smallest masked count, by dropping
     masked frames of its own spans (in the order the item drew); masking.same_count=false keeps the spans."""
     free = AudioDataset(scan_folder(folder, 400), cfg_for(folder, "masking.same_count=false"), train=True)
-    equal = AudioDataset(scan_folder(folder, 400), cfg_for(folder), train=True)
+    equal = AudioDataset(scan_folder(folder, 400), cfg_for(folder, "masking.same_count=true"), train=True)
     items = [free[(i, 0)] for i in range(len(free))]
     assert "mask_order" not in items[0]
     spans = free.collate(items)["mask"]
@@ -213,7 +213,7 @@ def test_eval_loader_keeps_labels_aligned_in_length_buckets(folder):
 def test_report_caption_says_how_each_version_masks(folder, tmp_path):
     from data2vec.tasks.report import audio_examples
 
-    v1 = audio_examples(cfg_for(folder), tmp_path / "v1.png", count=2)
+    v1 = audio_examples(cfg_for(folder, "masking.same_count=true"), tmp_path / "v1.png", count=2)
     assert "each frame a start with probability 0.65" in v1 and "smallest masked count" in v1
     assert "smallest" not in audio_examples(cfg_for(folder, "masking.same_count=false"), tmp_path / "f.png", count=2)
     v2 = audio_examples(build_config("audio-tiny-v2", [f"data.path={folder}", "data.num_workers=0"]),
