@@ -38,6 +38,7 @@ say() { echo "[gpu_check $((SECONDS - START))s] $*"; }
 # ---------------------------------------------------------------------------------------------- 1. install
 say "1/3 install"
 mkdir -p "$(dirname "$OUT")"
+PIPLOG="${OUT%.md}.install.log"
 # what is missing, read from the installed packages' metadata (nothing imported: seconds saved)
 missing() {
   "$PY" - <<'EOF'
@@ -63,17 +64,18 @@ EOF
 }
 MISSING=$(missing)
 if echo "$MISSING" | grep -qx torch; then
-  timeout "$INSTALL_MAX" pip install -e ".[test]" >/dev/null || { say "pip install -e .[test] failed"; exit 1; }
+  say "no torch here: pip install -e .[test] (output: $PIPLOG)"
+  timeout "$INSTALL_MAX" "$PY" -m pip install -e ".[test]" >>"$PIPLOG" 2>&1 || { say "pip install -e .[test] failed"; exit 1; }
 elif [ -n "$MISSING" ]; then
   # keep the torch that is here (a CUDA build on a GPU machine): the package without dependencies, then the
   # dependencies it lacks, torch left out
   say "keeping torch $("$PY" -c 'from importlib.metadata import version; print(version("torch"))'); installing: $(echo $MISSING)"
   if echo "$MISSING" | grep -qx data2vec; then
-    timeout "$INSTALL_MAX" pip install --no-deps --no-build-isolation -e . >/dev/null \
+    timeout "$INSTALL_MAX" "$PY" -m pip install --no-deps --no-build-isolation -e . >>"$PIPLOG" 2>&1 \
       || { say "pip install -e . failed: src/ goes on PYTHONPATH"; export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"; }
   fi
   DEPS=$(echo "$MISSING" | grep -vx data2vec)
-  [ -z "$DEPS" ] || timeout "$INSTALL_MAX" pip install $DEPS >/dev/null || say "could not install: $(echo $DEPS)"
+  [ -z "$DEPS" ] || timeout "$INSTALL_MAX" "$PY" -m pip install $DEPS >>"$PIPLOG" 2>&1 || say "could not install: $(echo $DEPS)"
 fi
 STILL=$(missing)  # data2vec on PYTHONPATH counts as present
 [ -z "$STILL" ] || { say "still missing: $(echo $STILL)"; exit 1; }
@@ -98,6 +100,6 @@ timeout $((BUDGET + 20)) "$PY" benchmarks/gpu_check.py $DRY --out "$OUT" --budge
 BENCH=$?
 [ "$BENCH" = 124 ] && say "benchmarks stopped at the time limit; the table holds the rows measured before it"
 echo
-cat "$OUT" 2>/dev/null
+cat "$OUT" 2>>"$PIPLOG" 2>&1
 say "done in $((SECONDS - START)) s: $OUT"
 [ "$STATUS" = 0 ] && [ "$BENCH" = 0 ]
