@@ -159,9 +159,7 @@ class Data2Vec(nn.Module):
         kept = () if scope == "encoder" else getattr(self.student.frontend, "ema_averaged", {}).get(scope, ())
 
         def is_averaged(name: str) -> bool:
-            if scope == "all" or not name.startswith("frontend."):
-                return True
-            return name[len("frontend."):].startswith(kept) if kept else False
+            return scope == "all" or not name.startswith("frontend.") or name[len("frontend."):].startswith(kept)
 
         averaged = [n for n in t if is_averaged(n)]
         copied = [n for n in t if not is_averaged(n)]
