@@ -24,6 +24,7 @@ import argparse
 import gc
 import json
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -135,7 +136,6 @@ def run_modality(modality: str, compiled: bool, versions: tuple[int, ...], mode:
     base, v2 = configs(modality, mode)
     batch = mode.batch[modality]
     kind = "compiled" if compiled else "eager"
-    warmup = mode.warmup + (mode.compile_warmup if compiled else 0)
     plan = [("ours", 1, base), ("ref", 1, base), ("ours", 2, v2)] if not compiled else [("ours", 1, base), ("ours", 2, v2)]
     for impl, version, cfg in [p for p in plan if p[1] in versions]:
         name = (f"ours v{version} bf16" if impl == "ours" else "HF reference v1 bf16") + (" compiled" if compiled else "")
@@ -148,34 +148,45 @@ def run_modality(modality: str, compiled: bool, versions: tuple[int, ...], mode:
             continue
         say(start, f"{modality}: {name} ...")
         began = time.perf_counter()
-        torch.manual_seed(0)
-        model = Data2Vec(cfg).to(device).train()
-        if impl == "ref":
-            model, optimizer = hf_reference.build_reference(cfg, model.student, device)
-            runner = bench.ref_runner(cfg, model, optimizer, device)
-        else:
-            optimizer = build_optimizer(model.trainable_parameters(), cfg.train)
-            step_model = None
-            if compiled:
-                torch._dynamo.reset()  # a fresh cache: earlier models' graphs would count toward the recompile limit
-                step_model = torch.compile(model, backend=backend)
-            runner = bench.ours_runner(cfg, model, optimizer, device, name, step_model)
-        runner.name = name
-        batches = bench.make_batches(cfg, batch, warmup + min(mode.rounds, 4), seed=1)
-        known = flops.get(version) if compiled or impl == "ref" else None
-        best, step_flops, peak = measure(runner, batches, mode, warmup, device, known)
-        if impl == "ours" and not compiled:
-            flops[version] = step_flops
-        achieved = step_flops * best / batch
-        row = Row(modality, name, batch, best, peak / 2**20, step_flops / batch / 1e9, achieved / 1e12,
-                  achieved / rate, time.perf_counter() - began)
+        try:
+            row = one_row(modality, name, impl, version, cfg, compiled, mode, device, rate, flops, backend)
+        except Exception as err:  # one failed row (an OOM, a bug in a CUDA path) must not cost the others
+            traceback.print_exc()
+            row = Row(modality, name, batch, skipped=f"failed: {type(err).__name__}: {' '.join(str(err).split())[:120]}".replace("|", "/"))
+        row.seconds = time.perf_counter() - began
         report.add(row)
-        say(start, f"{modality}: {name}: {best:.1f} samples/s, MFU {row.mfu:.1%}, peak {row.peak_mib:.0f} MiB "
-                   f"({row.seconds:.0f} s)")
-        del runner, model, optimizer, batches
+        say(start, f"{modality}: {name}: " + (row.skipped or f"{row.samples_per_s:.1f} samples/s, MFU {row.mfu:.1%}, "
+                                                         f"peak {row.peak_mib:.0f} MiB") + f" ({row.seconds:.0f} s)")
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def one_row(modality: str, name: str, impl: str, version: int, cfg, compiled: bool, mode: Mode,
+            device: torch.device, rate: float, flops: dict, backend: str) -> Row:
+    """Build one implementation (ours eager or compiled, or the HF reference), time it and measure it."""
+    batch = mode.batch[modality]
+    warmup = mode.warmup + (mode.compile_warmup if compiled else 0)
+    torch.manual_seed(0)
+    model = Data2Vec(cfg).to(device).train()
+    if impl == "ref":
+        model, optimizer = hf_reference.build_reference(cfg, model.student, device)
+        runner = bench.ref_runner(cfg, model, optimizer, device)
+    else:
+        optimizer = build_optimizer(model.trainable_parameters(), cfg.train)
+        step_model = None
+        if compiled:
+            torch._dynamo.reset()  # a fresh cache: earlier models' graphs would count toward the recompile limit
+            step_model = torch.compile(model, backend=backend)
+        runner = bench.ours_runner(cfg, model, optimizer, device, name, step_model)
+    runner.name = name
+    batches = bench.make_batches(cfg, batch, warmup + min(mode.rounds, 4), seed=1)
+    known = flops.get(version) if compiled or impl == "ref" else None
+    best, step_flops, peak = measure(runner, batches, mode, warmup, device, known)
+    if impl == "ours" and not compiled:
+        flops[version] = step_flops
+    achieved = step_flops * best / batch
+    return Row(modality, name, batch, best, peak / 2**20, step_flops / batch / 1e9, achieved / 1e12, achieved / rate)
 
 
 def main() -> int:
@@ -225,8 +236,9 @@ def main() -> int:
                         "above what was allocated before it; GFLOP/sample: FlopCounterMode on our eager step (the "
                         "reference and compiled rows take its count); MFU: achieved FLOP/s over the bf16 matmul rate; "
                         "s: wall time of the row, building and compiling included.")
-    say(start, f"table written to {args.out}")
-    return 0
+    failed = [f"{r.modality} {r.step}" for r in report.rows if r.skipped.startswith("failed")]
+    say(start, f"table written to {args.out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
