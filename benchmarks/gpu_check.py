@@ -12,9 +12,10 @@ measured in this run. v2 runs at the v1 recipe's encoder with one mask per sampl
 Unlike `pretrain_step.py` (shared CPUs: interleaved rounds, median ratios) each step is timed on its own: a
 GPU of one's own does not change speed under one. The run keeps to a time budget: every eager row first, the
 compiled rows after them (v1 of each modality, then v2), and a row that would not finish in what is left is
-written as "not run". The table is rewritten after every row, so a run cut short still leaves what it measured.
+written as "not run"; a row that fails (an OOM, a bug on a CUDA path) is written with its error and the
+others still run. The table is rewritten after every row, so a run cut short still leaves what it measured.
 
-    python benchmarks/gpu_check.py                  # a GPU; about 4 minutes on one H100 / H200
+    python benchmarks/gpu_check.py                  # a GPU; rows within --budget seconds (default 240)
     python benchmarks/gpu_check.py --dry-run        # tiny sizes on the CPU, seconds: checks the script runs
 """
 
