@@ -179,8 +179,8 @@ def save_case(name: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- v1 speech
-TINY = dict(dim=16, depth=3, heads=2, ffn=32)  # a few KB of weights per model
-AUDIO_CONVS = [(16, 10, 5), (16, 3, 2), (16, 3, 2)]  # 20 samples per frame, receptive field 50
+TINY = dict(dim=8, depth=3, heads=2, ffn=16)  # a few KB of weights per model
+AUDIO_CONVS = [(8, 10, 5), (8, 3, 2), (8, 3, 2)]  # 20 samples per frame, receptive field 50
 
 
 def v1_audio(padded: bool, teacher_norm: bool = False) -> None:
