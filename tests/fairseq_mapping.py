@@ -99,18 +99,31 @@ def sequential_head(fs: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 # ------------------------------------------------------------------------------------------- data2vec 2.0
-def v2_decoder(fs: dict[str, Tensor], dim: int) -> dict[str, Tensor]:
-    """fairseq's `Decoder1d` / `Decoder2d` (first conv on the model width, residual blocks, one projection)
-    -> our `ConvDecoder`, whose input projection is then the identity. A decoder with 2 projection layers
-    (the released text decoder) has `proj.0.*` and no `proj.weight`: our layout cannot take it (issue 19
-    item 8)."""
+def v2_decoder(fs: dict[str, Tensor], dim: int, input_proj: bool = True) -> dict[str, Tensor]:
+    """fairseq's `Decoder1d` / `Decoder2d` (first conv on the model width, residual blocks where widths match,
+    1 or 2 projection layers) -> our `ConvDecoder`. With our input projection (`input_proj`, our default layout)
+    it is set to the identity, which is fairseq's layout when the decoder width is the model width; without it
+    (`objective.decoder_input_proj: false`) the convs map one to one. Two projection layers (fairseq's
+    `projection_layers: 2`, the released text decoder) keep their Sequential indices under `proj_out`."""
     n = len({k.split(".")[1] for k in fs if k.startswith("blocks.")})
-    out = {"proj_in.weight": torch.eye(dim), "proj_in.bias": torch.zeros(dim),
-           "proj_out.weight": fs["proj.weight"], "proj_out.bias": fs["proj.bias"]}
+    out = {f"proj_out.{k[len('proj.'):]}": v for k, v in fs.items() if k.startswith("proj.")}
+    if input_proj:
+        out.update({"proj_in.weight": torch.eye(dim), "proj_in.bias": torch.zeros(dim)})
     for i in range(n):
         out[f"blocks.{i}.conv.weight"] = fs[f"blocks.{i}.0.weight"]
         out[f"blocks.{i}.conv.bias"] = fs[f"blocks.{i}.0.bias"]
     return out
+
+
+def v2_alibi(enc: dict[str, Tensor]) -> dict[str, Tensor]:
+    """fairseq's learned ALiBi scale per head (`alibi_scale`, `[1, 1, H, 1, 1]`, one for all layers) -> our
+    encoder's `alibi.scale` `[H]`; nothing when the model has no ALiBi."""
+    if "alibi_scale" not in enc:
+        return {}
+    scale = enc["alibi_scale"]
+    if scale.shape[0] != 1:
+        raise ValueError(f"an ALiBi scale per layer ({list(scale.shape)}) has no counterpart in our model")
+    return {"encoder.alibi.scale": scale.reshape(-1)}
 
 
 def v2_text_frontend(enc: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -384,11 +384,11 @@ def v2_model(modality: str, modality_cfg, *, depth: int, top_k: int, loss_scale,
     return model
 
 
-def v2_decoder_cfg(kernel: int, groups: int):
+def v2_decoder_cfg(kernel: int, groups: int, dim: int = TINY["dim"], residual: bool = True, projections: int = 1):
     from examples.data2vec.models.modalities.modules import D2vDecoderConfig
 
-    return D2vDecoderConfig(decoder_dim=TINY["dim"], decoder_groups=groups, decoder_kernel=kernel, decoder_layers=2,
-                            input_dropout=0.0, decoder_residual=True, projection_layers=1)
+    return D2vDecoderConfig(decoder_dim=dim, decoder_groups=groups, decoder_kernel=kernel, decoder_layers=2,
+                            input_dropout=0.0, decoder_residual=residual, projection_layers=projections)
 
 
 def v2_run(model, mode: str, source, mask, padding_mask=None) -> dict[str, torch.Tensor]:
@@ -421,19 +421,21 @@ def v2_run(model, mode: str, source, mask, padding_mask=None) -> dict[str, torch
     return out, sample_size, parts
 
 
-def v2_text() -> None:
+def v2_text(released_decoder: bool = False) -> None:
     """data2vec 2.0 text (`data2vec2.py` + `modalities/text.py`, settings of `config/v2/base_text_only_task.yaml`
     at tiny size): no prenet, teacher = EMA of the blocks only (`ema_encoder_only`), 48% of tokens dropped
     (MAE random masking, `mask_length: 1`), top-K instance-normed FFN outputs, L2, loss scale 1, 3 clones.
-    The decoder is the conv decoder ours has (residual, one projection); the released text decoder (no
-    residual, 2 projection layers) is issue 19 item 8."""
+    The decoder is the conv decoder ours has (residual, one projection); `released_decoder`: the released
+    text decoder instead, no residual and 2 projection layers (issue 19 item 8)."""
     from examples.data2vec.models.modalities.base import random_masking
     from examples.data2vec.models.modalities.text import D2vTextConfig
 
     torch.manual_seed(20)
     d = text_dictionary()
     mcfg = D2vTextConfig(max_source_positions=TEXT_LEN, dropout=0.0, prenet_depth=0, mask_prob=0.48,
-                         mask_length=1, mask_noise_std=NOISE_STD, decoder=v2_decoder_cfg(kernel=5, groups=1))
+                         mask_length=1, mask_noise_std=NOISE_STD,
+                         decoder=v2_decoder_cfg(kernel=5, groups=1, residual=not released_decoder,
+                                                projections=2 if released_decoder else 1))
     task = types.SimpleNamespace(source_dictionary=d)
     model = v2_model("text", mcfg, depth=TINY["depth"], top_k=2, loss_scale=1.0, encoder_only=True,
                      norm_eps=1e-5, task=task)
@@ -451,7 +453,7 @@ def v2_text() -> None:
     out, sample_size, parts = v2_run(model, "TEXT", source, mask)
     tensors = {**state(model, "fs.student."), **teacher_state(model.ema.model, model, "blocks."),
                "in.source": source, "in.mask": mask.view(B, CLONES, -1), **out}
-    save_case("v2_text", tensors, {
+    save_case("v2_text_released_decoder" if released_decoder else "v2_text", tensors, {
         "fairseq": "examples/data2vec/models/data2vec2.py (Data2VecMultiModel), modalities/text.py",
         "recipe": "text-tiny-v2",
         "overrides": text_overrides(d, TINY["depth"], TINY["dim"]) + [
@@ -459,26 +461,32 @@ def v2_text() -> None:
             "objective.per_layer_norm=instance", "objective.final_norm=none", "objective.loss_beta=0.0",
             "objective.loss_scale=none", "objective.ema_scope=encoder", f"objective.decoder_dim={TINY['dim']}",
             "objective.decoder_layers=2", "objective.decoder_kernel=5", "objective.decoder_groups=1",
-            f"objective.decoder_noise={NOISE_STD}", "objective.cls_loss_weight=0.0"],
+            f"objective.decoder_noise={NOISE_STD}", "objective.cls_loss_weight=0.0"] + (
+            ["objective.decoder_input_proj=false", "objective.decoder_residual=false",
+             "objective.decoder_proj_layers=2"] if released_decoder else []),
         "teacher_prefix": "blocks.", "noise_seed": NOISE_SEED,
         "loss": float(out["out.loss"]), "loss_parts": parts, "sample_size": sample_size,
     })
 
 
-def v2_audio(teacher_context: bool = False) -> None:
+def v2_audio(teacher_context: bool = False, alibi: bool = False) -> None:
     """data2vec 2.0 speech (`modalities/audio.py`, `config/v2/base_audio_only_task.yaml` at tiny size, without
     ALiBi (ours lacks it, issue 19 item 8)): no prenet, the positional convs and their LayerNorm in the
     teacher as in the student (`ema_local_encoder: false` shares the conv features), spans of 5 at 0.5.
     `teacher_context`: the teacher's positional convs and LayerNorm, which fairseq averages, have moved away
-    from the student's too (issue 19 item 7; ours as `objective.ema_scope=context`)."""
+    from the student's too (issue 19 item 7; ours as `objective.ema_scope=context`). `alibi`: the released
+    model's ALiBi attention bias with a learned scale per head, and a decoder narrower than the model (384 of
+    768 released; here 4 of 8), whose first conv takes the model width (issue 19 item 8)."""
     from examples.data2vec.models.modalities.audio import D2vAudioConfig
     from fairseq.data.data_utils import compute_mask_indices
 
     torch.manual_seed(30)
     mcfg = D2vAudioConfig(feature_encoder_spec=repr(AUDIO_CONVS), conv_pos_width=15, conv_pos_depth=3,
                           conv_pos_groups=4, prenet_depth=0, mask_prob=0.5, mask_length=5,
-                          mask_noise_std=NOISE_STD, ema_local_encoder=False, use_alibi_encoder=False,
-                          decoder=v2_decoder_cfg(kernel=5, groups=4))
+                          mask_noise_std=NOISE_STD, ema_local_encoder=False, use_alibi_encoder=alibi,
+                          learned_alibi_scale=alibi, learned_alibi_scale_per_head=alibi,
+                          decoder=v2_decoder_cfg(kernel=5, groups=2 if alibi else 4,
+                                                 dim=TINY["dim"] // 2 if alibi else TINY["dim"]))
     model = v2_model("audio", mcfg, depth=TINY["depth"], top_k=2, loss_scale=None, encoder_only=False,
                      norm_eps=1e-5)
     perturb(model, seed=31)
@@ -497,7 +505,8 @@ def v2_audio(teacher_context: bool = False) -> None:
     out, sample_size, parts = v2_run(model, "AUDIO", source, mask)
     tensors = {**state(model, "fs.student."), **teacher_state(model.ema.model, model, ""),
                "in.source": source, "in.mask": mask.view(B, CLONES, -1), **out}
-    save_case("v2_audio_teacher_context" if teacher_context else "v2_audio", tensors, {
+    name = "v2_audio_alibi" if alibi else "v2_audio_teacher_context" if teacher_context else "v2_audio"
+    save_case(name, tensors, {
         "fairseq": "examples/data2vec/models/data2vec2.py (Data2VecMultiModel), modalities/audio.py",
         "recipe": "audio-tiny-v2",
         "overrides": [f"model.dim={TINY['dim']}", f"model.depth={TINY['depth']}", f"model.heads={TINY['heads']}",
@@ -510,9 +519,11 @@ def v2_audio(teacher_context: bool = False) -> None:
                       "objective.per_layer_norm=instance", "objective.final_norm=none", "objective.loss_beta=0.0",
                       "objective.loss_scale=inv_sqrt_dim",
                       f"objective.ema_scope={'context' if teacher_context else 'encoder'}",
-                      f"objective.decoder_dim={TINY['dim']}", "objective.decoder_layers=2",
-                      "objective.decoder_kernel=5", "objective.decoder_groups=4",
-                      f"objective.decoder_noise={NOISE_STD}", "objective.cls_loss_weight=0.0"],
+                      f"objective.decoder_dim={TINY['dim'] // 2 if alibi else TINY['dim']}",
+                      "objective.decoder_layers=2", "objective.decoder_kernel=5",
+                      f"objective.decoder_groups={2 if alibi else 4}",
+                      f"objective.decoder_noise={NOISE_STD}", "objective.cls_loss_weight=0.0"] + (
+                          ["model.alibi=true", "objective.decoder_input_proj=false"] if alibi else []),
         "teacher_prefix": "", "noise_seed": NOISE_SEED, **({"base": "v2_audio"} if teacher_context else {}),
         "loss": float(out["out.loss"]), "loss_parts": parts, "sample_size": sample_size,
     })
@@ -717,6 +728,8 @@ CASES = {
     "v2_text": v2_text,
     "v2_audio": v2_audio,
     "v2_audio_teacher_context": lambda: v2_audio(teacher_context=True),
+    "v2_text_released_decoder": lambda: v2_text(released_decoder=True),
+    "v2_audio_alibi": lambda: v2_audio(alibi=True),
     "v2_image": v2_image,
     "v1_image": v1_image,  # Meta's data2vec_vision, with --vision
 }
