@@ -234,6 +234,7 @@ def test_unsupported_hf_option_is_an_error_naming_it(tmp_path, modality, changes
 @pytest.mark.parametrize("recipe,overrides,named", [
     ("image-tiny", IMAGE_SMALL + ["model.norm_first=false"], "model.norm_first"),
     ("image-tiny", IMAGE_SMALL + ["image.cls_token=false"], "image.cls_token"),
+    ("image-tiny", IMAGE_SMALL + ["image.embed_norm=true"], "image.embed_norm"),
     ("text-tiny", TEXT_SMALL + ["model.layer_scale=0.1"], "model.layer_scale"),
     ("text-tiny", TEXT_SMALL + ["text.embed_norm_eps=1e-6"], "text.embed_norm_eps"),
 ])
