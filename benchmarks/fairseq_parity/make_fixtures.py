@@ -147,6 +147,7 @@ def perturb(module: torch.nn.Module, seed: int, std: float = 0.05) -> None:
     for name, p in module.named_parameters():
         if "fixed_positional_encoder" not in name:  # fixed sin-cos positions stay what they are
             p.add_(torch.randn(p.shape, generator=g) * std)
+            p.copy_(p.half().float())  # values float16 holds exactly: the fixture stores them in half the bytes
 
 
 def state(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
@@ -167,6 +168,10 @@ def save_case(name: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     masks) stores only the tensors that differ from its base case's; the test overlays them on the base."""
     OUT.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in tensors.items()}
+    # weights and inputs that float16 holds exactly are stored as float16 (the test reads them back as float32,
+    # bit for bit); what fairseq computed stays float32
+    tensors = {k: v.half() if k.startswith(("fs.", "in.")) and v.dtype == torch.float32
+               and torch.equal(v.half().float(), v) else v for k, v in tensors.items()}
     if "base" in meta:
         from safetensors.torch import load_file
 
@@ -176,6 +181,29 @@ def save_case(name: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     (OUT / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
     size = (OUT / f"{name}.safetensors").stat().st_size
     print(f"{name}: loss {meta['loss']:.6g} over {meta['sample_size']} positions, {size / 1024:.0f} KB")
+
+
+EMA_DECAY = 0.9  # far from 1, so the EMA's change is large enough to compare
+
+
+def fairseq_step(model, forward, ema_step) -> dict[str, torch.Tensor]:
+    """One training step's other outputs, as fairseq's trainer and model compute them: the student's
+    gradients of the loss per masked position (the summed losses over `sample_size`, what the trainer's
+    gradient normalisation gives) and the EMA teacher after `ema_step` at decay `EMA_DECAY` (no optimizer step
+    in between, so the teacher moves towards the current student). Only the teacher tensors that changed
+    are kept; the test overlays them on the teacher before the step."""
+    model.zero_grad(set_to_none=True)
+    result = forward()
+    loss = sum(v.float().sum() for v in result["losses"].values()) / result["sample_size"]
+    loss.backward()
+    out = {"out.grad." + k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
+    before = {k: v.clone() for k, v in model.ema.model.state_dict().items()}
+    model.ema.set_decay(EMA_DECAY)
+    with torch.no_grad():
+        ema_step()
+    out.update({"out.teacher." + k: v.detach().clone() for k, v in model.ema.model.state_dict().items()
+                if not torch.equal(v, before[k])})
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- v1 speech
@@ -217,7 +245,7 @@ def v1_audio(padded: bool, teacher_norm: bool = False) -> None:
     lengths = [1200, 1000, 760] if padded else [1200, 1200]
     source = torch.zeros(len(lengths), max(lengths))
     for i, n in enumerate(lengths):
-        source[i, :n] = torch.randn(n, generator=g)
+        source[i, :n] = torch.randn(n, generator=g).half().float()  # float16-exact: stored in 2 bytes
     sample_pad = torch.arange(source.shape[1])[None] >= torch.tensor(lengths)[:, None]
     frames = model._get_feat_extract_output_lengths(torch.tensor(lengths))
     n_frames = int(model._get_feat_extract_output_lengths(torch.tensor([source.shape[1]]))[0])
@@ -233,6 +261,9 @@ def v1_audio(padded: bool, teacher_norm: bool = False) -> None:
     tensors = {**state(model, "fs.student."), **teacher_state(model.ema.model, model, "encoder."),
                "in.source": source, "in.mask": mask, "out.targets": target, "out.pred": pred,
                "out.loss": loss.reshape(1)}
+    if not padded:  # gradients and EMA for the unpadded cases (after the weights are saved: the EMA moves)
+        tensors.update(fairseq_step(model, lambda: model(source, padding_mask=None, mask=True, mask_indices=mask),
+                                    lambda: model.ema.step(model.encoder)))
     if padded:
         tensors["in.padding_mask"] = sample_pad
     norm = "layer" if padded else "instance"
@@ -251,6 +282,7 @@ def v1_audio(padded: bool, teacher_norm: bool = False) -> None:
                       "objective.loss_scale=inv_sqrt_dim",
                       f"objective.ema_scope={'layers' if teacher_norm else 'encoder'}", "objective.head_layers=1"],
         "teacher_prefix": "encoder.", **({"base": "v1_audio_unpadded"} if teacher_norm else {}),
+        **({} if padded else {"ema_decay": EMA_DECAY}),
         "loss": float(loss) / mask.sum().item(), "loss_sum": float(loss), "sample_size": int(mask.sum()),
     })
 
@@ -341,6 +373,9 @@ def v1_text(masking: str) -> None:
                "in.source": clean, "in.student_source": corrupted, "in.padding_mask": clean.eq(d.pad()),
                "in.mask": chosen, "in.regressed": regressed, "out.targets": target, "out.pred": pred,
                "out.loss": loss.reshape(1)}
+    if bert:  # gradients and EMA
+        tensors.update(fairseq_step(model, lambda: model(corrupted, target_tokens=clean),
+                                    lambda: model.ema.step(model.sentence_encoder)))
     settings = (["masking.token_prob=0.15", "masking.token_span=1", "masking.token_random=0.1",
                  "masking.token_keep=0.1"] if bert else
                 ["masking.token_prob=0.35", "masking.token_span=4", "masking.token_random=0.0",
@@ -353,6 +388,7 @@ def v1_text(masking: str) -> None:
             "objective.final_norm=none", "objective.loss_beta=4.0", "objective.loss_scale=none",
             "objective.ema_scope=encoder", "objective.head_layers=2"],
         "teacher_prefix": "sentence_encoder.",
+        **({"ema_decay": EMA_DECAY} if bert else {}),
         "loss": float(loss) / int(regressed.sum()), "loss_sum": float(loss), "sample_size": int(regressed.sum()),
         "chosen": int(chosen.sum()),
     })
@@ -391,7 +427,7 @@ def v2_decoder_cfg(kernel: int, groups: int, dim: int = TINY["dim"], residual: b
                             input_dropout=0.0, decoder_residual=residual, projection_layers=projections)
 
 
-def v2_run(model, mode: str, source, mask, padding_mask=None) -> dict[str, torch.Tensor]:
+def v2_run(model, mode: str, source, mask, padding_mask=None, step: bool = False) -> dict[str, torch.Tensor]:
     """fairseq's forward with a precomputed mask `[B * clones, N]` and the decoder noise drawn as ours draws
     it (`torch.randn(B * clones, N, D) * std` after `torch.manual_seed(NOISE_SEED)`), handed to fairseq at the
     masked positions in place of its own draw."""
@@ -411,12 +447,18 @@ def v2_run(model, mode: str, source, mask, padding_mask=None) -> dict[str, torch
     enc.decoder_input = decoder_input
     with loss_inputs() as calls, torch.no_grad():
         result = model(source, mode=mode, padding_mask=padding_mask, mask=True, precomputed_mask=mask)
+    grads_ema = {}
+    if step:  # gradients and EMA (`set_num_updates` steps the blocks, or the whole model, into the teacher)
+        encoder_only = model.cfg.ema_encoder_only
+        grads_ema = fairseq_step(
+            model, lambda: model(source, mode=mode, padding_mask=padding_mask, mask=True, precomputed_mask=mask),
+            lambda: model.ema.step(model.blocks if encoder_only else model))
     del enc.decoder_input
     pred, target = calls[-1]
     sample_size = int(result["sample_size"])
     total = sum(v.float().sum() for v in result["losses"].values())
     out = {"out.targets": target, "out.pred": pred, "out.noise": noise,
-           "out.loss": (total / sample_size).reshape(1)}
+           "out.loss": (total / sample_size).reshape(1), **grads_ema}
     parts = {k: float(v.float().sum()) / sample_size for k, v in result["losses"].items()}
     return out, sample_size, parts
 
@@ -450,9 +492,9 @@ def v2_text(released_decoder: bool = False) -> None:
                         torch.full((B, 1), 2, dtype=torch.long)], dim=1)
     torch.manual_seed(24)
     mask = random_masking(torch.zeros(B * CLONES, TEXT_LEN, 1), 0.48, None).mask.bool()
-    out, sample_size, parts = v2_run(model, "TEXT", source, mask)
-    tensors = {**state(model, "fs.student."), **teacher_state(model.ema.model, model, "blocks."),
-               "in.source": source, "in.mask": mask.view(B, CLONES, -1), **out}
+    weights = {**state(model, "fs.student."), **teacher_state(model.ema.model, model, "blocks.")}
+    out, sample_size, parts = v2_run(model, "TEXT", source, mask, step=not released_decoder)
+    tensors = {**weights, "in.source": source, "in.mask": mask.view(B, CLONES, -1), **out}
     save_case("v2_text_released_decoder" if released_decoder else "v2_text", tensors, {
         "fairseq": "examples/data2vec/models/data2vec2.py (Data2VecMultiModel), modalities/text.py",
         "recipe": "text-tiny-v2",
@@ -464,7 +506,7 @@ def v2_text(released_decoder: bool = False) -> None:
             f"objective.decoder_noise={NOISE_STD}", "objective.cls_loss_weight=0.0"] + (
             ["objective.decoder_input_proj=false", "objective.decoder_residual=false",
              "objective.decoder_proj_layers=2"] if released_decoder else []),
-        "teacher_prefix": "blocks.", "noise_seed": NOISE_SEED,
+        "teacher_prefix": "blocks.", "noise_seed": NOISE_SEED, **({} if released_decoder else {"ema_decay": EMA_DECAY}),
         "loss": float(out["out.loss"]), "loss_parts": parts, "sample_size": sample_size,
     })
 
@@ -497,14 +539,14 @@ def v2_audio(teacher_context: bool = False, alibi: bool = False) -> None:
     model.eval()
     g = torch.Generator().manual_seed(33)
     B = 2
-    source = torch.randn(B, 1200, generator=g)
+    source = torch.randn(B, 1200, generator=g).half().float()
     n_frames = 59
     mask = torch.from_numpy(compute_mask_indices((B * CLONES, n_frames), None, 0.5, 5, min_masks=1,
                                                  require_same_masks=True, seed=34, epoch=1,
                                                  indices=torch.arange(B * CLONES)))
-    out, sample_size, parts = v2_run(model, "AUDIO", source, mask)
-    tensors = {**state(model, "fs.student."), **teacher_state(model.ema.model, model, ""),
-               "in.source": source, "in.mask": mask.view(B, CLONES, -1), **out}
+    weights = {**state(model, "fs.student."), **teacher_state(model.ema.model, model, "")}
+    out, sample_size, parts = v2_run(model, "AUDIO", source, mask, step=teacher_context)
+    tensors = {**weights, "in.source": source, "in.mask": mask.view(B, CLONES, -1), **out}
     name = "v2_audio_alibi" if alibi else "v2_audio_teacher_context" if teacher_context else "v2_audio"
     save_case(name, tensors, {
         "fairseq": "examples/data2vec/models/data2vec2.py (Data2VecMultiModel), modalities/audio.py",
@@ -525,6 +567,7 @@ def v2_audio(teacher_context: bool = False, alibi: bool = False) -> None:
                       f"objective.decoder_noise={NOISE_STD}", "objective.cls_loss_weight=0.0"] + (
                           ["model.alibi=true", "objective.decoder_input_proj=false"] if alibi else []),
         "teacher_prefix": "", "noise_seed": NOISE_SEED, **({"base": "v2_audio"} if teacher_context else {}),
+        **({"ema_decay": EMA_DECAY} if teacher_context else {}),
         "loss": float(out["out.loss"]), "loss_parts": parts, "sample_size": sample_size,
     })
 
@@ -554,14 +597,14 @@ def v2_image() -> None:
     model.eval()
     g = torch.Generator().manual_seed(43)
     B = 2
-    source = torch.randn(B, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+    source = torch.randn(B, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g).half().float()
     torch.manual_seed(44)  # compute_block_mask_2d draws from torch
     mask = torch.as_tensor(compute_block_mask_2d((B * CLONES, (IMAGE_SIZE // PATCH) ** 2), 0.8, 2,
                                                  mask_prob_adjust=0.07, inverse_mask=True,
                                                  require_same_masks=True)).bool()
-    out, sample_size, parts = v2_run(model, "IMAGE", source, mask)
-    tensors = {**state(model, "fs.student."), **teacher_state(model.ema.model, model, ""),
-               "in.source": source, "in.mask": mask.view(B, CLONES, -1), **out}
+    weights = {**state(model, "fs.student."), **teacher_state(model.ema.model, model, "")}
+    out, sample_size, parts = v2_run(model, "IMAGE", source, mask, step=True)
+    tensors = {**weights, "in.source": source, "in.mask": mask.view(B, CLONES, -1), **out}
     save_case("v2_image", tensors, {
         "fairseq": "examples/data2vec/models/data2vec2.py (Data2VecMultiModel), modalities/images.py",
         "recipe": "image-tiny-v2",
@@ -576,7 +619,7 @@ def v2_image() -> None:
                       f"objective.decoder_dim={TINY['dim']}", "objective.decoder_layers=2",
                       "objective.decoder_kernel=3", "objective.decoder_groups=4",
                       f"objective.decoder_noise={NOISE_STD}", "objective.cls_loss_weight=0.01"],
-        "prenet_depth": 1, "teacher_prefix": "", "noise_seed": NOISE_SEED,
+        "prenet_depth": 1, "teacher_prefix": "", "noise_seed": NOISE_SEED, "ema_decay": EMA_DECAY,
         "loss": float(out["out.loss"]), "loss_parts": parts, "sample_size": sample_size,
     })
 
@@ -668,7 +711,7 @@ def v1_image() -> None:
     B = 2
     mask = torch.stack([torch.from_numpy(gen()) for _ in range(B)]).bool()  # [B, H, W]
     g = torch.Generator().manual_seed(54)
-    images = torch.randn(B, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+    images = torch.randn(B, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g).half().float()
 
     losses = []
 
