@@ -155,8 +155,9 @@ def v2_audio_frontend(local: dict[str, Tensor], context: dict[str, Tensor]) -> d
     n_pos = len({k.split(".")[1] for k in context if k.startswith("relative_positional_encoder.")
                  and k.endswith(".0.weight")})
     for i in range(n_pos):  # index 0 of the Sequential is a TransposeLast
-        out[f"frontend.pos_conv_embed.layers.{i}.conv.weight"] = context[f"relative_positional_encoder.{i + 1}.0.weight"]
-        out[f"frontend.pos_conv_embed.layers.{i}.conv.bias"] = context[f"relative_positional_encoder.{i + 1}.0.bias"]
+        conv = f"relative_positional_encoder.{i + 1}.0."
+        out[f"frontend.pos_conv_embed.layers.{i}.conv.weight"] = context[conv + "weight"]
+        out[f"frontend.pos_conv_embed.layers.{i}.conv.bias"] = context[conv + "bias"]
     out["frontend.layer_norm.weight"] = context["context_encoder.norm.weight"]
     out["frontend.layer_norm.bias"] = context["context_encoder.norm.bias"]
     return out

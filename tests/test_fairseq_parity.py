@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import fairseq_mapping as fm
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import fairseq_mapping as fm
 from data2vec.config import build_config
 from data2vec.model import Data2Vec
 

@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import importlib
 import json
-import math
 import re
 import sys
 import types
@@ -40,7 +39,7 @@ def patch_fairseq(src: Path) -> None:
     mutable dataclass defaults in examples/data2vec become `field(default_factory=...)`, and numpy's removed
     aliases (np.float, np.int) become the builtin types."""
     d2v = src / "fairseq" / "examples" / "data2vec"
-    default = re.compile(r"^(\s+\w+: (?:Optional\[)?(\w+)\]? = )(\w+)\(\)$", re.M)
+    default = re.compile(r"^(\s+\w+: (?:Optional\[)?(\w+)\]? = )(\w+)\(\)$", re.MULTILINE)
     for path in d2v.rglob("*.py"):
         text = path.read_text()
         new = default.sub(lambda m: f"{m.group(1)}field(default_factory={m.group(3)})"
@@ -107,7 +106,7 @@ def import_fairseq(src: Path) -> None:
     sys.path.insert(0, str(src))
     import logging
     logging.disable(logging.WARNING)
-    import fairseq  # noqa: F401
+    import fairseq
     import fairseq.examples
     sys.modules["examples"] = fairseq.examples
     # examples/data2vec/data/__init__ imports the image datasets (torchvision); only `modality.py` is needed
@@ -207,7 +206,7 @@ def fairseq_step(model, forward, ema_step) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------------------------------- v1 speech
-TINY = dict(dim=8, depth=3, heads=2, ffn=16)  # a few KB of weights per model
+TINY = {"dim": 8, "depth": 3, "heads": 2, "ffn": 16}  # a few KB of weights per model
 AUDIO_CONVS = [(8, 10, 5), (8, 3, 2), (8, 3, 2)]  # 20 samples per frame, receptive field 50
 
 
@@ -218,7 +217,10 @@ def v1_audio(padded: bool, teacher_norm: bool = False) -> None:
     instance norm counts padded frames, ours leaves them out on purpose (docs/fidelity.md). `teacher_norm`:
     the teacher's LayerNorm after the positional convs, which fairseq averages, has moved away from the
     student's too (issue 19 item 7; ours as `objective.ema_scope=layers`)."""
-    from examples.data2vec.models.data2vec_audio import Data2VecAudioConfig, Data2VecAudioModel
+    from examples.data2vec.models.data2vec_audio import (
+        Data2VecAudioConfig,
+        Data2VecAudioModel,
+    )
     from fairseq.data.data_utils import compute_mask_indices
 
     torch.manual_seed(0)
@@ -329,7 +331,10 @@ def v1_text(masking: str) -> None:
     RoBERTa post-LN encoder, teacher = EMA of the layers (`ema_transformer_layers_only`), top-2 layer-normed
     FFN outputs, Smooth L1 beta 4, loss scale 1, 2-layer head. Masks from fairseq's `MaskTokensDataset`: BERT
     (15%, 80/10/10) or the released spans (35% in spans of 4, all <mask>)."""
-    from examples.data2vec.models.data2vec_text import Data2VecTextConfig, Data2VecTextEncoder
+    from examples.data2vec.models.data2vec_text import (
+        Data2VecTextConfig,
+        Data2VecTextEncoder,
+    )
     from fairseq.data import MaskTokensDataset
     from fairseq.models.transformer import TransformerConfig
 
@@ -403,7 +408,11 @@ def v2_model(modality: str, modality_cfg, *, depth: int, top_k: int, loss_scale,
              task=None):
     """fairseq's `Data2VecMultiModel` for one modality at tiny size, every dropout 0, eval mode."""
     from examples.data2vec.data.modality import Modality
-    from examples.data2vec.models.data2vec2 import Data2VecMultiConfig, Data2VecMultiModel, D2vModalitiesConfig
+    from examples.data2vec.models.data2vec2 import (
+        D2vModalitiesConfig,
+        Data2VecMultiConfig,
+        Data2VecMultiModel,
+    )
 
     modality_cfg.model_depth, modality_cfg.num_alibi_heads = depth, TINY["heads"]
     modalities = D2vModalitiesConfig()
@@ -682,10 +691,11 @@ def v1_image() -> None:
     `MaskingGenerator`, targets the top-2 block outputs each layer-normed, averaged and layer-normed again
     (`--post_target_layer_norm`), Smooth L1 beta 2 (mean over elements). The step also gives the student's
     gradients and the EMA teacher after the update (decay 0.9, large enough to see)."""
-    import masking_generator
-    import engine_for_cyclical
-    from modeling_cyclical import VisionTransformerForCyclicalTraining
     from functools import partial
+
+    import engine_for_cyclical
+    import masking_generator
+    from modeling_cyclical import VisionTransformerForCyclicalTraining
 
     torch.manual_seed(50)
     model = VisionTransformerForCyclicalTraining(
