@@ -62,3 +62,66 @@ def test_set_lr_without_scale_is_unchanged_for_pretraining_groups():
     optimizer = torch.optim.AdamW([{"params": [p]}], lr=1.0)
     set_lr(optimizer, 3e-4)
     assert optimizer.param_groups[0]["lr"] == 3e-4
+
+
+def _meta_no_decay(name: str, shape: tuple[int, ...]) -> bool:
+    """Meta's data2vec_vision rule, written out from `optim_factory.get_parameter_groups` and
+    `VisionTransformerForCyclicalTraining.no_weight_decay()`: 1-D, a ".bias" name, or a whole name in the set."""
+    return len(shape) == 1 or name.endswith(".bias") or name in {"pos_embed", "cls_token"}
+
+
+def test_beit_rule_decays_what_data2vec_visions_optimiser_decays():
+    """Every trainable parameter of Meta's v1 image model (named as in the data2vec_vision fixture, whose
+    gradients cover them all) is decayed under `train.no_decay=beit` exactly when Meta's optimiser decays it:
+    the mask token and the relative position table are, the CLS token and 1-D tensors are not."""
+    import json
+    from pathlib import Path
+
+    import fairseq_mapping as fm
+    from safetensors.torch import load_file
+
+    from data2vec.model import Data2Vec
+    from data2vec.train.optim import param_groups
+
+    folder = Path(__file__).parent / "fixtures" / "fairseq"
+    meta = json.loads((folder / "v1_image.json").read_text())
+    grads = fm._sub(load_file(str(folder / "v1_image.safetensors")), "out.grad.")
+    theirs = {n: not _meta_no_decay(n, tuple(g.shape)) for n, g in grads.items()}
+    assert not theirs["cls_token"] and theirs["mask_token"] and theirs["rel_pos_bias.relative_position_bias_table"]
+    index = {n: torch.tensor(float(i)) for i, n in enumerate(theirs)}  # carry each name through the mapping
+    names = list(theirs)
+    mapped = {f"student.{k}": theirs[names[int(v)]] for k, v in fm.beit_cyclical(index, 3).items()}
+    mapped.update({"head.weight": theirs["lm_head.weight"], "head.bias": theirs["lm_head.bias"]})
+    model = Data2Vec(build_config(meta["recipe"], [*meta["overrides"], "train.no_decay=beit"]))
+    named = model.trainable_parameters()
+    decayed = {id(p) for p in param_groups(named, 0.05, "beit")[0]["params"]}
+    ours = {n: id(p) in decayed for n, p in named if p.requires_grad}
+    assert ours == mapped
+    tokens = {id(p) for p in param_groups(named, 0.05, "tokens")[0]["params"]}
+    assert {n for n, p in named if id(p) in decayed and id(p) not in tokens} == {
+        "student.frontend.mask_token", "student.frontend.rel_pos.0.table"}
+
+
+def test_no_decay_rules_none_and_fairseq_v2():
+    """`none` (fairseq's plain adam) decays every parameter, 1-D ones too; `fairseq_v2` spares 1-D tensors,
+    biases and ALiBi scales only, so tokens and positions are decayed."""
+    from data2vec.train.optim import _decayed
+
+    vec, mat = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(1, 1, 4))
+    assert _decayed("encoder.norm.weight", vec, "none") and _decayed("frontend.cls_token", mat, "none")
+    assert not _decayed("encoder.norm.weight", vec, "fairseq_v2")
+    assert _decayed("frontend.cls_token", mat, "fairseq_v2") and _decayed("frontend.mask_token", mat, "beit")
+    assert not _decayed("encoder.blocks.0.attn.alibi_scale", mat, "fairseq_v2")
+    assert not _decayed("frontend.cls_token", mat, "tokens") and not _decayed("frontend.cls_token", mat, "beit")
+
+
+def test_build_optimizer_follows_train_no_decay():
+    from data2vec.model import Data2Vec
+    from data2vec.train.optim import build_optimizer
+
+    cfg = build_config("image-tiny", ["model.dim=16", "model.depth=2", "model.heads=2", "image.image_size=8",
+                                      "image.patch_size=4", "train.no_decay=beit"])
+    model = Data2Vec(cfg)
+    groups = build_optimizer(model.trainable_parameters(), cfg.train).param_groups
+    assert any(p is model.student.frontend.mask_token for p in groups[0]["params"])
+    assert groups[0]["weight_decay"] == cfg.train.weight_decay and groups[1]["weight_decay"] == 0.0

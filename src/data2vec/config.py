@@ -196,6 +196,10 @@ class TrainConfig:
     min_lr: float = 1e-5
     warmup_steps: int = 100
     weight_decay: float = 0.05
+    # which parameters weight decay spares besides 1-D ones (train/optim.py NO_DECAY_RULES): "tokens" also the
+    # CLS / mask tokens, positions and relative position tables; "beit" only positions and the CLS token (Meta's
+    # data2vec_vision, v1 images); "fairseq_v2" only ALiBi scales; "none" spares nothing (fairseq's plain adam)
+    no_decay: Literal["tokens", "beit", "fairseq_v2", "none"] = "tokens"
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8

@@ -11,21 +11,41 @@ from torch import nn
 
 from data2vec.config import TrainConfig
 
-NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed", "rel_pos", "table")
+# Which parameters weight decay leaves alone (`train.no_decay`). Every rule spares 1-D tensors (norms, biases,
+# layer scales); they differ in the named tensors they also spare:
+#   tokens: CLS and mask tokens, positions and relative position tables too (this library's rule, as timm / MAE)
+#   beit: only `pos_embed` and `cls_token`, Meta's data2vec_vision (`optim_factory.get_parameter_groups`: 1-D,
+#     names ending in ".bias", and the model's `no_weight_decay()` = {"pos_embed", "cls_token"}), so the mask
+#     token and the relative position table are decayed
+#   fairseq_v2: nothing named but ALiBi scales (`data2vec2.py`: 1-D, ".bias", "alibi_scale")
+#   none: every parameter is decayed (fairseq's plain `adam` optimiser: v1 speech and text, v2 speech)
+NO_DECAY_RULES: dict[str, tuple[str, ...]] = {
+    "tokens": ("cls_token", "mask_token", "pos_embed", "rel_pos", "table"),
+    "beit": (".pos_embed", ".cls_token"),
+    "fairseq_v2": ("alibi_scale",),
+    "none": (),
+}
 
 
-def _decayed(name: str, p: nn.Parameter) -> bool:
-    """Weight matrices are decayed; norms, biases, embeddings, tokens and scales are not."""
-    return not (p.ndim <= 1 or any(key in name for key in NO_DECAY_NAMES))
+def _decayed(name: str, p: nn.Parameter, rule: str = "tokens") -> bool:
+    """Whether `p` (named as in `named_parameters`) is weight-decayed under `rule` (see NO_DECAY_RULES)."""
+    if rule == "none":
+        return True
+    if p.ndim <= 1 or name.endswith(".bias"):
+        return False
+    if rule == "beit":  # Meta matches whole names; ours carry a prefix (student.frontend.cls_token)
+        return not ("." + name).endswith(NO_DECAY_RULES[rule])
+    return not any(key in name for key in NO_DECAY_RULES[rule])
 
 
-def param_groups(named_params: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
-    """Split parameters into decayed (weight matrices) and not decayed (norms, biases, embeddings, scales)."""
+def param_groups(named_params: list[tuple[str, nn.Parameter]], weight_decay: float,
+                 rule: str = "tokens") -> list[dict]:
+    """Split parameters into decayed and not decayed ones by `rule` (`train.no_decay`, see NO_DECAY_RULES)."""
     decay, no_decay = [], []
     for name, p in named_params:
         if not p.requires_grad:
             continue
-        (decay if _decayed(name, p) else no_decay).append(p)
+        (decay if _decayed(name, p, rule) else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -69,7 +89,7 @@ def build_optimizer(named_params: list[tuple[str, nn.Parameter]], cfg: TrainConf
     step count on the device (no host read per parameter): at ViT-B size on 2 CPU threads it is about 5x
     faster than the default per-parameter loop (BENCHMARKS.md). It computes the same update up to rounding.
     """
-    groups = param_groups(named_params, cfg.weight_decay)
+    groups = param_groups(named_params, cfg.weight_decay, cfg.no_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                              fused=can_fuse([p for g in groups for p in g["params"]]))
 
