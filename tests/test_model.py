@@ -206,3 +206,50 @@ def test_front_end_splitting_ema_scopes_are_for_speech_only():
 
     with pytest.raises(Data2VecError, match="ema_scope=layers"):
         Data2Vec(tiny_cfg("objective.ema_scope=layers"))
+
+
+def _teacher_dtypes(model, *args):
+    """The dtypes of what each teacher block's FFN outputs during one step under a CPU bf16
+    autocast (the residual stream stays float32 either way), and the loss."""
+    seen = []
+    hooks = [b.mlp.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+             for b in model.teacher.encoder.blocks]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(*args)["loss"]
+    for h in hooks:
+        h.remove()
+    return seen, loss
+
+
+def test_teacher_precision_fp32_runs_the_teacher_outside_the_steps_autocast():
+    """Meta's data2vec_vision computes the targets in float32 before entering the autocast; with
+    `objective.teacher_precision=fp32` our teacher does too (every block's output float32, the targets those of
+    a plain float32 pass), while the student still runs in bf16. "step" (fairseq: teacher in the model's dtype)
+    runs the teacher in bf16."""
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 16, 16)
+    mask = torch.rand(2, 16, generator=torch.Generator().manual_seed(1)) < 0.5
+    model = Data2Vec(tiny_cfg("objective.teacher_precision=fp32")).train()
+    student = []
+    model.student.encoder.blocks[0].mlp.register_forward_hook(lambda m, a, out: student.append(out.dtype))
+    seen, _ = _teacher_dtypes(model, images, mask)
+    assert seen == [torch.float32] * 3 and student == [torch.bfloat16]
+    captured = {}
+    real = model.targets
+    model.targets = lambda *a: captured.setdefault("t", real(*a))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(images, mask)
+    torch.testing.assert_close(captured["t"], real(images), rtol=0, atol=0)  # real(): no autocast at all
+    model.cfg.objective.teacher_precision = "step"
+    seen, _ = _teacher_dtypes(model, images, mask)
+    assert seen == [torch.bfloat16] * 3
+
+
+def test_teacher_precision_fp32_makes_the_teachers_own_pass_in_speech_and_v2():
+    """Where the teacher would start from the student's (bf16) features, fp32 has it embed the input itself."""
+    speech = Data2Vec(build_config("audio-tiny", SPEECH + ["objective.ema_scope=layers",
+                                                          "objective.teacher_precision=fp32"]))
+    assert not speech.shares_local_features()
+    image = Data2Vec(build_config("image-tiny-v2", ["objective.ema_scope=encoder",
+                                                    "objective.teacher_precision=fp32"]))
+    assert not image.shares_frontend_output()

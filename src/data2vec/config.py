@@ -146,6 +146,9 @@ class ObjectiveConfig:
     # speech: the norm after the positional convs ("layers", fairseq v1 ema_layers_only) or the convs and that
     # norm ("context", fairseq v2), the conv feature encoder shared. The Transformer is always averaged.
     ema_scope: Literal["all", "encoder", "layers", "context"] = "all"
+    # the teacher's precision: the step's (train.precision; fairseq runs model and teacher in fp16) or float32
+    # outside the step's autocast (Meta's data2vec_vision, v1 images)
+    teacher_precision: Literal["step", "fp32"] = "step"
     head_layers: int = 1  # v1 regression head: 1 = linear; 2 = Linear(D, 2D) + GELU + Linear(2D, D) (text reference)
     version: Literal[1, 2] = 1  # 2: data2vec 2.0 (visible-only student, conv decoder, several masks per sample)
     clones: int = 1  # v2: masks (student passes) per sample; the teacher runs once

@@ -7,6 +7,7 @@ the modality beyond the number of prefix (CLS) tokens its front-end adds.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -177,7 +178,7 @@ class Data2Vec(nn.Module):
         dropout is active in the student's. Then v2 with fixed positions (images, text), whose student embeds
         the unmasked input anyway, hands that output to the teacher's Transformer and skips a second front-end
         pass. Speech shares less, and more often: see `shares_local_features`."""
-        if self.cfg.objective.ema_scope != "encoder":
+        if self.cfg.objective.ema_scope != "encoder" or self.cfg.objective.teacher_precision == "fp32":
             return False
         frontend = self.student.frontend
         return not frontend.training or all(m.p == 0 for m in frontend.modules() if isinstance(m, nn.Dropout))
@@ -186,8 +187,12 @@ class Data2Vec(nn.Module):
         """Speech: whether the teacher may start from the student's local features (conv feature encoder and
         projection, before dropout) and run only its own positional convs and norm: the local encoder's
         weights are the student's in the teacher (every `ema_scope` but "all"), as in fairseq, whose teacher
-        has no local encoder (v1 `ema_transformer_only`, v2 `ema_local_encoder: false`)."""
-        return hasattr(self.student.frontend, "local_features") and self.cfg.objective.ema_scope != "all"
+        has no local encoder (v1 `ema_transformer_only`, v2 `ema_local_encoder: false`). Not with
+        `objective.teacher_precision: fp32`, whose teacher makes its own float32 pass from the input (the copied
+        local encoder computes what the student's does, in float32)."""
+        obj = self.cfg.objective
+        return (hasattr(self.student.frontend, "local_features") and obj.ema_scope != "all"
+                and obj.teacher_precision == "step")
 
     @torch.no_grad()
     def targets(self, inputs: Tensor, padding_mask: Tensor | None = None,
@@ -195,16 +200,26 @@ class Data2Vec(nn.Module):
         """Teacher targets `[B, N, D]` (prefix tokens dropped) from one pass over the unmasked input, or from
         the front-end output the student already computed (see `shares_frontend_output`)."""
         obj = self.cfg.objective
-        if frontend_output is None:
-            out = self.teacher(inputs, padding_mask=padding_mask)
-        else:
-            x, attn_bias, token_padding = frontend_output
-            out = self.teacher.encode(x.detach(), attn_bias, token_padding)
+        with self._teacher_precision(inputs.device):
+            if frontend_output is None:
+                out = self.teacher(inputs, padding_mask=padding_mask)
+            else:
+                x, attn_bias, token_padding = frontend_output
+                out = self.teacher.encode(x.detach(), attn_bias, token_padding)
         layers = out.layer_results if obj.tap == "ffn" else out.hidden_states[1:]
         p = self.teacher.num_prefix
         layers = [layer[:, p:] for layer in layers]
         frame_padding = out.padding_mask[:, p:] if out.padding_mask is not None else None
         return build_targets(layers, obj.top_k, obj.per_layer_norm, obj.final_norm, frame_padding)
+
+    def _teacher_precision(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """`objective.teacher_precision`: "step" runs the teacher in the step's precision (fairseq's released
+        recipes run model and teacher in fp16); "fp32" steps out of the step's autocast, so the teacher runs in
+        float32 whatever the student's precision (Meta's data2vec_vision: `engine_for_cyclical.py` computes the
+        targets before `torch.cuda.amp.autocast()`)."""
+        if self.cfg.objective.teacher_precision == "fp32":
+            return torch.autocast(device_type=device.type, enabled=False)
+        return contextlib.nullcontext()
 
     def forward(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None = None,
                 student_inputs: Tensor | None = None) -> dict[str, Tensor]:
