@@ -125,3 +125,43 @@ def test_build_optimizer_follows_train_no_decay():
     groups = build_optimizer(model.trainable_parameters(), cfg.train).param_groups
     assert any(p is model.student.frontend.mask_token for p in groups[0]["params"])
     assert groups[0]["weight_decay"] == cfg.train.weight_decay and groups[1]["weight_decay"] == 0.0
+
+
+def _meta_cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs):
+    """Meta's data2vec_vision `utils.cosine_scheduler` (start_warmup_value=0, warmup_steps=-1), re-written in
+    float64 numpy: one value per update, warm-up in whole epochs of updates."""
+    import math
+
+    import numpy as np
+
+    warmup_iters = warmup_epochs * niter_per_ep
+    warmup = np.linspace(0.0, base_value, warmup_iters) if warmup_epochs > 0 else np.array([])
+    iters = np.arange(epochs * niter_per_ep - warmup_iters)
+    cosine = np.array([final_value + 0.5 * (base_value - final_value) * (1 + math.cos(math.pi * i / len(iters)))
+                       for i in iters])
+    return np.concatenate((warmup, cosine))
+
+
+@pytest.mark.parametrize("recipe,epochs,per_epoch,warmup_epochs", [
+    ("image-base", 800, 625, 10),  # README: --epochs 800 --warmup_epochs 10, 1,281,167 // 128 // 16 = 625 updates
+    (None, 6, 7, 2),  # a small case, every step
+])
+def test_beit_warmup_is_data2vec_visions_schedule(recipe, epochs, per_epoch, warmup_epochs):
+    from data2vec.train.optim import lr_at
+
+    if recipe:
+        tc = build_config(recipe).train
+        assert tc.warmup == "beit"
+    else:
+        tc = build_config("image-tiny", ["train.warmup=beit", "train.lr=2e-3", "train.min_lr=1e-5"]).train
+        tc.max_steps, tc.warmup_steps = epochs * per_epoch, warmup_epochs * per_epoch
+    want = _meta_cosine_scheduler(tc.lr, tc.min_lr, epochs, per_epoch, warmup_epochs)
+    assert len(want) == tc.max_steps and tc.warmup_steps == warmup_epochs * per_epoch
+    steps = range(tc.max_steps) if tc.max_steps < 1000 else sorted(
+        {*range(0, 12), *range(tc.warmup_steps - 3, tc.warmup_steps + 3), *range(0, tc.max_steps, 997),
+         tc.max_steps - 1})
+    ours = [lr_at(s, tc) for s in steps]
+    assert ours[0] == 0.0
+    assert max(abs(o - want[s]) for o, s in zip(ours, steps)) < 1e-15
+    tc.warmup = "linear"  # this library's warm-up starts at lr / W: off by one step from Meta's
+    assert lr_at(0, tc) == pytest.approx(tc.lr / tc.warmup_steps) and lr_at(0, tc) != want[0]

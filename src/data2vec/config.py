@@ -198,6 +198,9 @@ class TrainConfig:
     lr: float = 2e-3
     min_lr: float = 1e-5
     warmup_steps: int = 100
+    # where the linear warm-up starts: "linear" at lr / warmup_steps on the first update; "beit" at 0, reaching lr
+    # on the last warm-up update (Meta's data2vec_vision utils.cosine_scheduler, start_warmup_value=0)
+    warmup: Literal["linear", "beit"] = "linear"
     weight_decay: float = 0.05
     # which parameters weight decay spares besides 1-D ones (train/optim.py NO_DECAY_RULES): "tokens" also the
     # CLS / mask tokens, positions and relative position tables; "beit" only positions and the CLS token (Meta's

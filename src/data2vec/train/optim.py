@@ -105,8 +105,13 @@ def can_fuse(params: list[torch.Tensor]) -> bool:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of update `step` (0-based): linear warm-up to `lr`, then cosine decay to `min_lr`."""
+    """Learning rate of update `step` (0-based): linear warm-up to `lr` over `warmup_steps` updates, then cosine
+    decay to `min_lr` at `max_steps`. `train.warmup` says where the warm-up starts: "linear" at lr / W for the
+    first update (this library's), "beit" at 0, as Meta's data2vec_vision `utils.cosine_scheduler`
+    (``np.linspace(0, lr, W)``: lr x step / (W - 1), `lr` reached on the last warm-up update)."""
     if step < cfg.warmup_steps:
+        if cfg.warmup == "beit":
+            return cfg.lr * step / (cfg.warmup_steps - 1) if cfg.warmup_steps > 1 else 0.0
         return cfg.lr * (step + 1) / cfg.warmup_steps
     span = max(cfg.max_steps - cfg.warmup_steps, 1)
     progress = min((step - cfg.warmup_steps) / span, 1.0)
