@@ -38,6 +38,10 @@ class EncoderConfig:
     # only, as the teacher runs in eval mode
     layer_drop: float = 0.0
     final_norm: bool = True  # layer norm after the last block (pre-LN encoders only)
+    # initial weights (nn/init.py): "normal" (0, 0.02) for Linear layers and tokens, a xavier patch embedding
+    # (this library, fairseq's init_bert_params, MAE); "beit": the same normal cut at +-0.02 (std ~0.0108), the
+    # patch embedding too (Meta's data2vec_vision trunc_normal_(std=0.02) with a=-std, b=std)
+    init: Literal["normal", "beit"] = "normal"
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.layer_drop < 1.0, "model.layer_drop", self.layer_drop, "must be in [0, 1)")

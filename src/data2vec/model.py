@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +22,7 @@ from data2vec.losses import regression_loss
 from data2vec.nn.audio import AudioFrontend
 from data2vec.nn.decoder import ConvDecoder
 from data2vec.nn.image import ImageFrontend
+from data2vec.nn.init import init_linear_and_norm
 from data2vec.nn.text import TextFrontend
 from data2vec.nn.transformer import Encoder
 from data2vec.targets import build_targets
@@ -54,7 +56,7 @@ class Data2VecEncoder(nn.Module):
         self.cfg = cfg
         self.frontend = FRONTENDS[cfg.modality](cfg)
         self.encoder = Encoder(cfg.model)
-        self.apply(_init_linear_and_norm)
+        self.apply(partial(init_linear_and_norm, scheme=cfg.model.init))
         self.frontend._init_weights()
         for depth, block in enumerate(self.encoder.blocks, start=1):  # BEiT: shrink deep residual branches
             block.attn.proj.weight.data.div_((2.0 * depth) ** 0.5)
@@ -85,16 +87,6 @@ class Data2VecEncoder(nn.Module):
         return self.frontend.pool(out.last_hidden_state, out.padding_mask)
 
 
-def _init_linear_and_norm(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
 class Data2Vec(nn.Module):
     """Student, EMA teacher and linear regression head for data2vec v1 pretraining."""
 
@@ -121,7 +113,7 @@ class Data2Vec(nn.Module):
             self.cls_head = nn.Linear(dim, dim) if obj.cls_loss_weight > 0 and obj.cls_head else None
         for module in (getattr(self, name, None) for name in ("head", "decoder", "cls_head")):
             if module is not None:
-                module.apply(_init_linear_and_norm)
+                module.apply(partial(init_linear_and_norm, scheme=cfg.model.init))
         self._freeze_unused()
         # v1 loss by mask weighting instead of a boolean gather: None = on CUDA only (where the gather syncs)
         self.dense_loss: bool | None = None

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from data2vec.config import EncoderConfig, ImageConfig
+from data2vec.nn.init import trunc_normal_
 
 
 def sincos_pos_embed(dim: int, grid_hw: tuple[int, int], order: str = "xy") -> Tensor:
@@ -69,6 +70,7 @@ class ImageFrontend(nn.Module):
         if cfg.image_size % cfg.patch_size:
             raise ValueError(f"image.image_size={cfg.image_size} must be a multiple of image.patch_size={cfg.patch_size}")
         self.cfg = cfg
+        self.init = enc.init
         side = cfg.image_size // cfg.patch_size
         self.grid_hw = (side, side)
         self.num_patches = side * side
@@ -96,13 +98,18 @@ class ImageFrontend(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
-        if self.cls_token is not None:
-            nn.init.trunc_normal_(self.cls_token, std=0.02)
-        if isinstance(self.pos_embed, nn.Parameter):
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        """Tokens and learned positions as `model.init` says; the patch embedding xavier-uniform as a Linear
+        over the flattened patch (MAE, fairseq's data2vec 2.0) or, with `model.init: beit`, as BEiT /
+        data2vec_vision: the truncated normal and a zero bias."""
+        for param in (self.mask_token, self.cls_token, self.pos_embed):
+            if isinstance(param, nn.Parameter):
+                trunc_normal_(param, self.init)
         w = self.patch_embed.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        if self.init == "beit":
+            trunc_normal_(w, "beit")
+            nn.init.zeros_(self.patch_embed.bias)
+        else:
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
 
     def forward(self, images: Tensor, mask: Tensor | None = None, padding_mask: Tensor | None = None
                 ) -> tuple[Tensor, Tensor | list[Tensor] | None, Tensor | None]:
