@@ -137,3 +137,20 @@ def test_report_draws_one_mask_per_utterance_for_v2(tmp_path):
     cfg = build_config("audio-tiny", [*V2, f"data.path={tmp_path}"])
     caption = audio_examples(cfg, tmp_path / "examples.png")
     assert "2 training inputs" in caption and (tmp_path / "examples.png").stat().st_size > 1000
+
+
+def test_v2_speech_alibi_sees_the_visible_frames_true_positions():
+    cfg = build_config("audio-tiny", [*V2, "model.alibi=true", "model.norm_first=false"])
+    torch.manual_seed(0)
+    model = Data2Vec(cfg)
+    seen = {}
+    model.student.encoder.register_forward_pre_hook(lambda m, a, k: seen.update(k), with_kwargs=True)
+    wave = torch.randn(2, 6400)
+    N = model.student.frontend.num_frames(6400)
+    mask = torch.zeros(2, 3, N, dtype=torch.bool)
+    mask[:, :, 2:8] = True  # every clone hides frames 2..7: the student sees 0, 1, 8, 9, ...
+    out = model(wave, mask)
+    out["loss"].backward()
+    want = torch.cat([torch.arange(2), torch.arange(8, N)])
+    assert torch.equal(seen["positions"], want.expand(6, -1))  # not 0..N-7: distances across the gap stay true
+    assert model.student.encoder.alibi.scale.grad is not None and torch.isfinite(out["loss"])

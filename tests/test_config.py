@@ -81,3 +81,9 @@ def test_out_of_range_values_name_the_key(override, key):
 def test_finetune_layer_drop_is_checked():
     with pytest.raises(Data2VecError, match=r"finetune\.layer_drop"):
         build_config("audio-tiny-ctc", ["finetune.layer_drop=1.5"])
+
+
+def test_alibi_is_for_sequences():
+    with pytest.raises(Data2VecError, match=r"model\.alibi"):
+        build_config("image-tiny-v2", ["model.alibi=true"])
+    assert build_config("audio-tiny-v2", ["model.alibi=true"]).model.alibi

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from data2vec.config import EncoderConfig
-from data2vec.nn.transformer import Attention, Block, Encoder
+from data2vec.nn.transformer import ALiBi, Attention, Block, Encoder, alibi_slopes
 
 
 def manual_attention(attn: Attention, x, bias=None):
@@ -155,3 +155,69 @@ def test_no_layer_drop_draws_no_random_numbers():
     state = torch.get_rng_state()
     enc(x)
     assert torch.equal(torch.get_rng_state(), state)  # the random stream of runs without it is unchanged
+
+
+def fairseq_slopes(n):
+    """fairseq's get_slopes (examples/data2vec/models/modalities/base.py, get_alibi), as written there."""
+    def power_of_2(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        ratio = start
+        return [start * ratio**i for i in range(n)]
+    if math.log2(n).is_integer():
+        return power_of_2(n)
+    closest = 2 ** math.floor(math.log2(n))
+    return power_of_2(closest) + fairseq_slopes(2 * closest)[0::2][: n - closest]
+
+
+def fairseq_alibi64(T, heads, scale):
+    """fairseq's get_alibi(dims=1) times its learned per-head alibi_scale clamped at 0, float64 [H, T, T]."""
+    pos = torch.arange(T, dtype=torch.float64)
+    pos_bias = -(pos[None] - pos[:, None]).abs()
+    slopes = torch.tensor(fairseq_slopes(heads), dtype=torch.float64)
+    return slopes[:, None, None] * pos_bias[None] * scale.double().clamp(min=0)[:, None, None]
+
+
+def test_alibi_slopes_are_fairseqs():
+    assert alibi_slopes(8) == [2.0 ** -i for i in range(1, 9)]  # the ALiBi paper's 8-head example
+    for heads in range(1, 25):
+        assert alibi_slopes(heads) == fairseq_slopes(heads)
+
+
+def test_alibi_bias_matches_fairseq_and_follows_dropped_tokens():
+    alibi = ALiBi(12)  # 12 heads, not a power of two, as the Base model
+    with torch.no_grad():
+        alibi.scale.copy_(torch.tensor([1.0, 0.5, -0.3, 2.0] * 3))  # a negative scale acts as 0 (clamped)
+    full = fairseq_alibi64(10, 12, alibi.scale)
+    torch.testing.assert_close(alibi(torch.arange(10)[None])[0].double(), full, atol=1e-6, rtol=1e-6)
+    kept = torch.tensor([[0, 3, 4, 8], [1, 2, 5, 9]])  # the student's visible frames: fairseq's masked_alibi
+    got = alibi(kept)
+    for b in range(2):
+        torch.testing.assert_close(got[b].double(), full[:, kept[b]][:, :, kept[b]], atol=1e-6, rtol=1e-6)
+
+
+def test_alibi_encoder_on_visible_tokens_equals_full_sequence_with_the_rest_hidden():
+    torch.manual_seed(0)
+    enc = Encoder(EncoderConfig(dim=16, depth=2, heads=4, norm_first=False, alibi=True)).eval()
+    with torch.no_grad():
+        enc.alibi.scale.copy_(torch.tensor([1.0, 0.5, 2.0, 0.7]))
+    x = torch.randn(1, 9, 16)
+    vis = torch.tensor([[0, 2, 3, 7]])
+    hidden = torch.ones(1, 9, dtype=torch.bool)
+    hidden[0, vis[0]] = False
+    # keys of hidden tokens masked out: every visible token attends to the visible ones at their true distances
+    full, _, _ = enc(x, padding_mask=hidden)
+    alone, _, _ = enc(x[:, vis[0]], positions=vis)
+    torch.testing.assert_close(alone, full[:, vis[0]], atol=1e-5, rtol=1e-5)
+    shifted, _, _ = enc(x[:, vis[0]])  # positions 0..3 instead: a different bias, a different output
+    assert (shifted - alone).abs().max() > 1e-3
+
+
+def test_alibi_scale_learns_and_off_means_no_parameter():
+    torch.manual_seed(0)
+    enc = Encoder(EncoderConfig(dim=16, depth=2, heads=4, alibi=True))
+    x, w = torch.randn(2, 7, 16), torch.randn(2, 7, 16)
+    (enc(x)[0] * w).sum().backward()
+    assert enc.alibi.scale.grad is not None and enc.alibi.scale.grad.abs().min() > 0
+    assert "alibi.slopes" not in enc.state_dict()  # fixed: recomputed, never stored
+    plain = Encoder(EncoderConfig(dim=16, depth=2, heads=4))
+    assert plain.alibi is None and not any("alibi" in name for name in plain.state_dict())

@@ -37,6 +37,9 @@ class EncoderConfig:
     # chance that training skips a whole block (fairseq's layerdrop: 0.05 in its speech recipes); the student
     # only, as the teacher runs in eval mode
     layer_drop: float = 0.0
+    # ALiBi attention bias over token distances with a learned per-head scale (fairseq v2 speech:
+    # use_alibi_encoder, learned_alibi_scale_per_head); 1-D sequences only (audio, text)
+    alibi: bool = False
     final_norm: bool = True  # layer norm after the last block (pre-LN encoders only)
     # initial weights (nn/init.py): "normal" (0, 0.02) for Linear layers and tokens, a xavier patch embedding
     # (this library, fairseq's init_bert_params, MAE); "beit": the same normal cut at +-0.02 (std ~0.0108), the
@@ -187,8 +190,14 @@ class DataConfig:
     eval_path: Optional[str] = None  # labelled set for probing; defaults to path
     crop_scale_min: float = 0.08
     hflip: float = 0.5
+    # images, pretraining: colour jitter strength of brightness, contrast and saturation, before the crop (Meta's
+    # data2vec_vision: 0.4); 0 turns it off
+    color_jitter: float = 0.0
     num_workers: int = 2
     strict: bool = False  # raise on an unreadable sample instead of skipping it
+
+    def __post_init__(self) -> None:
+        _check(self.color_jitter >= 0.0, "data.color_jitter", self.color_jitter, "must be >= 0 (0 turns it off)")
 
 
 @dataclass
@@ -287,6 +296,10 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def __post_init__(self) -> None:
+        _check(not (self.model.alibi and self.modality == "image"), "model.alibi", self.model.alibi,
+               "is a bias over 1-D distances, for audio and text; images use image.pos_embed or image.rel_pos_bias")
 
 
 def _check(ok: bool, key: str, value: Any, want: str) -> None:

@@ -272,7 +272,8 @@ class Data2Vec(nn.Module):
         vis_pad = hidden.gather(1, vis_idx)  # rows with fewer visible tokens are padded (True)
         tokens = torch.cat([x[:, :p], x[:, p:].gather(1, vis_idx.unsqueeze(-1).expand(-1, -1, D))], dim=1)
         enc_padding = None if n_min == n_vis else torch.cat([vis_pad.new_zeros(B * M, p), vis_pad], dim=1)
-        last, _, _ = self.student.encoder(tokens, padding_mask=enc_padding)  # [B*M, P + Nv, D]
+        # ALiBi (speech, text) biases by the visible tokens' true positions (no prefix tokens there: p = 0)
+        last, _, _ = self.student.encoder(tokens, padding_mask=enc_padding, positions=vis_idx)  # [B*M, Nv, D]
         noise = torch.randn(B * M, N, D, device=x.device, dtype=last.dtype) * obj.decoder_noise
         filled = noise.scatter(1, vis_idx.unsqueeze(-1).expand(-1, -1, D), last[:, p:])
         filled = torch.where(mask.unsqueeze(-1), noise, filled)  # masked (and filler) positions stay noise

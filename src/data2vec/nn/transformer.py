@@ -8,6 +8,7 @@ data2vec target tap for speech and text, so the teacher gets all taps in a singl
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -127,6 +128,36 @@ class Block(nn.Module):
         return self.norm2(x + self.drop_path(self.drop(ffn))), ffn
 
 
+def alibi_slopes(heads: int) -> list[float]:
+    """ALiBi's per-head slopes (Press et al., 2022; fairseq's `get_alibi` in `modalities/base.py`): for n heads,
+    n a power of two, the geometric sequence 2^(-8/n), 2^(-16/n), ...; otherwise those of the largest power of
+    two below n, then every other slope of twice that power, until there are n."""
+    if math.log2(heads).is_integer():
+        start = 2 ** (-(2 ** -(math.log2(heads) - 3)))
+        return [start * start**i for i in range(heads)]
+    below = 2 ** math.floor(math.log2(heads))
+    return alibi_slopes(below) + alibi_slopes(2 * below)[0::2][: heads - below]
+
+
+class ALiBi(nn.Module):
+    """Attention with linear biases over 1-D positions and a learned scale per head, as data2vec 2.0 speech
+    (fairseq's `use_alibi_encoder` with `learned_alibi_scale_per_head`): head h adds
+    ``-slope_h * max(scale_h, 0) * |p_i - p_j|`` to the attention logits of tokens at positions p_i, p_j. The
+    scale starts at 1 and is clamped at 0 in the forward, as fairseq's. Positions are indices in the unmasked
+    sequence, so a student that sees only visible tokens keeps their true distances."""
+
+    def __init__(self, heads: int) -> None:
+        super().__init__()
+        self.register_buffer("slopes", torch.tensor(alibi_slopes(heads)), persistent=False)
+        self.scale = nn.Parameter(torch.ones(heads))
+
+    def forward(self, positions: Tensor) -> Tensor:
+        """positions int `[B or 1, N]` -> additive float32 bias `[B or 1, H, N, N]`."""
+        distance = (positions[:, :, None] - positions[:, None, :]).abs().float()  # [B, N, N]
+        slopes = self.slopes * self.scale.float().clamp(min=0)  # [H]
+        return -distance[:, None] * slopes[None, :, None, None]
+
+
 def padding_bias(padding_mask: Tensor | None, attn_bias: Tensor | None) -> Tensor | None:
     """Combine a key padding mask `[B, T]` (True = padding) with an additive bias into one SDPA mask."""
     if padding_mask is None:
@@ -145,6 +176,7 @@ class Encoder(nn.Module):
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(Block(cfg, rate) for rate in rates)
         self.layer_drop = cfg.layer_drop
+        self.alibi = ALiBi(cfg.heads) if cfg.alibi else None
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.norm_first and cfg.final_norm else nn.Identity()
         self.grad_checkpoint = False  # set by the trainer: trade compute for activation memory
 
@@ -153,15 +185,24 @@ class Encoder(nn.Module):
         x: Tensor,
         padding_mask: Tensor | None = None,
         attn_bias: Tensor | list[Tensor] | None = None,
+        positions: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """x `[B, T, D]` -> (final output, block outputs, FFN taps), lists bottom to top.
 
         `attn_bias` is one additive bias for all blocks or one per block (per-layer relative positions).
+        `positions` int `[B or 1, T]`: each token's index in the unmasked sequence, for ALiBi (`model.alibi`;
+        default 0..T-1, ignored without ALiBi), which is added to every block's bias.
         With `layer_drop` > 0, training skips each block with that probability (drawn from torch's global
         generator, the whole batch alike; fairseq's layerdrop) and the lists hold only the blocks that ran, as
         fairseq's layer results do: only the student trains with it, the teacher (always in eval mode) runs
         every block, so its top-K targets are those of the full stack.
         """
+        if self.alibi is not None:
+            alibi = self.alibi(positions if positions is not None else torch.arange(x.shape[1], device=x.device)[None])
+            if attn_bias is None:
+                attn_bias = alibi
+            else:
+                attn_bias = [b + alibi for b in attn_bias] if isinstance(attn_bias, list) else attn_bias + alibi
         outputs, taps = [], []
         shared = attn_bias if not isinstance(attn_bias, list) else None
         shared_mask = padding_bias(padding_mask, shared)
