@@ -219,3 +219,32 @@ def test_report_caption_says_how_each_version_masks(folder, tmp_path):
     v2 = audio_examples(build_config("audio-tiny-v2", [f"data.path={folder}", "data.num_workers=0"]),
                         tmp_path / "v2.png", count=2)
     assert "centred on random frames, 0.5 of the frames exactly" in v2 and (tmp_path / "v2.png").is_file()
+
+
+def test_crop_to_shortest_crops_each_batch_to_its_shortest_clip_without_padding(folder):
+    cfg = cfg_for(folder, "data.crop_to_shortest=true", "train.batch_size=3", "train.max_steps=4",
+                  "masking.span_length=2")
+    loader = pretrain_loader(cfg)
+    dataset = loader.dataset
+    sampler = loader.batch_sampler
+    for step, batch in enumerate(loader):
+        keys = sampler.batch_at(step)
+        shortest = min(dataset.files.lengths[i] for i, _, _ in keys)
+        assert all(crop == shortest for _, _, crop in keys)
+        assert batch["padding_mask"] is None and batch["inputs"].shape[1] == shortest
+        assert batch["mask"].shape[-1] == conv_output_length(shortest, KERNELS, STRIDES)
+        for row, (i, _, _) in zip(batch["inputs"], keys):  # a window of the normalised clip, as fairseq crops
+            whole = audio_data.normalize_wave(torch.from_numpy(load_audio(dataset.files.paths[i])))
+            windows = whole.unfold(0, shortest, 1)
+            assert (windows - row).abs().amax(1).min() < 1e-6
+
+
+def test_crop_to_shortest_is_the_global_batchs_whatever_the_process_count():
+    lengths = [100, 220, 310, 450, 500, 640, 700, 990]
+    one = LengthBucketSampler(lengths, 4, 0, seed=3, crop_to_shortest=True)
+    for step in range(4):
+        got = [one.batch_at(step)] + [LengthBucketSampler(lengths, 4, 0, seed=3, rank=r, world_size=2,
+                                                          crop_to_shortest=True).batch_at(step) for r in (0, 1)]
+        crops = {crop for part in got for _, _, crop in part}
+        assert crops == {min(lengths[i] for i, _, _ in got[0])}
+    assert all(len(key) == 2 for key in LengthBucketSampler(lengths, 4, 0, seed=3).batch_at(0))  # off: as before

@@ -195,6 +195,9 @@ class DataConfig:
     color_jitter: float = 0.0
     num_workers: int = 2
     strict: bool = False  # raise on an unreadable sample instead of skipping it
+    # speech pretraining: crop every clip of a batch to the batch's shortest (a random window of each), so no
+    # batch is padded, as fairseq's audio_pretraining without enable_padding; false pads to the longest
+    crop_to_shortest: bool = False
 
     def __post_init__(self) -> None:
         _check(self.color_jitter >= 0.0, "data.color_jitter", self.color_jitter, "must be >= 0 (0 turns it off)")

@@ -255,7 +255,7 @@ class AudioDataset(torch.utils.data.Dataset):
     function counts it), or raises Data2VecError under `strict`.
     """
 
-    def __init__(self, files: AudioFiles, cfg: Config, train: bool) -> None:
+    def __init__(self, files: AudioFiles, cfg: Config, train: bool, crop_to_shortest: bool = False) -> None:
         self.files, self.train, self.strict = files, train, cfg.data.strict
         self.audio, self.masking, self.seed = cfg.audio, cfg.masking, cfg.train.seed
         self.min_samples = receptive_field(cfg.audio.conv_kernel, cfg.audio.conv_stride)
@@ -263,6 +263,7 @@ class AudioDataset(torch.utils.data.Dataset):
         self.max_batch = cfg.train.batch_size
         self.eval_batch_samples = max(EVAL_BATCH_SAMPLES, cfg.audio.max_sample_size)
         self.clones = cfg.objective.clones if cfg.objective.version == 2 else 0  # v2: masks per utterance
+        self.crop_to_shortest = crop_to_shortest and train  # batches cropped to their shortest sample
 
     def __len__(self) -> int:
         return len(self.files)
@@ -270,8 +271,13 @@ class AudioDataset(torch.utils.data.Dataset):
     def crop_lengths(self) -> list[int]:
         return [min(n, self.audio.max_sample_size) for n in self.files.lengths]
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict | None:
+        """`key`: an index, (index, epoch), or (index, epoch, crop) to crop a training sample to at most `crop`
+        samples (`data.crop_to_shortest`: the batch's shortest, see LengthBucketSampler)."""
         index, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
+        limit = self.audio.max_sample_size
+        if isinstance(key, (tuple, list)) and len(key) > 2 and self.train:
+            limit = min(limit, int(key[2]))
         g = sample_generator(self.seed, epoch, index)
         path = self.files.paths[index]
         try:
@@ -287,10 +293,10 @@ class AudioDataset(torch.utils.data.Dataset):
             return None
         if self.audio.normalize:
             wave = normalize_wave(wave)
-        excess = wave.numel() - self.audio.max_sample_size
+        excess = wave.numel() - limit
         if excess > 0:
             start = int(torch.randint(excess + 1, (1,), generator=g)) if self.train else excess // 2
-            wave = wave[start:start + self.audio.max_sample_size]
+            wave = wave[start:start + limit]
         labels = self.files.labels
         item = {"audio": wave, "index": index, "label": labels[index] if labels is not None else -1}
         if self.train:
@@ -308,7 +314,7 @@ class AudioDataset(torch.utils.data.Dataset):
     def batch_sampler(self, start_step: int, max_steps: int, rank: int, world_size: int) -> LengthBucketSampler:
         """Training batches of similar length under ``audio.max_batch_samples`` (see LengthBucketSampler)."""
         return LengthBucketSampler(self.crop_lengths(), self.max_batch, self.audio.max_batch_samples, self.seed,
-                                   start_step, max_steps, rank, world_size)
+                                   start_step, max_steps, rank, world_size, crop_to_shortest=self.crop_to_shortest)
 
     def eval_batches(self, batch_size: int) -> list[list[int]]:
         """Evaluation batches in length order, at most `batch_size` files and `eval_batch_samples` padded
@@ -365,7 +371,7 @@ class AudioCollate:
 def pretrain_audio_dataset(cfg: Config) -> AudioDataset:
     files = resolve_audio_files(cfg.data.path, "train", _min_samples(cfg, True), cfg.audio.sample_rate,
                                 cfg.data.strict)
-    return AudioDataset(files, cfg, train=True)
+    return AudioDataset(files, cfg, train=True, crop_to_shortest=cfg.data.crop_to_shortest)  # not fine-tuning
 
 
 def eval_audio_dataset(cfg: Config, split: str, path: str | None = None, option: str | None = None) -> AudioDataset:

@@ -86,10 +86,14 @@ class LengthBucketSampler(_Steps):
     packing depends only on the sorted lengths, so every epoch has the same number of batches and step s is
     batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``: resuming reproduces the run. A last
     batch with fewer samples than processes joins the one before it. Rank r takes every world_size-th sample.
+
+    With `crop_to_shortest`, each pair gets a third element, the length of the step's shortest sample (of the
+    whole global batch, so the crops do not depend on the process count): the dataset crops every sample to it.
     """
 
     def __init__(self, lengths: list[int], batch_size: int, max_samples: int, seed: int, start_step: int = 0,
-                 max_steps: int | None = None, rank: int = 0, world_size: int = 1) -> None:
+                 max_steps: int | None = None, rank: int = 0, world_size: int = 1,
+                 crop_to_shortest: bool = False) -> None:
         if batch_size < 1:
             raise Data2VecError(f"train.batch_size={batch_size} must be at least 1")
         if len(lengths) < world_size:
@@ -103,6 +107,7 @@ class LengthBucketSampler(_Steps):
         self.batch_size, self.max_samples, self.seed = batch_size, max_samples, seed
         self.start_step, self.max_steps = start_step, max_steps
         self.rank, self.world_size = rank, world_size
+        self.crop_to_shortest = crop_to_shortest
         self._plan_epoch, self._plan = -1, []
         self.steps_per_epoch = len(self.plan(0))
 
@@ -124,8 +129,12 @@ class LengthBucketSampler(_Steps):
         self._plan_epoch, self._plan = epoch, [batches[i] for i in shuffle]
         return self._plan
 
-    def batch_at(self, step: int) -> list[tuple[int, int]]:
-        """This rank's share of `step`'s batch as (index, epoch) pairs."""
+    def batch_at(self, step: int) -> list[tuple[int, ...]]:
+        """This rank's share of `step`'s batch as (index, epoch) pairs, or (index, epoch, crop) triples."""
         epoch, pos = divmod(step, self.steps_per_epoch)
-        return [(i, epoch) for i in self.plan(epoch)[pos][self.rank::self.world_size]]
+        batch = self.plan(epoch)[pos]
+        if self.crop_to_shortest:
+            shortest = int(self.lengths[batch].min())
+            return [(i, epoch, shortest) for i in batch[self.rank::self.world_size]]
+        return [(i, epoch) for i in batch[self.rank::self.world_size]]
 
