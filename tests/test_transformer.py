@@ -221,3 +221,14 @@ def test_alibi_scale_learns_and_off_means_no_parameter():
     assert "alibi.slopes" not in enc.state_dict()  # fixed: recomputed, never stored
     plain = Encoder(EncoderConfig(dim=16, depth=2, heads=4))
     assert plain.alibi is None and not any("alibi" in name for name in plain.state_dict())
+
+
+def test_activation_dropout_defaults_to_dropout_and_can_differ():
+    same = Block(EncoderConfig(dim=16, heads=2, dropout=0.1), 0.0)
+    assert same.mlp.drop.p == 0.1 and same.drop.p == 0.1 and same.attn.proj_drop.p == 0.1  # as before
+    fairseq = Block(EncoderConfig(dim=16, heads=2, dropout=0.1, activation_dropout=0.0), 0.0)
+    assert fairseq.mlp.drop.p == 0.0 and fairseq.drop.p == 0.1 and fairseq.attn.proj_drop.p == 0.1
+    fairseq.train()
+    x = torch.randn(2, 5, 16)
+    hidden = F.gelu(fairseq.mlp.fc1(x))
+    torch.testing.assert_close(fairseq.mlp(x), fairseq.mlp.fc2(hidden))  # no dropout on the hidden units

@@ -33,6 +33,9 @@ class EncoderConfig:
     qkv_bias: Literal["all", "qv", "none"] = "qv"  # BEiT / HF Data2VecVision: key projection has no bias
     dropout: float = 0.0
     attn_dropout: float = 0.0
+    # dropout on the FFN's hidden activations; None: `dropout` (HF's layout); fairseq's recipes use 0 there
+    # (activation_dropout) while `dropout` still acts after attention and after the FFN
+    activation_dropout: Optional[float] = None
     drop_path: float = 0.0  # rate of the deepest block; earlier blocks get a linearly smaller rate
     # chance that training skips a whole block (fairseq's layerdrop: 0.05 in its speech recipes); the student
     # only, as the teacher runs in eval mode
@@ -48,6 +51,8 @@ class EncoderConfig:
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.layer_drop < 1.0, "model.layer_drop", self.layer_drop, "must be in [0, 1)")
+        _check(self.activation_dropout is None or 0.0 <= self.activation_dropout < 1.0, "model.activation_dropout",
+               self.activation_dropout, "must be in [0, 1)")
 
 
 @dataclass

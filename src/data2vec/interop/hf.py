@@ -742,7 +742,8 @@ def _audio_to_hf(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dict
                     "shorter utterances' frames differ slightly (from_hf of the export restores the setting)")
     hf = {"model_type": AUDIO, "architectures": ["Data2VecAudioModel"], "hidden_size": m.dim,
           "num_hidden_layers": m.depth, "num_attention_heads": m.heads, "intermediate_size": int(m.dim * m.mlp_ratio),
-          "hidden_act": "gelu", "hidden_dropout": m.dropout, "activation_dropout": m.dropout,
+          "hidden_act": "gelu", "hidden_dropout": m.dropout,
+          "activation_dropout": m.dropout if m.activation_dropout is None else m.activation_dropout,
           "attention_dropout": m.attn_dropout, "feat_proj_dropout": a.feature_dropout, "layerdrop": 0.0,
           "layer_norm_eps": m.norm_eps, "feat_extract_activation": "gelu", "conv_dim": list(a.conv_dim),
           "conv_kernel": list(a.conv_kernel), "conv_stride": list(a.conv_stride), "conv_bias": a.conv_bias,

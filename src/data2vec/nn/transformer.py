@@ -91,6 +91,8 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+    """fc1 -> GELU -> dropout (`activation_dropout`) -> fc2."""
+
     def __init__(self, dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
@@ -111,7 +113,8 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.attn = Attention(cfg.dim, cfg.heads, cfg.qkv_bias, cfg.attn_dropout, cfg.dropout)
         self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
-        self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio), cfg.dropout)
+        activation_dropout = cfg.dropout if cfg.activation_dropout is None else cfg.activation_dropout
+        self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio), activation_dropout)
         use_scale = cfg.layer_scale > 0
         self.ls1 = LayerScale(cfg.dim, cfg.layer_scale) if use_scale else nn.Identity()
         self.ls2 = LayerScale(cfg.dim, cfg.layer_scale) if use_scale else nn.Identity()
