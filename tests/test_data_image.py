@@ -230,3 +230,119 @@ def test_builtin_names_resolve_and_unknown_ones_list_the_choices():
     assert len(resolve_image_source("builtin:digits", "test")) == 450
     with pytest.raises(Data2VecError, match="builtin:mnist.*builtin:digits"):
         resolve_image_source("builtin:mnist", "train")
+
+
+def _photo(side=40, seed=0):
+    """A smooth colourful image (noise has mean grey 127 and would hide contrast errors)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:side, 0:side] / side
+    base = np.stack([200 * x + 30, 180 * y + 40, 120 * (1 - x) * y + 90], -1) + rng.normal(0, 8, (side, side, 3))
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+
+
+def _jitter_reference(rgb: np.ndarray, strength: float, generator: torch.Generator) -> np.ndarray:
+    """torchvision's ColorJitter(s, s, s) written out in float64 numpy: its draws (a random order of the four
+    adjustments, then one factor each for brightness, contrast, saturation in [max(0, 1 - s), 1 + s]) and
+    Pillow's enhancers as blends: with black, with the image's mean grey (ITU-R 601 luma, rounded), with each
+    pixel's grey; clipped to 0..255 and cut to integers after each (Pillow's `ImagingBlend` truncates)."""
+    order = torch.randperm(4, generator=generator).tolist()
+    lo, hi = max(0.0, 1 - strength), 1 + strength
+    factors = (lo + (hi - lo) * torch.rand(3, generator=generator, dtype=torch.float64)).tolist()
+    x = rgb.astype(np.float64)
+    luma = lambda v: np.round(v @ np.array([0.299, 0.587, 0.114]))[..., None]  # noqa: E731
+    for i in order:
+        if i == 0:
+            degenerate = np.zeros_like(x)
+        elif i == 1:
+            degenerate = np.full_like(x, np.floor(luma(x).mean() + 0.5))
+        elif i == 2:
+            degenerate = np.broadcast_to(luma(x), x.shape)
+        else:
+            continue
+        x = np.floor(np.clip(degenerate + factors[i] * (x - degenerate), 0, 255))
+    return x
+
+
+def test_color_jitter_is_torchvisions_as_a_formula():
+    from data2vec.data.image import color_jitter
+
+    img = _photo()
+    for seed in range(20):
+        ours = np.asarray(color_jitter(img, 0.4, torch.Generator().manual_seed(seed)), dtype=np.float64)
+        want = _jitter_reference(np.asarray(img), 0.4, torch.Generator().manual_seed(seed))
+        # Pillow blends in float32 (and L in fixed point): a value a hair from an integer may land one level
+        # off, which a later factor above 1 can make two
+        assert np.abs(ours - want).max() <= 2 and np.abs(ours - want).mean() < 0.05, seed
+
+
+def test_color_jitter_changes_the_view_reproducibly_within_range_and_zero_turns_it_off():
+    img = _photo()
+    plain = ImageTransform(size=16, train=True, mean=(0, 0, 0), std=(1, 1, 1))
+    jittered = ImageTransform(size=16, train=True, jitter=0.4, mean=(0, 0, 0), std=(1, 1, 1))
+    off = ImageTransform(size=16, train=True, jitter=0.0, mean=(0, 0, 0), std=(1, 1, 1))
+    views = [jittered(img, torch.Generator().manual_seed(s)) for s in range(8)]
+    for s, view in enumerate(views):
+        g = torch.Generator().manual_seed(s)
+        assert torch.equal(view, jittered(img, torch.Generator().manual_seed(s)))  # a function of the seed
+        assert view.min() >= 0 and view.max() <= 1
+        g_off = torch.Generator().manual_seed(s)
+        assert torch.equal(off(img, g_off), plain(img, g))  # 0: the same view, the same draws
+        assert torch.equal(g_off.get_state(), g.get_state())
+        assert (view - plain(img, torch.Generator().manual_seed(s))).abs().max() > 0.02
+    assert len({round(v.mean().item(), 4) for v in views}) == len(views)
+
+
+def test_color_jitter_comes_before_the_crop_as_in_meta_s_pipeline():
+    """data2vec_vision: ColorJitter on the whole image, then flip and crop. So the contrast blend uses the whole
+    image's mean grey: the view is the crop of the jittered image."""
+    from data2vec.data.image import color_jitter, random_resized_crop_box
+
+    img, t = _photo(48), ImageTransform(size=16, train=True, jitter=0.4, hflip=0.0, mean=(0, 0, 0), std=(1, 1, 1))
+    g = torch.Generator().manual_seed(3)
+    whole = color_jitter(img, 0.4, g)
+    box = random_resized_crop_box(*img.size, t.scale, t.ratio, g)
+    want = np.asarray(whole.resize((16, 16), Image.BICUBIC, box=box), dtype=np.float32) / 255
+    torch.testing.assert_close(t(img, torch.Generator().manual_seed(3)), torch.from_numpy(want).permute(2, 0, 1))
+
+
+def test_color_jitter_must_not_be_negative():
+    from data2vec.config import build_config
+
+    with pytest.raises(Data2VecError, match="data.color_jitter"):
+        build_config("image-tiny", ["data.color_jitter=-0.1"])
+
+
+def test_brightness_and_contrast_tables_are_pillows_enhancers_bit_for_bit():
+    """The jitter's brightness and contrast run as lookup tables; they must equal ImageEnhance's blends (what
+    torchvision runs) exactly, for factors inside and outside [0, 1]."""
+    from PIL import ImageEnhance, ImageStat
+
+    from data2vec.data.image import _blend_lut
+
+    img = _photo(64, seed=1)
+    mean = int(ImageStat.Stat(img.convert("L")).mean[0] + 0.5)
+    for factor in [0.0, 0.6, 0.61803, 0.999, 1.0, 1.0001, 1.25, 1.4, 2.7] + torch.rand(40).mul(0.8).add(0.6).tolist():
+        b = np.asarray(img.point(_blend_lut(0, factor) * 3))
+        c = np.asarray(img.point(_blend_lut(mean, factor) * 3))
+        assert np.array_equal(b, np.asarray(ImageEnhance.Brightness(img).enhance(factor))), factor
+        assert np.array_equal(c, np.asarray(ImageEnhance.Contrast(img).enhance(factor))), factor
+
+
+@pytest.mark.parametrize("side", [8, 40, 64])  # Pillow's enhancers below 2,048 pixels, lookup tables above
+def test_color_jitter_is_torchvisions_pil_path_bit_for_bit(side):
+    """torchvision's ColorJitter on a PIL image: its draws, then ImageEnhance's Brightness, Contrast and Color
+    in the drawn order. Ours gives the same bytes on small images and photos alike."""
+    from PIL import ImageEnhance
+
+    from data2vec.data.image import color_jitter
+
+    for seed in range(30):
+        img, g = _photo(side, seed % 5), torch.Generator().manual_seed(seed)
+        order = torch.randperm(4, generator=g).tolist()
+        factors = (0.6 + 0.8 * torch.rand(3, generator=g, dtype=torch.float64)).tolist()
+        want = img
+        for i in order:
+            if i < 3:
+                want = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)[i](want).enhance(factors[i])
+        ours = color_jitter(img, 0.4, torch.Generator().manual_seed(seed))
+        assert np.array_equal(np.asarray(ours), np.asarray(want)), seed

@@ -44,7 +44,7 @@ def pretrain_dataset(cfg: Config) -> ImageDataset:
         return pretrain_audio_dataset(cfg)
     source = resolve_image_source(cfg.data.path, "train", cfg.data.strict)
     transform = ImageTransform(size=cfg.image.image_size, train=True, scale=(cfg.data.crop_scale_min, 1.0),
-                               hflip=cfg.data.hflip)
+                               hflip=cfg.data.hflip, jitter=cfg.data.color_jitter)
     return ImageDataset(source, transform, seed=cfg.train.seed, mask_fn=partial(_image_mask, cfg=cfg),
                         strict=cfg.data.strict)
 
