@@ -144,6 +144,7 @@ def _meta_cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup
 
 @pytest.mark.parametrize("recipe,epochs,per_epoch,warmup_epochs", [
     ("image-base", 800, 625, 10),  # README: --epochs 800 --warmup_epochs 10, 1,281,167 // 128 // 16 = 625 updates
+    ("image-large", 800, 312, 80),  # ViT-L: --warmup_epochs 80, 1,281,167 // 64 // 64 = 312 updates
     (None, 6, 7, 2),  # a small case, every step
 ])
 def test_beit_warmup_is_data2vec_visions_schedule(recipe, epochs, per_epoch, warmup_epochs):
