@@ -249,7 +249,7 @@ def _jitter_reference(rgb: np.ndarray, strength: float, generator: torch.Generat
     lo, hi = max(0.0, 1 - strength), 1 + strength
     factors = (lo + (hi - lo) * torch.rand(3, generator=generator, dtype=torch.float64)).tolist()
     x = rgb.astype(np.float64)
-    luma = lambda v: np.round(v @ np.array([0.299, 0.587, 0.114]))[..., None]  # noqa: E731
+    luma = lambda v: np.round(v @ np.array([0.299, 0.587, 0.114]))[..., None]
     for i in order:
         if i == 0:
             degenerate = np.zeros_like(x)
