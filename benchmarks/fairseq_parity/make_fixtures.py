@@ -522,7 +522,7 @@ def v2_text(released_decoder: bool = False) -> None:
 
 def v2_audio(teacher_context: bool = False, alibi: bool = False) -> None:
     """data2vec 2.0 speech (`modalities/audio.py`, `config/v2/base_audio_only_task.yaml` at tiny size, without
-    ALiBi (ours lacks it, issue 19 item 8)): no prenet, the positional convs and their LayerNorm in the
+    ALiBi, which the `alibi` case adds): no prenet, the positional convs and their LayerNorm in the
     teacher as in the student (`ema_local_encoder: false` shares the conv features), spans of 5 at 0.5.
     `teacher_context`: the teacher's positional convs and LayerNorm, which fairseq averages, have moved away
     from the student's too (issue 19 item 7; ours as `objective.ema_scope=context`). `alibi`: the released
