@@ -318,3 +318,5 @@ def test_finetune_layer_drop_overrides_the_checkpoints():
     assert resolve_config(build_config("audio-tiny-ctc", []), source, "x").model.layer_drop == 0.2
     out = resolve_config(build_config("audio-tiny-ctc", ["finetune.layer_drop=0.05"]), source, "x")
     assert out.model.layer_drop == 0.05
+    ctc = resolve_config(build_config("audio-base-ctc", []), build_config("audio-base", []), "x").model
+    assert (ctc.dropout, ctc.attn_dropout, ctc.activation_dropout, ctc.layer_drop) == (0.0, 0.0, 0.1, 0.05)

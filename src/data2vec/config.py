@@ -270,6 +270,7 @@ class FinetuneConfig:
     drop_path: Optional[float] = None  # regularisation while fine-tuning; None keeps the checkpoint's value
     dropout: Optional[float] = None
     attn_dropout: Optional[float] = None
+    activation_dropout: Optional[float] = None  # FFN hidden units (wav2vec 2.0's base_10h: 0.1, dropout 0)
     layer_drop: Optional[float] = None  # fairseq's speech fine-tuning recipes use 0.05 (wav2vec 2.0's base_10h: 0.05)
     freeze_frontend_steps: int = 0  # the front-end (speech: its conv feature encoder) is frozen this long (-1: always)
     freeze_encoder_steps: int = 0  # only the head trains for this many steps (wav2vec 2.0's frozen start)
@@ -283,6 +284,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         _check(self.layer_drop is None or 0.0 <= self.layer_drop < 1.0, "finetune.layer_drop", self.layer_drop,
                "must be in [0, 1)")
+        _check(self.activation_dropout is None or 0.0 <= self.activation_dropout < 1.0,
+               "finetune.activation_dropout", self.activation_dropout, "must be in [0, 1)")
 
 
 @dataclass

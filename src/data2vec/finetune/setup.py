@@ -16,8 +16,9 @@ CTC_MIN_CROP_SECONDS = 35  # LibriSpeech's longest utterance: a transcribed utte
 def resolve_config(cfg: Config, source: Config, source_name: str) -> Config:
     """`cfg` (a fine-tuning recipe with overrides) with the architecture of `source` (the config of the
     checkpoint the weights come from), then the fine-tuning changes to it: regularisation rates from
-    `finetune.drop_path / dropout / attn_dropout / layer_drop`, and image pooling from `finetune.pool` (mean:
-    BEiT's LayerNorm of the mean patch token, without the final norm; cls: the final-normed CLS token)."""
+    `finetune.drop_path / dropout / attn_dropout / activation_dropout / layer_drop`, and image pooling from
+    `finetune.pool` (mean: BEiT's LayerNorm of the mean patch token, without the final norm; cls: the
+    final-normed CLS token)."""
     if source.modality != cfg.modality:
         raise Data2VecError(f"checkpoint '{source_name}' holds a {source.modality} model but recipe '{cfg.name}' "
                             f"fine-tunes {cfg.modality} models; use a {source.modality} fine-tuning recipe "
@@ -29,7 +30,7 @@ def resolve_config(cfg: Config, source: Config, source_name: str) -> Config:
     if cfg.text.tokenizer:  # a tokenizer given for fine-tuning wins over the checkpoint's
         out.text.tokenizer = cfg.text.tokenizer
     ft = out.finetune
-    for key in ("drop_path", "dropout", "attn_dropout", "layer_drop"):
+    for key in ("drop_path", "dropout", "attn_dropout", "activation_dropout", "layer_drop"):
         if getattr(ft, key) is not None:
             setattr(out.model, key, getattr(ft, key))
     if out.modality == "image":
