@@ -237,6 +237,7 @@ def test_unsupported_hf_option_is_an_error_naming_it(tmp_path, modality, changes
     ("image-tiny", IMAGE_SMALL + ["image.embed_norm=true"], "image.embed_norm"),
     ("text-tiny", TEXT_SMALL + ["model.layer_scale=0.1"], "model.layer_scale"),
     ("text-tiny", TEXT_SMALL + ["text.embed_norm_eps=1e-6"], "text.embed_norm_eps"),
+    ("text-tiny", TEXT_SMALL + ["model.alibi=true"], "model.alibi"),
 ])
 def test_unexpressible_checkpoint_is_an_error_naming_the_key(tmp_path, recipe, overrides, named):
     path = _native_checkpoint(tmp_path, recipe, overrides)

@@ -604,6 +604,9 @@ def to_hf(checkpoint: str | Path, out: str | Path, which: str = "student") -> Pa
         raise Data2VecError(f"checkpoint '{path}' has no '{which}' weights; use which=student or which=teacher")
     head = load_head(path)
     files: dict[str, dict] = {}  # other JSON files of the folder
+    if cfg.model.alibi:
+        raise _cannot_export("model.alibi", True, "is not expressible: Hugging Face's Data2Vec models have no "
+                             "ALiBi attention bias")
     if cfg.modality == "image":
         hf, tensors = _vision_to_hf(cfg, ours, head)
     elif cfg.modality == "text":
