@@ -103,3 +103,28 @@ def test_optimised_step_gives_the_plain_loss_trajectory(extra):
     torch.testing.assert_close(torch.tensor(fast), torch.tensor(slow), rtol=1e-4, atol=1e-6)
     for (name, a), b in zip(fast_model.state_dict().items(), slow_model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_accumulated_update_is_the_mean_over_every_masked_position_of_the_batch():
+    """Micro-batches whose samples mask different counts (here 2 and 10 of 16 patches) weigh each masked
+    position once, as fairseq's division by the batch's sample size: the accumulated update equals one pass
+    over the whole batch, and the logged loss is that batch's mean. (Weighting by samples would not.)"""
+    g = torch.Generator().manual_seed(0)
+    mask = torch.zeros(4, 16, dtype=torch.bool)
+    mask[:2, :2] = True  # micro-batch 1: 2 masked patches per sample
+    mask[2:, :10] = True  # micro-batch 2: 10 per sample
+    data = [{"inputs": torch.randn(4, 3, 16, 16, generator=g), "mask": mask}]
+    results = []
+    for device_batch in (0, 2):
+        run = build_config("image-tiny", TINY + ["train.log_every=1", "train.lr=1e-3", "train.clip_grad=0",
+                                                 f"train.device_batch_size={device_batch}"])
+        torch.manual_seed(0)
+        model = Data2Vec(run)
+        logger = Records()
+        train(model, build_optimizer(model.trainable_parameters(), run.train), data, run, torch.device("cpu"), 0,
+              lambda step: None, logger)
+        results.append((logger.records[0]["loss"], model.student.state_dict()))
+    (whole_loss, whole), (accum_loss, accum) = results
+    assert accum_loss == pytest.approx(whole_loss, rel=1e-5)
+    for name, value in whole.items():
+        torch.testing.assert_close(accum[name], value, rtol=1e-4, atol=1e-6, msg=name)

@@ -136,6 +136,13 @@ def train(
         faults.empty_in_a_row = 0
         pieces = _split(batch, device, micro_batches(batch["inputs"].shape[0], cfg))
         total = batch["inputs"].shape[0]
+        # The loss of an update is the mean over the masked positions of the whole global batch, as fairseq
+        # divides by the all-reduced sample size: each micro-batch's mean is weighted by its share of them
+        # (times the world size, which DDP's gradient average divides out again). Masks with a varying count
+        # (BEiT blocks, speech spans) then train the same at any world size and accumulation, and the logged
+        # loss, averaged over processes, is the global mean too. No host sync.
+        counts = [piece["mask"].sum().float() for piece in pieces]
+        everywhere = all_reduce_sum(torch.stack(counts).sum(), info).clamp(min=1)
         sums = torch.zeros(3, device=device)  # loss, target variance, prediction variance of this update
         for i, piece in enumerate(pieces):
             last = i == len(pieces) - 1  # gradients are all-reduced once per update, on the last micro-batch
@@ -147,7 +154,7 @@ def train(
                     out = step_model(piece["inputs"], piece["mask"], piece["padding_mask"],
                                      **({"student_inputs": piece["student_inputs"]}
                                         if piece["student_inputs"] is not None else {}))
-                share = piece["inputs"].shape[0] / total  # exact for uneven splits too
+                share = counts[i] * info.world_size / everywhere  # 1 for one piece in one process
                 (scaler.scale(out["loss"] * share) if scaler else out["loss"] * share).backward()
             sums += torch.stack([out["loss"].detach().float(), out["target_var"], out["pred_var"]]) * share
         if scaler:
