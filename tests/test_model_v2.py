@@ -108,8 +108,9 @@ def test_cls_loss_is_fairseqs_raw_cls_output_summed_over_rows():
 
 
 def test_cls_head_of_older_checkpoints_is_kept_by_their_config():
-    from data2vec.config import config_from_yaml_text, save_config, to_dict
     import yaml
+
+    from data2vec.config import config_from_yaml_text, to_dict
 
     cfg = build_config("image-tiny", V2)
     data = to_dict(cfg)

@@ -17,7 +17,7 @@ here a real frame's output is the same however the batch is padded. Without padd
 from __future__ import annotations
 
 import math
-from typing import Sequence, TypeVar
+from typing import ClassVar, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -147,7 +147,8 @@ class AudioFrontend(nn.Module):
     # `ema_layers_only`: the LayerNorm after the positional convs, part of fairseq's Transformer; the convs are
     # copied) and "context" (fairseq v2 with `ema_local_encoder: false`: the positional convs too). The local
     # encoder (conv feature encoder and projection) is copied from the student under both.
-    ema_averaged = {"layers": ("layer_norm.",), "context": ("pos_conv_embed.", "layer_norm.")}
+    ema_averaged: ClassVar[dict[str, tuple[str, ...]]] = {"layers": ("layer_norm.",),
+                                                          "context": ("pos_conv_embed.", "layer_norm.")}
 
     def __init__(self, cfg: AudioConfig, enc: EncoderConfig) -> None:
         super().__init__()
@@ -201,7 +202,7 @@ class AudioFrontend(nn.Module):
         x, padding = self.local_features(wave, padding_mask)
         return self.contextualize(self.feature_projection.dropout(x), padding, mask), None, padding
 
-    def forward_pair(self, wave: Tensor, mask: Tensor, padding_mask: Tensor | None, teacher: "AudioFrontend"
+    def forward_pair(self, wave: Tensor, mask: Tensor, padding_mask: Tensor | None, teacher: AudioFrontend
                      ) -> tuple[tuple[Tensor, None, Tensor | None], tuple[Tensor, None, Tensor | None]]:
         """data2vec v1: the student's masked frames and the `teacher` front-end's clean ones from one pass of
         the student's local encoder, as fairseq's teacher starts from the student's features before dropout
