@@ -130,7 +130,7 @@ def test_layer_drop_spares_the_teacher_and_its_targets():
     torch.manual_seed(0)
     model = Data2Vec(cfg).train()
     runs = {"student": 0, "teacher": 0}
-    for name in runs:
+    for name in ("student", "teacher"):
         for block in getattr(model, name).encoder.blocks:
             block.register_forward_hook(lambda mod, args, out, name=name: runs.__setitem__(name, runs[name] + 1))
     wave = torch.randn(2, 4000)
