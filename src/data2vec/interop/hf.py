@@ -182,6 +182,7 @@ def _text_config(hf: dict, folder: Path) -> Config:
         setattr(cfg.model, key, value)
     m, t = cfg.model, cfg.text
     m.norm_first, m.qkv_bias, m.layer_scale, m.drop_path, m.final_norm = False, "all", 0.0, 0.0, False  # post-LN
+    m.activation_dropout, m.layer_drop = None, 0.0  # training settings HF does not hold (not the recipe's)
     first = lambda v, default: (v[0] if isinstance(v, list) else v) if v is not None else default  # noqa: E731
     t.vocab_size, t.max_positions, t.pad_id = int(get("vocab_size")), int(get("max_position_embeddings")), int(get("pad_token_id"))
     t.bos_id, t.eos_id = int(first(get("bos_token_id"), 0)), int(first(get("eos_token_id"), 2))
@@ -231,6 +232,9 @@ def _audio_config(hf: dict, weights: dict[str, Tensor], folder: Path) -> Config:
         setattr(cfg.model, key, value)
     m, a = cfg.model, cfg.audio
     m.norm_first, m.qkv_bias, m.layer_scale, m.drop_path, m.final_norm = False, "all", 0.0, 0.0, False  # post-LN
+    activation_dropout = float(get("activation_dropout"))
+    m.activation_dropout = None if activation_dropout == m.dropout else activation_dropout
+    m.layer_drop = 0.0  # HF's layerdrop is not converted (below)
     a.conv_dim, a.conv_kernel = [int(d) for d in dims], [int(k) for k in kernels]
     a.conv_stride = [int(s) for s in strides]
     a.conv_bias = bool(get("conv_bias"))
@@ -408,6 +412,10 @@ def _restore(cfg: Config, stored: dict, ours: dict[str, Tensor], headless: bool)
     if saved.modality != cfg.modality:
         return
     cfg.name, cfg.masking, cfg.objective, cfg.data, cfg.train = saved.name, saved.masking, saved.objective, saved.data, saved.train
+    # training settings, which HF's config does not hold
+    cfg.model.layer_drop, cfg.model.init = saved.model.layer_drop, saved.model.init
+    if cfg.modality == "text":  # HF's RoBERTa has no key for it
+        cfg.model.activation_dropout = saved.model.activation_dropout
     if cfg.modality == "image":
         if headless:  # HF's base model has no pooler, so our choice of pooling is free
             cfg.image.pool = saved.image.pool
