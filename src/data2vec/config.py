@@ -464,11 +464,12 @@ RENAMED: dict[str, str] = {}
 LEGACY_VALUES: dict[str, Any] = {"image.sincos_order": "yx", "objective.cls_head": True}
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections as dotted keys: {"train": {"lr": 1}} -> {"train.lr": 1}."""
     flat = {}
     for key, value in data.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -495,7 +496,7 @@ def config_from_yaml_text(text: str, source: str = "saved config") -> Config:
     import logging
 
     log = logging.getLogger("data2vec")
-    flat = _flatten(yaml.safe_load(text) or {})
+    flat = flatten(yaml.safe_load(text) or {})
     known = _field_keys()
     nested: dict[str, Any] = {}
     for key, value in flat.items():
@@ -510,7 +511,7 @@ def config_from_yaml_text(text: str, source: str = "saved config") -> Config:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    missing = sorted(known - set(_flatten(nested)))
+    missing = sorted(known - set(flatten(nested)))
     legacy = [key for key in missing if key in LEGACY_VALUES]
     for key in legacy:
         node = nested

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 
 import yaml
 
-from data2vec.config import Config, config_from_yaml_text, to_dict
+from data2vec.config import Config, config_from_yaml_text, flatten, to_dict
 from data2vec.errors import Data2VecError
 from data2vec.train.checkpoint import latest_checkpoint, list_checkpoints
 
@@ -45,19 +45,9 @@ def holds_run(out: Path) -> bool:
         (out / "best").exists() or (out / "results.json").exists()
 
 
-def _flat(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def config_differences(saved: Config, new: Config) -> list[str]:
     """`key: saved -> new` for each setting (outside LAUNCH_KEYS) in which two configs differ."""
-    old, now = _flat(to_dict(saved)), _flat(to_dict(new))
+    old, now = flatten(to_dict(saved)), flatten(to_dict(new))
     return [f"{key}: {old.get(key)!r} -> {now.get(key)!r}" for key in sorted(old.keys() | now.keys())
             if key not in LAUNCH_KEYS and old.get(key) != now.get(key)]
 
