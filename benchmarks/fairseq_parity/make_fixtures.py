@@ -210,6 +210,15 @@ TINY = {"dim": 8, "depth": 3, "heads": 2, "ffn": 16}  # a few KB of weights per 
 AUDIO_CONVS = [(8, 10, 5), (8, 3, 2), (8, 3, 2)]  # 20 samples per frame, receptive field 50
 
 
+def audio_overrides() -> list[str]:
+    """Our keys for fairseq's tiny speech encoder (both versions): sizes, feature and positional convs."""
+    return [f"model.dim={TINY['dim']}", f"model.depth={TINY['depth']}", f"model.heads={TINY['heads']}",
+            "model.mlp_ratio=2.0", "model.norm_eps=1e-5", "model.dropout=0.0", "model.attn_dropout=0.0",
+            f"audio.conv_dim={[c[0] for c in AUDIO_CONVS]}", f"audio.conv_kernel={[c[1] for c in AUDIO_CONVS]}",
+            f"audio.conv_stride={[c[2] for c in AUDIO_CONVS]}", "audio.conv_bias=false",
+            "audio.pos_conv_layers=3", "audio.pos_conv_kernel=5", "audio.pos_conv_groups=4"]
+
+
 def v1_audio(padded: bool, teacher_norm: bool = False) -> None:
     """data2vec v1 speech (`data2vec_audio.py`): fairseq's 7-conv feature encoder cut to 3 convs, 3 post-LN
     layers, 3 positional conv layers, EMA teacher over the Transformer only (`ema_transformer_only`), the
@@ -273,12 +282,7 @@ def v1_audio(padded: bool, teacher_norm: bool = False) -> None:
     save_case(name, tensors, {
         "fairseq": "examples/data2vec/models/data2vec_audio.py (Data2VecAudioModel)",
         "recipe": "audio-tiny",
-        "overrides": [f"model.dim={TINY['dim']}", f"model.depth={TINY['depth']}", f"model.heads={TINY['heads']}",
-                      "model.mlp_ratio=2.0", "model.norm_eps=1e-5", "model.dropout=0.0", "model.attn_dropout=0.0",
-                      f"audio.conv_dim={[c[0] for c in AUDIO_CONVS]}",
-                      f"audio.conv_kernel={[c[1] for c in AUDIO_CONVS]}",
-                      f"audio.conv_stride={[c[2] for c in AUDIO_CONVS]}", "audio.conv_bias=false",
-                      "audio.pos_conv_layers=3", "audio.pos_conv_kernel=5", "audio.pos_conv_groups=4",
+        "overrides": [*audio_overrides(),
                       "audio.pos_conv_zero_padding=once", "objective.top_k=2", "objective.tap=ffn",
                       f"objective.per_layer_norm={norm}", "objective.final_norm=none", "objective.loss_beta=0.0",
                       "objective.loss_scale=inv_sqrt_dim",
@@ -560,12 +564,7 @@ def v2_audio(teacher_context: bool = False, alibi: bool = False) -> None:
     save_case(name, tensors, {
         "fairseq": "examples/data2vec/models/data2vec2.py (Data2VecMultiModel), modalities/audio.py",
         "recipe": "audio-tiny-v2",
-        "overrides": [f"model.dim={TINY['dim']}", f"model.depth={TINY['depth']}", f"model.heads={TINY['heads']}",
-                      "model.mlp_ratio=2.0", "model.norm_eps=1e-5", "model.dropout=0.0", "model.attn_dropout=0.0",
-                      f"audio.conv_dim={[c[0] for c in AUDIO_CONVS]}",
-                      f"audio.conv_kernel={[c[1] for c in AUDIO_CONVS]}",
-                      f"audio.conv_stride={[c[2] for c in AUDIO_CONVS]}", "audio.conv_bias=false",
-                      "audio.pos_conv_layers=3", "audio.pos_conv_kernel=5", "audio.pos_conv_groups=4",
+        "overrides": [*audio_overrides(),
                       f"objective.clones={CLONES}", "objective.top_k=2", "objective.tap=ffn",
                       "objective.per_layer_norm=instance", "objective.final_norm=none", "objective.loss_beta=0.0",
                       "objective.loss_scale=inv_sqrt_dim",
