@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 import data2vec
 from data2vec.cli import main
 from data2vec.config import build_config
-from data2vec.tasks.pretrain import StopSignal, pretrain
+from data2vec.tasks.pretrain import pretrain
 from data2vec.train.loop import Preempted
 from data2vec.train.run_folder import LOCK, _start_ticks, check_unlocked
+from data2vec.train.signals import StopSignal
 
 TINY = ["model.dim=32", "model.depth=2", "model.heads=2", "image.image_size=16", "image.patch_size=4",
         "objective.top_k=2", "masking.min_block=2", "train.batch_size=8", "train.warmup_steps=1",

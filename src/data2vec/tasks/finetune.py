@@ -31,14 +31,14 @@ from data2vec.finetune.loop import finetune_loop
 from data2vec.finetune.setup import resolve_config, tokenizer_json
 from data2vec.model import Data2VecEncoder
 from data2vec.nn.heads import HEAD_FILE, head_file, load_head
-from data2vec.tasks.pretrain import StopSignal
 from data2vec.train.checkpoint import load_checkpoint, load_config, resolve_checkpoint, save_checkpoint
 from data2vec.train.device import resolve_device
 from data2vec.train.distributed import barrier, full_state, init_distributed, local_device
 from data2vec.train.logging import MetricsLogger, setup_logging
-from data2vec.train.loop import Preempted, rng_state, set_rng_state
+from data2vec.train.loop import rng_state, set_rng_state
 from data2vec.train.optim import layer_decay_groups
 from data2vec.train.run_folder import claim, start_point
+from data2vec.train.signals import stoppable
 
 log = logging.getLogger("data2vec")
 BEST = "best"
@@ -180,18 +180,10 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
 
         logger = (MetricsLogger(out, tc.max_steps, start_step, progress=progress, desc="finetune")
                   if info.is_main else None)
-        stop = StopSignal(info, device)
         start = time.perf_counter()
-        try:
-            with stop.installed():
-                finetune_loop(model, optimizer, loader, cfg, device, start_step, save, validate, logger,
-                              should_stop=stop, dist_info=info)
-        except Preempted as err:
-            log.warning("%s in %s; run the same command again (or resume=auto) to continue", err, out)
-            raise
-        finally:
-            if logger is not None:
-                logger.close()
+        with stoppable(out, info, device, logger) as stop:
+            finetune_loop(model, optimizer, loader, cfg, device, start_step, save, validate, logger,
+                          should_stop=stop, dist_info=info)
         if not info.is_main:
             return out
         result = {"recipe": cfg.name, "checkpoint": cfg.finetune.checkpoint, "random_init": cfg.finetune.random_init,

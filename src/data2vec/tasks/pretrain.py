@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
-import threading
 from pathlib import Path
 
 import torch
@@ -15,12 +12,13 @@ from data2vec.data.build import pretrain_loader
 from data2vec.model import Data2Vec
 from data2vec.train.checkpoint import load_checkpoint, save_checkpoint
 from data2vec.train.device import resolve_device
-from data2vec.train.distributed import (DistInfo, any_process, barrier, full_state, init_distributed,
+from data2vec.train.distributed import (DistInfo, barrier, full_state, init_distributed,
                                         load_full_state, local_device, wrap_model)
 from data2vec.train.logging import MetricsLogger, setup_logging
-from data2vec.train.loop import Preempted, rng_state, set_rng_state, train
+from data2vec.train.loop import rng_state, set_rng_state, train
 from data2vec.train.optim import build_optimizer
 from data2vec.train.run_folder import claim, start_point
+from data2vec.train.signals import stoppable
 
 log = logging.getLogger("data2vec")
 
@@ -90,46 +88,7 @@ def _run(cfg: Config, model: Data2Vec, step_model: torch.nn.Module, optimizer: t
         barrier(info)
 
     logger = MetricsLogger(out, cfg.train.max_steps, start_step, progress=progress) if info.is_main else None
-    stop = StopSignal(info, device)
-    try:
-        with stop.installed():
-            train(model, optimizer, loader, cfg, device, start_step, save, logger, scaler, step_model, info,
-                  should_stop=stop, steps_per_epoch=getattr(loader.batch_sampler, "steps_per_epoch", None))
-    except Preempted as err:
-        log.warning("%s in %s; run the same command again (or resume=auto) to continue", err, out)
-        raise
-    finally:
-        if logger is not None:
-            logger.close()
+    with stoppable(out, info, device, logger) as stop:
+        train(model, optimizer, loader, cfg, device, start_step, save, logger, scaler, step_model, info,
+              should_stop=stop, steps_per_epoch=getattr(loader.batch_sampler, "steps_per_epoch", None))
     return out
-
-
-class StopSignal:
-    """SIGTERM / SIGINT (what schedulers send before killing a job) ask the loop to stop after the current
-    update and write a checkpoint. With several processes they agree on it, so all stop at the same step."""
-
-    def __init__(self, info: DistInfo, device: torch.device) -> None:
-        self.info, self.device = info, device
-        self.received = False
-
-    def _handler(self, signum: int, frame: object) -> None:
-        if self.received:  # a second signal: the user insists
-            raise KeyboardInterrupt
-        self.received = True
-        log.warning("received %s: stopping after this update and writing a checkpoint",
-                    signal.Signals(signum).name)
-
-    @contextlib.contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def __call__(self) -> bool:
-        return any_process(self.received, self.info, self.device)
