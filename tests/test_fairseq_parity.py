@@ -3,8 +3,8 @@
 Each fixture holds a tiny fairseq model's weights (student and EMA teacher), its inputs, the masks fairseq used
 (and, for data2vec 2.0, the decoder noise), and what fairseq computed: the targets and predictions at the
 masked positions and the loss per masked position. Here OUR model gets the same weights (mapped by
-`fairseq_mapping.py`), inputs and masks, and must compute the same numbers: targets and predictions within
-1e-5 (they are unit-scale), the loss within 1e-5 relative. fairseq is not needed; the fixtures are made by
+`data2vec.interop.fairseq.weights`, which checkpoint conversion uses too), inputs and masks, and must compute
+the same numbers: targets and predictions within 1e-5 (they are unit-scale), the loss within 1e-5 relative. fairseq is not needed; the fixtures are made by
 `benchmarks/fairseq_parity/make_fixtures.py`. Cases a known issue-19 difference breaks are strict xfails,
 so they report as passing the day the difference is fixed. docs/fidelity.md holds the table.
 """
@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import fairseq_mapping as fm
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from data2vec.config import build_config
+from data2vec.interop.fairseq import weights as fm
 from data2vec.model import Data2Vec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "fairseq"
@@ -41,10 +41,10 @@ def load_case(name: str) -> tuple[dict[str, torch.Tensor], dict]:
 def fairseq_weights(tensors: dict[str, torch.Tensor], meta: dict) -> tuple[dict, dict]:
     """fairseq's student state and its EMA teacher's; the fixture stores only the teacher tensors that
     differ from the student's (`teacher_prefix` + name), the rest come from the student."""
-    student = fm._sub(tensors, "fs.student.")
+    student = fm.sub(tensors, "fs.student.")
     prefix = meta["teacher_prefix"]
     teacher = {} if prefix is None else {k[len(prefix):]: v for k, v in student.items() if k.startswith(prefix)}
-    teacher.update(fm._sub(tensors, "fs.teacher."))
+    teacher.update(fm.sub(tensors, "fs.teacher."))
     return student, teacher
 
 
@@ -67,22 +67,22 @@ def map_weights(student: dict, teacher: dict, cfg, meta: dict) -> dict[str, torc
         ours_s, ours_t = fm.beit_cyclical(student, depth), fm.beit_cyclical(teacher, depth)
         head = {"head.weight": student["lm_head.weight"], "head.bias": student["lm_head.bias"]}
     elif cfg.modality == "audio" and cfg.objective.version == 1:
-        ours_s = fm.v1_audio_encoder(student, fm._sub(student, "encoder."), depth)
+        ours_s = fm.v1_audio_encoder(student, fm.sub(student, "encoder."), depth)
         ours_t = fm.v1_audio_encoder(student, teacher, depth)
         head = {"head.weight": student["final_proj.weight"], "head.bias": student["final_proj.bias"]}
     elif cfg.modality == "text" and cfg.objective.version == 1:
-        ours_s = fm.v1_text_encoder(fm._sub(student, "sentence_encoder."), depth)
+        ours_s = fm.v1_text_encoder(fm.sub(student, "sentence_encoder."), depth)
         ours_t = fm.v1_text_encoder(teacher, depth)
-        head = {f"head.{k}": v for k, v in fm.sequential_head(fm._sub(student, "regression_head.")).items()}
+        head = {f"head.{k}": v for k, v in fm.sequential_head(fm.sub(student, "regression_head.")).items()}
     else:  # data2vec 2.0: `modality_encoders.<MODE>.*` + `blocks.*`; the teacher holds the blocks at least
         mode = cfg.modality.upper()
-        enc = fm._sub(student, f"modality_encoders.{mode}.")
+        enc = fm.sub(student, f"modality_encoders.{mode}.")
         if cfg.modality == "text":
             front = fm.v2_text_frontend(enc)
             ours_s = {**front, **fm.blocks(student, "blocks.", depth, fm.alt_block)}
             ours_t = {**front, **fm.blocks(teacher, "", depth, fm.alt_block)}  # the teacher is the blocks
         elif cfg.modality == "audio":
-            t_enc = fm._sub(teacher, f"modality_encoders.{mode}.")
+            t_enc = fm.sub(teacher, f"modality_encoders.{mode}.")
             ours_s = {**fm.v2_audio_frontend(enc, enc), **fm.v2_alibi(enc),
                       **fm.blocks(student, "blocks.", depth, fm.alt_block)}
             ours_t = {**fm.v2_audio_frontend(enc, t_enc), **fm.v2_alibi(t_enc),
@@ -92,7 +92,7 @@ def map_weights(student: dict, teacher: dict, cfg, meta: dict) -> dict[str, torc
             ours_t = fm.v2_image_encoder(teacher, meta["prenet_depth"], depth)
         input_proj = getattr(cfg.objective, "decoder_input_proj", True)
         head = {f"decoder.{k}": v
-                for k, v in fm.v2_decoder(fm._sub(enc, "decoder."), cfg.model.dim, input_proj).items()}
+                for k, v in fm.v2_decoder(fm.sub(enc, "decoder."), cfg.model.dim, input_proj).items()}
     return {**{f"student.{k}": v for k, v in ours_s.items()}, **{f"teacher.{k}": v for k, v in ours_t.items()},
             **head}
 
@@ -197,7 +197,7 @@ def test_step_matches_fairseq(case):
     model(tensors["in.source"], tensors.get("in.regressed", tensors["in.mask"]), tensors.get("in.padding_mask"),
           student_inputs=tensors.get("in.student_source"))["loss"].backward()
     student, teacher = fairseq_weights(tensors, meta)
-    theirs = map_weights(fm._sub(tensors, "out.grad."), teacher, model.cfg, meta)
+    theirs = map_weights(fm.sub(tensors, "out.grad."), teacher, model.cfg, meta)
     ours = {k: p.grad for k, p in model.named_parameters()}
     compared = 0
     for k, grad in theirs.items():
@@ -211,7 +211,7 @@ def test_step_matches_fairseq(case):
     assert compared >= 0.9 * sum(g is not None for g in ours.values()) - len(MADE_UP)
 
     model.update_teacher(meta["ema_decay"])
-    after = {**teacher, **fm._sub(tensors, "out.teacher.")}
+    after = {**teacher, **fm.sub(tensors, "out.teacher.")}
     expected = map_weights(student, after, model.cfg, meta)
     ours_t = model.state_dict()
     checked = [k for k in expected if k.startswith("teacher.") and not any(m in k for m in MADE_UP)]
@@ -227,7 +227,7 @@ def test_v1_image_step_matches_data2vec_vision():
     model = build_model(tensors, meta)
     model(tensors["in.source"], tensors["in.mask"])["loss"].backward()
     depth = model.cfg.model.depth
-    theirs = fm.beit_cyclical(fm._sub(tensors, "out.grad."), depth)
+    theirs = fm.beit_cyclical(fm.sub(tensors, "out.grad."), depth)
     ours = {k[len("student."):]: p.grad for k, p in model.named_parameters() if k.startswith("student.")}
     assert len(theirs) > 10 and all(ours.get(k) is not None for k in theirs)
     for k, grad in theirs.items():
@@ -236,8 +236,8 @@ def test_v1_image_step_matches_data2vec_vision():
         torch.testing.assert_close(getattr(model.head, k).grad, tensors[f"out.grad.lm_head.{k}"], atol=1e-6, rtol=1e-4)
     model.update_teacher(meta["ema_decay"])
     teacher = dict(model.teacher.named_parameters())
-    after = fm._sub(tensors, "out.teacher.")  # a few tensors: the EMA is elementwise
-    mapped = fm.beit_cyclical({**fm._sub(tensors, "fs.teacher."), **after}, depth)
+    after = fm.sub(tensors, "out.teacher.")  # a few tensors: the EMA is elementwise
+    mapped = fm.beit_cyclical({**fm.sub(tensors, "fs.teacher."), **after}, depth)
     checked = [k for k in mapped if k.startswith(("frontend.patch_embed", "frontend.rel_pos", "frontend.cls_token",
                                                   "encoder.blocks.0."))]
     assert len(checked) > 10

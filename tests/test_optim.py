@@ -77,7 +77,7 @@ def test_beit_rule_decays_what_data2vec_visions_optimiser_decays():
     import json
     from pathlib import Path
 
-    import fairseq_mapping as fm
+    from data2vec.interop.fairseq import weights as fm
     from safetensors.torch import load_file
 
     from data2vec.model import Data2Vec
@@ -85,7 +85,7 @@ def test_beit_rule_decays_what_data2vec_visions_optimiser_decays():
 
     folder = Path(__file__).parent / "fixtures" / "fairseq"
     meta = json.loads((folder / "v1_image.json").read_text())
-    grads = fm._sub(load_file(str(folder / "v1_image.safetensors")), "out.grad.")
+    grads = fm.sub(load_file(str(folder / "v1_image.safetensors")), "out.grad.")
     theirs = {n: not _meta_no_decay(n, tuple(g.shape)) for n, g in grads.items()}
     assert not theirs["cls_token"] and theirs["mask_token"] and theirs["rel_pos_bias.relative_position_bias_table"]
     index = {n: torch.tensor(float(i)) for i, n in enumerate(theirs)}  # carry each name through the mapping

@@ -3,7 +3,7 @@
 Builds fairseq's tiny data2vec models (v1 speech and text, data2vec 2.0 text, speech and images), fixes their
 weights, inputs, masks and decoder noise, runs fairseq's pretraining forward and saves what it computed: the
 targets and predictions at the masked positions and the loss. The fixtures keep fairseq's own state dicts;
-`tests/fairseq_mapping.py` maps them onto ours, and the test runs OUR code on them, without fairseq.
+`data2vec.interop.fairseq.weights` maps them onto ours, and the test runs OUR code on them, without fairseq.
 
 Setup and use: see README.md beside this file. Run with the Python of a virtual environment that holds
 fairseq's pure-Python dependencies, from the repository root:

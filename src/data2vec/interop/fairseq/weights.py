@@ -1,8 +1,9 @@
-"""fairseq's data2vec parameter names -> ours, for the parity fixtures (`tests/fixtures/fairseq/`).
+"""fairseq's data2vec parameter names -> ours: one mapping for checkpoint conversion (:func:`data2vec.from_fairseq`)
+and the parity tests (`tests/test_fairseq_parity.py`).
 
-The fixtures keep fairseq's own state dicts (what `benchmarks/fairseq_parity/make_fixtures.py` saved), so when
-a fix changes our layout (a new LayerNorm, a split of the blocks) only this mapping changes, never the
-fixtures. Each function takes fairseq tensors under the prefix of one module and returns our names.
+The parity fixtures and fairseq checkpoints keep fairseq's own state dicts, so when a fix changes our layout (a new
+LayerNorm, a split of the blocks) only this mapping changes, never the fixtures. Each function takes fairseq
+tensors under the prefix of one module and returns our names.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from data2vec.errors import Data2VecError
 
-def _sub(weights: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+
+def sub(weights: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
 
 
@@ -42,7 +45,7 @@ def alt_block(fs: dict[str, Tensor]) -> dict[str, Tensor]:
 def blocks(fs: dict[str, Tensor], prefix: str, depth: int, layer=post_ln_layer) -> dict[str, Tensor]:
     out = {}
     for i in range(depth):
-        for k, v in layer(_sub(fs, f"{prefix}{i}.")).items():
+        for k, v in layer(sub(fs, f"{prefix}{i}.")).items():
             out[f"encoder.blocks.{i}.{k}"] = v
     return out
 
@@ -122,7 +125,8 @@ def v2_alibi(enc: dict[str, Tensor]) -> dict[str, Tensor]:
         return {}
     scale = enc["alibi_scale"]
     if scale.shape[0] != 1:
-        raise ValueError(f"an ALiBi scale per layer ({list(scale.shape)}) has no counterpart in our model")
+        raise Data2VecError(f"an ALiBi scale per layer (alibi_scale of shape {list(scale.shape)}) has no "
+                            "counterpart in data2vec, whose scale is shared by the layers")
     return {"encoder.alibi.scale": scale.reshape(-1)}
 
 
@@ -168,7 +172,7 @@ def v2_image_encoder(model: dict[str, Tensor], prenet: int, depth: int) -> dict[
     patch embedding, CLS token (`extra_tokens`), the prenet blocks (`context_encoder.blocks`) then the main
     blocks as one stack. The LayerNorm fairseq applies before the prenet (`context_encoder.norm`) maps to
     `frontend.embed_norm` (issue 19 item 2: ours has none yet)."""
-    enc = _sub(model, "modality_encoders.IMAGE.")
+    enc = sub(model, "modality_encoders.IMAGE.")
     out = {"frontend.patch_embed.weight": enc["local_encoder.proj.weight"],
            "frontend.patch_embed.bias": enc["local_encoder.proj.bias"],
            "frontend.cls_token": enc["extra_tokens"],
@@ -195,7 +199,7 @@ def beit_cyclical(fs: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
              "attn.v_bias": "attn.v_bias", "attn.proj": "attn.proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
              "gamma_1": "ls1.gamma", "gamma_2": "ls2.gamma"}
     for i in range(depth):
-        for k, v in _sub(fs, f"blocks.{i}.").items():
+        for k, v in sub(fs, f"blocks.{i}.").items():
             stem, _, leaf = k.rpartition(".")
             if k in names:  # q_bias, v_bias, gamma_1, gamma_2: bare parameters
                 out[f"encoder.blocks.{i}.{names[k]}"] = v
