@@ -31,35 +31,40 @@ def pretrain(recipe: str, *overrides: str):
 
 
 def finetune(recipe: str, *overrides: str):
-    """Fine-tune a pretrained checkpoint (override ``finetune.checkpoint=PATH``) from a fine-tuning recipe
-    (``image-tiny-ft``, ``text-tiny-ft``, ``audio-tiny-ctc``, ...); returns the run folder."""
+    """Fine-tune a pretrained checkpoint (override ``finetune.checkpoint=PATH``, or a released model's name) from
+    a fine-tuning recipe (``image-tiny-ft``, ``text-tiny-ft``, ``audio-tiny-ctc``, ...); returns the run folder."""
+    from data2vec.interop.hub import resolve_overrides
     from data2vec.tasks.finetune import finetune as run
 
-    return run(build_config(recipe, list(overrides)))
+    return run(build_config(recipe, resolve_overrides(overrides)))
 
 
 def evaluate(checkpoint: str, data: str | None = None, split: str = "valid") -> dict:
     """Metrics of a fine-tuned checkpoint (or run folder; ``RUN/best`` for the best one) on labelled `data`
     (default: the run's validation set): accuracy, F1, MCC (top-5 above five classes), or WER and CER."""
+    from data2vec.interop.hub import resolve
     from data2vec.tasks.evaluate import evaluate as run
 
-    return run(checkpoint, data, split)
+    return run(resolve(checkpoint), data, split)
 
 
 def from_hf(folder: str, out: str):
-    """Convert a local Hugging Face Data2VecVision / Data2VecText / Data2VecAudio folder into a data2vec run
-    folder `out`; returns the checkpoint path. Needs no `transformers` (see :mod:`data2vec.interop.hf`)."""
+    """Convert a Hugging Face Data2VecVision / Data2VecText / Data2VecAudio folder (or model id, fetched into the
+    Hub cache) into a data2vec run folder `out`; returns the checkpoint path. Needs no `transformers` (see
+    :mod:`data2vec.interop.hf`)."""
     from data2vec.interop.hf import from_hf as convert
+    from data2vec.interop.hub import hf_folder
 
-    return convert(folder, out)
+    return convert(hf_folder(folder), out)
 
 
 def to_hf(checkpoint: str, out: str, which: str = "student"):
     """Write a data2vec checkpoint (or run folder) as a Hugging Face model folder `out` that
     `transformers.AutoModel.from_pretrained(out)` loads; returns `out`."""
     from data2vec.interop.hf import to_hf as convert
+    from data2vec.interop.hub import resolve
 
-    return convert(checkpoint, out, which)
+    return convert(resolve(checkpoint), out, which)
 
 
 __all__ = ["load", "build_config", "pretrain", "finetune", "evaluate", "from_hf", "to_hf", "Config", "Data2VecError",

@@ -11,6 +11,8 @@ from data2vec.nn.linear import check_environment
 from data2vec.train.distributed import is_main_process
 from data2vec.train.loop import Preempted
 
+CHECKPOINT_HELP = ("checkpoint folder or run folder, or a released model's name, Hugging Face id or URL "
+                   "(docs/checkpoints.md)")
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGINT after writing a checkpoint; run again to resume
 
 
@@ -25,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("probe", help="linear and kNN probe of a checkpoint's frozen features")
-    p.add_argument("checkpoint", help="checkpoint folder or run folder")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--data", default=None, help="labelled data: images in class sub-folders (or train/ and test/ "
                                                 "of them), text as label<TAB>text lines (a file, or a folder of "
                                                 "train.tsv and test.tsv), audio in class sub-folders or a manifest; "
@@ -33,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for probe.json (default: the checkpoint folder)")
 
     p = sub.add_parser("embed", help="pooled features of input files or folders, written to .npy")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("inputs", nargs="+", help="image files or folders; for a text model, text files (one "
                                              "embedding per non-empty line); for a speech model, audio files "
                                              "or folders (one embedding per file)")
@@ -78,15 +80,17 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert a Hugging Face transformers model folder to a checkpoint, or back")
     way = p.add_mutually_exclusive_group(required=True)
     way.add_argument("--from-hf", metavar="DIR", help="HF Data2VecVision / Data2VecText / Data2VecAudio folder "
-                                                      "(config.json + model.safetensors or pytorch_model.bin)")
-    way.add_argument("--to-hf", metavar="CHECKPOINT", help="data2vec checkpoint or run folder")
+                                                      "(config.json + model.safetensors or pytorch_model.bin), "
+                                                      "or a Hugging Face model id")
+    way.add_argument("--to-hf", metavar="CHECKPOINT", help="data2vec checkpoint or run folder, or a released "
+                                                          "model's name, Hugging Face id or URL")
     p.add_argument("--out", required=True, help="--from-hf: new run folder for the checkpoint; --to-hf: folder for "
                                                 "config.json and model.safetensors")
     p.add_argument("--teacher", action="store_true", help="--to-hf: export the EMA teacher instead of the student")
 
     p = sub.add_parser("finetune", help="fine-tune a pretrained checkpoint: a classifier, or CTC speech recognition")
     p.add_argument("recipe", help="fine-tuning recipe (image-tiny-ft, text-tiny-ft, audio-tiny-ctc, ...) or YAML path")
-    p.add_argument("overrides", nargs="*", help="checkpoint=PATH (pretrained run or checkpoint folder), "
+    p.add_argument("overrides", nargs="*", help="checkpoint=PATH (pretrained run or checkpoint folder, or a name), "
                                                 "data.path=TRAIN data.eval_path=VALID, out=..., other key=value")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -109,14 +113,16 @@ def run(args: argparse.Namespace) -> int:
         if is_main_process():  # torchrun: once, not once per process
             print(f"run folder: {out}")
     elif args.command == "probe":
+        from data2vec.interop.hub import resolve
         from data2vec.tasks.probe import probe
 
-        result = probe(args.checkpoint, args.data, args.out)
+        result = probe(resolve(args.checkpoint), args.data, args.out)
         print(f"linear probe top-1: {result['linear']:.4f}   kNN top-1: {result['knn']:.4f}")
     elif args.command == "embed":
+        from data2vec.interop.hub import resolve
         from data2vec.tasks.embed import embed
 
-        path = embed(args.checkpoint, args.inputs, args.out, args.batch_size)
+        path = embed(resolve(args.checkpoint), args.inputs, args.out, args.batch_size)
         print(f"embeddings: {path}")
     elif args.command == "demo":
         from data2vec.tasks.demo import demo
@@ -150,16 +156,19 @@ def run(args: argparse.Namespace) -> int:
               f"{meta['empty_files']} empty files: {args.out}")
     elif args.command == "convert":
         from data2vec.interop.hf import from_hf, to_hf
+        from data2vec.interop.hub import hf_folder, resolve
 
         if args.from_hf:
-            print(f"checkpoint: {from_hf(args.from_hf, args.out)}")
+            print(f"checkpoint: {from_hf(hf_folder(args.from_hf), args.out)}")
         else:
-            print(f"Hugging Face folder: {to_hf(args.to_hf, args.out, 'teacher' if args.teacher else 'student')}")
+            which = "teacher" if args.teacher else "student"
+            print(f"Hugging Face folder: {to_hf(resolve(args.to_hf), args.out, which)}")
     elif args.command == "finetune":
         from data2vec.config import build_config
+        from data2vec.interop.hub import resolve_overrides
         from data2vec.tasks.finetune import finetune
 
-        overrides = [f"finetune.{o}" if o.startswith("checkpoint=") else o for o in args.overrides]
+        overrides = [f"finetune.{o}" if o.startswith("checkpoint=") else o for o in resolve_overrides(args.overrides)]
         out = finetune(build_config(args.recipe, overrides), progress=not args.no_progress)
         if not is_main_process():  # torchrun: the main process reports
             return 0
@@ -168,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"run folder: {out}   best validation {metric} {best.get(metric, float('nan')):.4f} at step "
               f"{best.get('step')}: {out / 'best'}")
     elif args.command == "evaluate":
+        from data2vec.interop.hub import resolve
         from data2vec.tasks.evaluate import evaluate
 
         options = {"data": None, "split": "valid"}
@@ -178,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             options[key] = value
         if options["split"] not in ("valid", "train"):
             raise Data2VecError(f"split={options['split']}: use split=valid or split=train")
-        result = evaluate(args.checkpoint, options["data"], options["split"], args.out)
+        result = evaluate(resolve(args.checkpoint), options["data"], options["split"], args.out)
         shown = "  ".join(f"{k} {result[k]:.4f}" for k in ("accuracy", "top5", "f1", "mcc", "wer", "cer")
                           if k in result)
         print(f"{result['samples']} samples of {result['data']} ({result['split']}): {shown}")
