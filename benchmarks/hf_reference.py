@@ -36,15 +36,15 @@ def hf_student(cfg: Config, our_student: nn.Module | None = None) -> nn.Module:
 
     if cfg.modality == "audio":
         return _hf_audio(cfg)
-    from data2vec.interop import hf as interop
+    from data2vec.interop.hf import text, vision
 
     state = (our_student or _fresh_student(cfg)).state_dict()
     if cfg.modality == "image":
-        hf, tensors = interop._vision_to_hf(cfg, state, None)
+        hf, tensors, _ = vision.export(cfg, state, None)
         config = transformers.Data2VecVisionConfig(**_config_keys(hf))
         model = transformers.Data2VecVisionModel(config, add_pooling_layer=False)
     else:
-        hf, tensors = interop._text_to_hf(cfg, state, None)
+        hf, tensors, _ = text.export(cfg, state, None)
         config = transformers.Data2VecTextConfig(**_config_keys(hf))
         model = transformers.Data2VecTextModel(config, add_pooling_layer=False)
     tensors = {k: v for k, v in tensors.items() if not k.startswith("pooler.")}

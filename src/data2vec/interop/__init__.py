@@ -1,1 +1,2 @@
-"""Conversion to and from other libraries' formats (Hugging Face `transformers`: :mod:`data2vec.interop.hf`)."""
+"""Conversion to and from other libraries' formats (Hugging Face `transformers`: the package
+:mod:`data2vec.interop.hf`, one module per modality)."""
