@@ -104,8 +104,9 @@ def hf_folder(name: str | Path) -> Path:
     except errors.LocalEntryNotFoundError:
         how = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
         raise Data2VecError(
-            f"Hugging Face model '{value}' is not in the Hub cache and {how}: run where there is internet (or "
-            f"unset HF_HUB_OFFLINE), or fetch it by hand with `hf download {value} --local-dir DIR` and pass DIR"
+            f"'{value}' is no local path, and Hugging Face model '{value}' is not in the Hub cache and {how}: run "
+            f"where there is internet (or unset HF_HUB_OFFLINE), or fetch it by hand with "
+            f"`hf download {value} --local-dir DIR` and pass DIR"
         ) from None
     except (errors.RepositoryNotFoundError, errors.GatedRepoError, errors.RevisionNotFoundError) as e:
         raise Data2VecError(f"'{value}' is neither a local path nor a Hugging Face model we may read "
