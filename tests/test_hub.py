@@ -157,6 +157,14 @@ def test_interrupted_download_resumes_from_the_part_file(caches):
     assert got.with_name("model.pt.sha256").read_text().split()[0] == hashlib.sha256(got.read_bytes()).hexdigest()
 
 
+def test_part_file_longer_than_the_source_starts_over(caches):
+    source, data = _source(caches)
+    target = hub._download_path(source.as_uri())
+    target.parent.mkdir(parents=True)
+    target.with_name("model.pt.part").write_bytes(b"Y" * (len(data) + 10))  # the file changed on the server
+    assert hub.download(source.as_uri()).read_bytes() == data
+
+
 def test_damaged_cached_file_is_detected(caches):
     source, _ = _source(caches)
     got = hub.download(source.as_uri())

@@ -163,7 +163,7 @@ def _classify(name: str | Path) -> tuple[str, str]:
     a Hub id; a bare word that is no short name is unknown (one line, with the closest names)."""
     text = str(name)
     if isinstance(name, Path) or Path(text).expanduser().exists():
-        return "path", text
+        return "path", str(Path(text).expanduser())
     if text in RELEASED:
         return "url", RELEASED[text]
     if re.match(r"(https?|file)://", text):
@@ -202,8 +202,10 @@ def _open(url: str, offset: int) -> tuple[BinaryIO, int | None, int]:
             f = path.open("rb")
         except OSError as e:
             raise Data2VecError(f"cannot read '{url}': {e.strerror}; check the path") from None
-        f.seek(offset)
-        return f, path.stat().st_size, offset
+        size = path.stat().st_size
+        start = offset if offset <= size else 0  # a part longer than the file: the file changed, start over
+        f.seek(start)
+        return f, size, start
     request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
     try:
         response = urllib.request.urlopen(request, timeout=60)
@@ -212,6 +214,8 @@ def _open(url: str, offset: int) -> tuple[BinaryIO, int | None, int]:
             total = (e.headers.get("Content-Range") or "").rpartition("/")[2]
             if total.isdigit() and int(total) == offset:
                 return _Empty(), offset, offset
+            if total.isdigit():  # a part longer than the file: the file changed, start over
+                return _open(url, 0)
         raise Data2VecError(f"downloading '{url}' failed: HTTP {e.code} {e.reason}; check the URL") from None
     except (urllib.error.URLError, OSError) as e:
         raise _offline_error(url, getattr(e, "reason", e)) from None
