@@ -253,3 +253,45 @@ def test_teacher_precision_fp32_makes_the_teachers_own_pass_in_speech_and_v2():
     image = Data2Vec(build_config("image-tiny-v2", ["objective.ema_scope=encoder",
                                                     "objective.teacher_precision=fp32"]))
     assert not image.shares_frontend_output()
+
+
+def test_teacher_window_limits_each_targets_context_to_depth_times_window():
+    """A target at position i depends on the front-end output at j only when |i - j| <= depth x window."""
+    torch.manual_seed(0)
+    depth, window, T = 3, 1, 12
+    cfg = build_config("text-tiny", [f"model.depth={depth}", "objective.top_k=1", f"objective.teacher_window={window}",
+                                     "text.vocab_size=64", "text.mask_id=4"])
+    model = Data2Vec(cfg).eval()
+    tokens = torch.randint(5, 64, (1, T))
+    x, bias, padding = model.teacher.frontend(tokens)
+    bumped = x.clone()
+    bumped[:, 0] += 1.0
+    moved = (model.targets(tokens, None, (bumped, bias, padding)) - model.targets(tokens, None, (x, bias, padding)))
+    moved = moved.abs().amax(-1)[0]  # [T]
+    assert (moved[: depth * window + 1] > 0).all() and (moved[depth * window + 1:] == 0).all()
+    cfg.objective.teacher_window = 0  # the whole input: every target moves
+    assert ((model.targets(tokens, None, (bumped, bias, padding)) - model.targets(tokens, None, (x, bias, padding)))
+            .abs().amax(-1) > 1e-4).all()
+
+
+def test_teacher_window_wider_than_the_input_changes_nothing():
+    torch.manual_seed(0)
+    model = Data2Vec(build_config("text-tiny", ["model.depth=2", "objective.top_k=2", "text.vocab_size=64",
+                                                "text.mask_id=4"])).eval()
+    tokens = torch.randint(5, 64, (2, 10))
+    full = model.targets(tokens)
+    model.cfg.objective.teacher_window = 9  # every token within 9 positions of every other
+    torch.testing.assert_close(model.targets(tokens), full)
+    model.cfg.objective.teacher_window = 1
+    assert not torch.allclose(model.targets(tokens), full)
+
+
+def test_attention_tap_targets_average_the_attention_outputs():
+    torch.manual_seed(0)
+    model = Data2Vec(tiny_cfg("objective.tap=attn", "objective.per_layer_norm=none", "objective.final_norm=none"))
+    images = torch.randn(2, 3, 16, 16)
+    taps = []
+    for block in model.teacher.encoder.blocks:
+        block.ls1.register_forward_hook(lambda mod, args, out: taps.append(out))
+    targets = model.targets(images)
+    torch.testing.assert_close(targets, (taps[-1] + taps[-2])[:, 1:] / 2)  # top 2, CLS dropped

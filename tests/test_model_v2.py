@@ -25,7 +25,7 @@ def test_student_encodes_only_visible_tokens_and_teacher_runs_once():
     seen = {"student": [], "teacher": []}
     model.student.encoder.register_forward_pre_hook(lambda mod, args, kw: seen["student"].append(args[0].shape),
                                                     with_kwargs=True)
-    model.teacher.register_forward_pre_hook(lambda mod, args: seen["teacher"].append(args[0].shape))
+    model.teacher.frontend.register_forward_pre_hook(lambda mod, args: seen["teacher"].append(args[0].shape))
     out = model(torch.randn(2, 3, 16, 16), masks(2, 3))
     out["loss"].backward()
     assert seen["teacher"] == [torch.Size([2, 3, 16, 16])]  # once for the 2 images, not once per clone

@@ -4,7 +4,14 @@ import torch
 import torch.nn.functional as F
 
 from data2vec.config import EncoderConfig
-from data2vec.nn.transformer import ALiBi, Attention, Block, Encoder, alibi_slopes
+from data2vec.nn.transformer import (
+    ALiBi,
+    Attention,
+    Block,
+    Encoder,
+    alibi_slopes,
+    window_bias,
+)
 
 
 def manual_attention(attn: Attention, x, bias=None):
@@ -233,3 +240,59 @@ def test_activation_dropout_defaults_to_dropout_and_can_differ():
     x = torch.randn(2, 5, 16)
     hidden = F.gelu(fairseq.mlp.fc1(x))
     torch.testing.assert_close(fairseq.mlp(x), fairseq.mlp.fc2(hidden))  # no dropout on the hidden units
+
+
+def test_attention_tap_is_the_attention_sublayer_output_before_its_residual():
+    for norm_first in (False, True):  # post-LN (speech, text) and pre-LN with layer scale (images)
+        torch.manual_seed(0)
+        block = Block(EncoderConfig(dim=16, depth=1, heads=4, norm_first=norm_first, layer_scale=0.5 * norm_first),
+                      0.0).double().eval()
+        torch.nn.init.normal_(block.attn.q_bias)
+        torch.nn.init.normal_(block.attn.v_bias)
+        x = torch.randn(2, 5, 16, dtype=torch.float64)
+        seen = block.norm1(x) if norm_first else x
+        scale = block.ls1.gamma if norm_first else 1.0
+        out, tapped = block(x, tap="attn")
+        torch.testing.assert_close(tapped, manual_attention(block.attn, seen) * scale)
+        torch.testing.assert_close(out, block(x)[0])  # the block's output does not depend on the tap
+
+
+def test_window_bias_equals_running_each_window_by_hand():
+    """A 1-D teacher limited to +-w positions: each layer's output at t is that layer run alone on t's window."""
+    torch.manual_seed(0)
+    T, w = 9, 2
+    enc = Encoder(EncoderConfig(dim=16, depth=2, heads=4, norm_first=False)).double().eval()
+    x = torch.randn(2, T, 16, dtype=torch.float64)
+    last, _, _ = enc(x, attn_bias=window_bias(0, (T,), w))
+    h = x
+    for block in enc.blocks:
+        h = torch.stack([block(h[:, max(t - w, 0):t + w + 1])[0][:, t - max(t - w, 0)] for t in range(T)], dim=1)
+    torch.testing.assert_close(last, h)
+    assert not torch.allclose(last, enc(x)[0])  # the whole-input teacher differs
+
+
+def test_window_bias_on_a_patch_grid_hides_cls_and_far_patches():
+    """Images: a patch sees the patches within w rows and columns, not the CLS token; CLS sees everything."""
+    torch.manual_seed(0)
+    side, w = 4, 1
+    enc = Encoder(EncoderConfig(dim=16, depth=1, heads=4, norm_first=True)).double().eval()
+    x = torch.randn(1, 1 + side * side, 16, dtype=torch.float64)
+    _, outputs, _ = enc(x, attn_bias=window_bias(1, (side, side), w))
+    block = enc.blocks[0]
+    for r in range(side):
+        for c in range(side):
+            near = [1 + i * side + j for i in range(side) for j in range(side) if max(abs(i - r), abs(j - c)) <= w]
+            alone = block(x[:, near])[0]  # no position bias: attention over a set, order free
+            torch.testing.assert_close(outputs[0][:, 1 + r * side + c], alone[:, near.index(1 + r * side + c)])
+    torch.testing.assert_close(outputs[0][:, 0], block(x)[0][:, 0])
+
+
+def test_window_bias_keeps_padded_rows_finite():
+    torch.manual_seed(0)
+    enc = Encoder(EncoderConfig(dim=16, depth=2, heads=4, norm_first=False)).eval()
+    padding = torch.tensor([[False] * 4 + [True] * 6])  # padded queries far from any real frame
+    x = torch.randn(1, 10, 16)
+    last, _, _ = enc(x, padding_mask=padding, attn_bias=window_bias(0, (10,), 1, padding))
+    assert torch.isfinite(last).all()
+    alone, _, _ = enc(x[:, :4], attn_bias=window_bias(0, (4,), 1))
+    torch.testing.assert_close(last[:, :4], alone)  # padding changes no real frame

@@ -146,11 +146,16 @@ class ObjectiveConfig:
     """What the student regresses and how the teacher follows it."""
 
     top_k: int = 6
-    tap: Literal["block", "ffn"] = "block"  # block output (images) or FFN output before the last residual
+    # block output (images) or FFN output before the last residual (speech, text); "attn": the self-attention
+    # sublayer's output before its residual (the paper's Table 5 ablation: no usable model)
+    tap: Literal["block", "ffn", "attn"] = "block"
     per_layer_norm: Literal["layer", "instance", "none"] = "layer"
     final_norm: Literal["layer", "instance", "none"] = "layer"
     loss_beta: float = 2.0  # Smooth L1 beta; 0 means plain L2
     loss_scale: Literal["inv_sqrt_dim", "mean", "none"] = "mean"
+    # the teacher's context: 0 sees the whole input (contextualised targets); w > 0 lets each token attend only
+    # to tokens within w positions (images: w rows and columns of patches), the paper's Figure 3 ablation
+    teacher_window: int = 0
     ema_start: float = 0.9998
     ema_end: float = 0.9998
     ema_anneal_steps: int = 0
@@ -181,6 +186,8 @@ class ObjectiveConfig:
     cls_head: bool = False
 
     def __post_init__(self) -> None:
+        _check(self.teacher_window >= 0, "objective.teacher_window", self.teacher_window,
+               "must be >= 0 (0: the teacher sees the whole input)")
         _check(self.decoder_proj_layers >= 1, "objective.decoder_proj_layers", self.decoder_proj_layers,
                "must be at least 1")
         _check(0.0 <= self.decoder_input_dropout < 1.0, "objective.decoder_input_dropout",

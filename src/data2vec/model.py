@@ -24,7 +24,7 @@ from data2vec.nn.decoder import ConvDecoder
 from data2vec.nn.image import ImageFrontend
 from data2vec.nn.init import init_linear_and_norm
 from data2vec.nn.text import TextFrontend
-from data2vec.nn.transformer import Encoder
+from data2vec.nn.transformer import Encoder, window_bias
 from data2vec.targets import build_targets
 
 FRONTENDS = {
@@ -39,7 +39,8 @@ class EncoderOutput:
     """Named like Hugging Face outputs so `transformers` users feel at home.
 
     hidden_states: the embedding output, then each block's output (depth + 1 tensors `[B, T, D]`).
-    layer_results: each block's FFN output before its last residual (the speech / text target tap).
+    layer_results: each block's FFN output before its last residual (the speech / text target tap), or its
+        self-attention output when `encode` is asked for `tap="attn"`.
     """
 
     last_hidden_state: Tensor
@@ -75,9 +76,11 @@ class Data2VecEncoder(nn.Module):
         """
         return self.encode(*self.frontend(inputs, mask, padding_mask))
 
-    def encode(self, x: Tensor, attn_bias: Tensor | None, token_padding: Tensor | None) -> EncoderOutput:
-        """The Transformer over front-end output `x` `[B, N, D]` (what `frontend(...)` returns)."""
-        last, outputs, taps = self.encoder(x, padding_mask=token_padding, attn_bias=attn_bias)
+    def encode(self, x: Tensor, attn_bias: Tensor | list[Tensor] | None, token_padding: Tensor | None,
+               tap: str = "ffn") -> EncoderOutput:
+        """The Transformer over front-end output `x` `[B, N, D]` (what `frontend(...)` returns); `tap` as in
+        `Encoder.forward`."""
+        last, outputs, taps = self.encoder(x, padding_mask=token_padding, attn_bias=attn_bias, tap=tap)
         return EncoderOutput(last, (x, *outputs), tuple(taps), token_padding)
 
     @torch.no_grad()
@@ -190,19 +193,32 @@ class Data2Vec(nn.Module):
     def targets(self, inputs: Tensor, padding_mask: Tensor | None = None,
                 frontend_output: tuple[Tensor, Tensor | None, Tensor | None] | None = None) -> Tensor:
         """Teacher targets `[B, N, D]` (prefix tokens dropped) from one pass over the unmasked input, or from
-        the front-end output the student already computed (see `shares_frontend_output`)."""
+        the front-end output the student already computed (see `shares_frontend_output`). With
+        `objective.teacher_window` the teacher's attention sees only that many positions around each token."""
         obj = self.cfg.objective
         with self._teacher_precision(inputs.device):
             if frontend_output is None:
-                out = self.teacher(inputs, padding_mask=padding_mask)
-            else:
-                x, attn_bias, token_padding = frontend_output
-                out = self.teacher.encode(x.detach(), attn_bias, token_padding)
-        layers = out.layer_results if obj.tap == "ffn" else out.hidden_states[1:]
+                frontend_output = self.teacher.frontend(inputs, None, padding_mask)
+            x, attn_bias, token_padding = frontend_output
+            if obj.teacher_window > 0:
+                attn_bias = self._window(x, attn_bias, token_padding)
+            out = self.teacher.encode(x.detach(), attn_bias, token_padding, tap="attn" if obj.tap == "attn" else "ffn")
+        layers = out.hidden_states[1:] if obj.tap == "block" else out.layer_results
         p = self.teacher.num_prefix
         layers = [layer[:, p:] for layer in layers]
         frame_padding = out.padding_mask[:, p:] if out.padding_mask is not None else None
         return build_targets(layers, obj.top_k, obj.per_layer_norm, obj.final_norm, frame_padding)
+
+    def _window(self, x: Tensor, attn_bias: Tensor | list[Tensor] | None, token_padding: Tensor | None
+                ) -> Tensor | list[Tensor]:
+        """`attn_bias` plus the `objective.teacher_window` limit over the front-end's tokens `x` `[B, P + N, D]`
+        (a patch grid for images, a sequence otherwise)."""
+        p = self.teacher.num_prefix
+        shape = getattr(self.teacher.frontend, "grid_hw", None) or (x.shape[1] - p,)
+        window = window_bias(p, tuple(shape), self.cfg.objective.teacher_window, token_padding, x.device)
+        if attn_bias is None:
+            return window
+        return [b + window for b in attn_bias] if isinstance(attn_bias, list) else attn_bias + window
 
     def _teacher_precision(self, device: torch.device) -> contextlib.AbstractContextManager:
         """`objective.teacher_precision`: "step" runs the teacher in the step's precision (fairseq's released

@@ -121,14 +121,18 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, attn_bias: Tensor | None = None, tap: str = "ffn") -> tuple[Tensor, Tensor]:
+        """-> (block output, tap): the FFN output before the last residual, or with `tap="attn"` the
+        self-attention sublayer's output before its residual (data2vec's Table 5 ablation)."""
         if self.norm_first:
-            x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), attn_bias)))
+            attn = self.ls1(self.attn(self.norm1(x), attn_bias))
+            x = x + self.drop_path(attn)
             ffn = self.ls2(self.mlp(self.norm2(x)))
-            return x + self.drop_path(self.drop(ffn)), ffn
-        x = self.norm1(x + self.drop_path(self.ls1(self.attn(x, attn_bias))))
+            return x + self.drop_path(self.drop(ffn)), attn if tap == "attn" else ffn
+        attn = self.ls1(self.attn(x, attn_bias))
+        x = self.norm1(x + self.drop_path(attn))
         ffn = self.ls2(self.mlp(x))
-        return self.norm2(x + self.drop_path(self.drop(ffn))), ffn
+        return self.norm2(x + self.drop_path(self.drop(ffn))), attn if tap == "attn" else ffn
 
 
 def alibi_slopes(heads: int) -> list[float]:
@@ -171,6 +175,27 @@ def padding_bias(padding_mask: Tensor | None, attn_bias: Tensor | None) -> Tenso
     return attn_bias.masked_fill(~keep, float("-inf"))
 
 
+def window_bias(n_prefix: int, shape: tuple[int, ...], window: int, padding_mask: Tensor | None = None,
+                device: torch.device | None = None) -> Tensor:
+    """Additive attention bias `[B or 1, 1, T, T]` that limits each token to the tokens within `window` positions
+    of it (a 1-D sequence of `shape=(N,)`, or a patch grid of `shape=(H, W)`: within `window` rows and
+    columns), for data2vec's local-target ablation (a teacher that sees only part of the input, paper Figure 3).
+    The `n_prefix` tokens before them (CLS) are hidden from the others and themselves see everything (nothing
+    reads their output); padded queries (`padding_mask` `[B, T]` over prefix and tokens) see everything too, so
+    no row is all -inf (their outputs are never used)."""
+    coords = torch.stack(torch.meshgrid(*(torch.arange(n, device=device) for n in shape), indexing="ij"), -1)
+    coords = coords.reshape(-1, len(shape))  # [N, dims]
+    near = (coords[:, None] - coords[None, :]).abs().amax(-1) <= window  # [N, N]
+    T = n_prefix + near.shape[0]
+    allowed = torch.zeros(T, T, dtype=torch.bool, device=device)
+    allowed[:n_prefix] = True
+    allowed[n_prefix:, n_prefix:] = near
+    allowed = allowed[None, None]  # [1, 1, T, T]
+    if padding_mask is not None:
+        allowed = allowed | padding_mask[:, None, :, None]
+    return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
+
+
 class Encoder(nn.Module):
     """A stack of blocks; modality-agnostic (front-ends build the tokens and any attention bias)."""
 
@@ -189,8 +214,10 @@ class Encoder(nn.Module):
         padding_mask: Tensor | None = None,
         attn_bias: Tensor | list[Tensor] | None = None,
         positions: Tensor | None = None,
+        tap: str = "ffn",
     ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-        """x `[B, T, D]` -> (final output, block outputs, FFN taps), lists bottom to top.
+        """x `[B, T, D]` -> (final output, block outputs, taps), lists bottom to top; the taps are each block's
+        FFN output before the last residual, or its self-attention output with `tap="attn"` (see `Block`).
 
         `attn_bias` is one additive bias for all blocks or one per block (per-layer relative positions).
         `positions` int `[B or 1, T]`: each token's index in the unmasked sequence, for ALiBi (`model.alibi`;
@@ -214,9 +241,9 @@ class Encoder(nn.Module):
                 continue
             mask = shared_mask if shared is not None or attn_bias is None else padding_bias(padding_mask, attn_bias[i])
             if self.grad_checkpoint and self.training and torch.is_grad_enabled():
-                x, ffn = checkpoint(block, x, mask, use_reentrant=False)
+                x, tapped = checkpoint(block, x, mask, tap, use_reentrant=False)
             else:
-                x, ffn = block(x, mask)
+                x, tapped = block(x, mask, tap)
             outputs.append(x)
-            taps.append(ffn)
+            taps.append(tapped)
         return self.norm(x), outputs, taps
