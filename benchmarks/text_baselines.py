@@ -36,7 +36,8 @@ from sklearn.utils.extmath import randomized_svd
 
 from data2vec.config import build_config
 from data2vec.data.build import eval_dataset, pretrain_loader
-from data2vec.data.text import TokenShards, _resolve
+from data2vec.data.text import TokenShards
+from data2vec.data.text_source import text_source
 from data2vec.evaluation.probe import knn_probe, linear_probe, probe_encoder
 from data2vec.model import Data2VecEncoder
 from data2vec.train.checkpoint import save_checkpoint
@@ -147,7 +148,7 @@ def main() -> None:
     score(f"bag of words ({vocab} tokens)", bow_train, bow_test)
     projection = np.random.default_rng(0).normal(size=(vocab, dim))
     score(f"bag of words, random projection to {dim}", bow_train @ projection, bow_test @ projection)
-    folder, _, _ = _resolve(cfg)
+    folder, _, _ = text_source(cfg)
     shards = TokenShards(folder)
     vectors = ppmi_vectors(shards.tokens(0, int(shards.starts[-1])), vocab, dim)
     score(f"PPMI-SVD word vectors ({dim}), mean", np.stack([vectors[d].mean(0) for d in train_docs]),

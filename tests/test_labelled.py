@@ -118,3 +118,34 @@ def test_image_folders_need_classes_and_validation_classes_follow_training(tmp_p
         labelled_set(build_config("image-tiny-ft", [f"data.path={loose}", f"data.eval_path={loose}"]), "train")
     with pytest.raises(Data2VecError, match="data.eval_path"):
         labelled_set(build_config("image-tiny-ft", [f"data.path={loose}"]), "valid")
+
+
+def test_a_glue_folder_that_fine_tunes_also_probes_with_the_same_rows(tmp_path):
+    """One entry point: the probe (eval_dataset) and fine-tuning (labelled_set) read a GLUE-style folder
+    (header row, train.tsv and dev.tsv) alike; the probe's test split is numbered by the training classes."""
+    from data2vec.data.build import eval_dataset
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat\nthe dog ran far away\n" * 50)
+    tok = train_tokenizer([corpus], 300, tmp_path / "tok")["tokenizer"]
+    glue = tmp_path / "glue"
+    glue.mkdir()
+    (glue / "train.tsv").write_text("sentence\tlabel\nthe cat sat\t1\nthe dog ran\t0\nthe mat\t1\n")
+    (glue / "dev.tsv").write_text("sentence\tlabel\nthe dog sat\t1\n")
+    overrides = [f"data.path={glue}", f"text.tokenizer={tok}", "text.vocab_size=300", "text.mask_id=4",
+                 "text.block_size=16"]
+    probe_train = eval_dataset(build_config("text-tiny", overrides), "train")
+    probe_test = eval_dataset(build_config("text-tiny", overrides), "test", classes=["0", "1"])
+    tuned = labelled_set(build_config("text-tiny-ft", overrides), "train")
+    assert probe_train.classes == tuned.classes == ["0", "1"] and probe_train.labels == tuned.labels == [1, 0, 1]
+    assert [t.tolist() for t in probe_train.ids] == [t.tolist() for t in tuned.ids]
+    assert probe_test.source.endswith("dev.tsv") and probe_test.labels == [1]
+
+
+def test_the_probe_prefers_test_files_and_fine_tuning_dev_files(tmp_path):
+    for name in ("train", "dev", "test"):
+        (tmp_path / f"{name}.tsv").write_text("a\tb\n")
+    assert text_file(str(tmp_path), "valid") == tmp_path / "dev.tsv"
+    assert text_file(str(tmp_path), "test") == tmp_path / "test.tsv"
+    (tmp_path / "test.tsv").unlink()
+    assert text_file(str(tmp_path), "test") == tmp_path / "dev.tsv"

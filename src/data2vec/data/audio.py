@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 
 from data2vec.config import Config
+from data2vec.data.builtin_audio import builtin_audio_folder
+from data2vec.data.dataset import StepDataset
 from data2vec.data.sampler import LengthBucketSampler
 from data2vec.data.seeding import sample_generator
 from data2vec.errors import Data2VecError
@@ -188,8 +190,6 @@ def resolve_audio_files(path: str, split: str, min_samples: int, sample_rate: in
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be train, test or all, got {split!r}")
     if path.startswith("builtin:"):
-        from data2vec.data.builtin_audio import builtin_audio_folder
-
         path = str(builtin_audio_folder(path.split(":", 1)[1]))
     root = Path(path)
     if not root.exists():
@@ -244,7 +244,7 @@ def normalize_wave(wave: Tensor) -> Tensor:
     return (wave - wave.mean()) / torch.sqrt(wave.var(unbiased=False) + 1e-5)
 
 
-class AudioDataset(torch.utils.data.Dataset):
+class AudioDataset(StepDataset):
     """Items keyed by (index, epoch), randomness from a generator seeded by (seed, epoch, index).
 
     An item is ``{"audio": float32 [S], "mask": bool [N] (training; [M, N] for v2 with M clones), "label": int
@@ -260,7 +260,6 @@ class AudioDataset(torch.utils.data.Dataset):
         self.audio, self.masking, self.seed = cfg.audio, cfg.masking, cfg.train.seed
         self.min_samples = receptive_field(cfg.audio.conv_kernel, cfg.audio.conv_stride)
         self.collate = AudioCollate(cfg.audio.conv_kernel, cfg.audio.conv_stride)
-        self.max_batch = cfg.train.batch_size
         self.eval_batch_samples = max(EVAL_BATCH_SAMPLES, cfg.audio.max_sample_size)
         self.clones = cfg.objective.clones if cfg.objective.version == 2 else 0  # v2: masks per utterance
         self.crop_to_shortest = crop_to_shortest and train  # batches cropped to their shortest sample
@@ -311,9 +310,11 @@ class AudioDataset(torch.utils.data.Dataset):
                     item["mask_order"] = torch.rand(frames, generator=g)  # [N]: which masked frames go first
         return item
 
-    def batch_sampler(self, start_step: int, max_steps: int, rank: int, world_size: int) -> LengthBucketSampler:
-        """Training batches of similar length under ``audio.max_batch_samples`` (see LengthBucketSampler)."""
-        return LengthBucketSampler(self.crop_lengths(), self.max_batch, self.audio.max_batch_samples, self.seed,
+    def batch_sampler(self, batch_size: int, seed: int, start_step: int, max_steps: int | None, rank: int,
+                      world_size: int) -> LengthBucketSampler:
+        """Training batches of similar length, at most `batch_size` files and ``audio.max_batch_samples``
+        samples each (see LengthBucketSampler)."""
+        return LengthBucketSampler(self.crop_lengths(), batch_size, self.audio.max_batch_samples, seed,
                                    start_step, max_steps, rank, world_size, crop_to_shortest=self.crop_to_shortest)
 
     def eval_batches(self, batch_size: int) -> list[list[int]]:
@@ -373,9 +374,3 @@ def pretrain_audio_dataset(cfg: Config) -> AudioDataset:
                                 cfg.data.strict)
     return AudioDataset(files, cfg, train=True, crop_to_shortest=cfg.data.crop_to_shortest)  # not fine-tuning
 
-
-def eval_audio_dataset(cfg: Config, split: str, path: str | None = None, option: str | None = None) -> AudioDataset:
-    """Labelled, un-cropped (up to ``audio.max_sample_size``, centred), unmasked utterances for probing."""
-    files = resolve_audio_files(path or cfg.data.eval_path or cfg.data.path, split, _min_samples(cfg, False),
-                                cfg.audio.sample_rate, cfg.data.strict, option)
-    return AudioDataset(files, cfg, train=False)

@@ -1,4 +1,5 @@
-"""From a config to data: the pretraining loader and labelled sets for probing, per modality."""
+"""From a config to data: the pretraining set, the probe's labelled splits, and the two loaders every task
+uses (training steps, evaluation batches), which take any :class:`StepDataset`."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from data2vec.config import Config
+from data2vec.data.audio import pretrain_audio_dataset
 from data2vec.data.builtin import resolve_image_source
-from data2vec.data.image import ImageDataset, ImageTransform, collate_images
-from data2vec.data.sampler import StepBatchSampler
+from data2vec.data.dataset import StepDataset
+from data2vec.data.image import ImageDataset, ImageTransform
+from data2vec.data.labelled import labelled_set
+from data2vec.data.text_source import pretrain_text_dataset
 from data2vec.masking import block_mask, inverse_block_mask
 
 log = logging.getLogger("data2vec")
@@ -33,14 +37,10 @@ def _image_mask(generator: torch.Generator, cfg: Config) -> torch.Tensor:
     return masks if cfg.objective.version == 2 else masks[0]
 
 
-def pretrain_dataset(cfg: Config) -> ImageDataset:
+def pretrain_dataset(cfg: Config) -> StepDataset:
     if cfg.modality == "text":
-        from data2vec.data.text import pretrain_text_dataset
-
         return pretrain_text_dataset(cfg)
     if cfg.modality == "audio":
-        from data2vec.data.audio import pretrain_audio_dataset
-
         return pretrain_audio_dataset(cfg)
     source = resolve_image_source(cfg.data.path, "train", cfg.data.strict)
     transform = ImageTransform(size=cfg.image.image_size, train=True, scale=(cfg.data.crop_scale_min, 1.0),
@@ -71,20 +71,16 @@ def loader_workers(asked: int) -> int:
     return allowed
 
 
-def step_loader(dataset, cfg: Config, start_step: int = 0, rank: int = 0, world_size: int = 1,
+def step_loader(dataset: StepDataset, cfg: Config, start_step: int = 0, rank: int = 0, world_size: int = 1,
                 pin_memory: bool = False) -> DataLoader:
     """One rank's share of each step's global batch of `dataset`, from `start_step` to `train.max_steps`, in
     `loader_workers(data.num_workers)` processes: the training loader of pretraining and fine-tuning."""
-    if hasattr(dataset, "batch_sampler"):  # audio: batches of similar length
-        sampler = dataset.batch_sampler(start_step, cfg.train.max_steps, rank, world_size)
-    else:
-        sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, start_step=start_step,
-                                   max_steps=cfg.train.max_steps, rank=rank, world_size=world_size)
+    tc = cfg.train
+    sampler = dataset.batch_sampler(tc.batch_size, tc.seed, start_step, tc.max_steps, rank, world_size)
     workers = loader_workers(cfg.data.num_workers)
-    collate = getattr(dataset, "collate", collate_images)  # text datasets carry their own (padding id)
     # Its own generator: starting the iterator draws a base seed, which must not come from the global RNG that
     # dropout and drop path use, or a resumed run (RNG restored, then a fresh iterator) drops other paths.
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate, num_workers=workers,
                       persistent_workers=workers > 0, pin_memory=pin_memory,
                       prefetch_factor=4 if workers > 0 else None,
                       generator=torch.Generator().manual_seed(cfg.train.seed))
@@ -96,28 +92,19 @@ def pretrain_loader(cfg: Config, start_step: int = 0, rank: int = 0, world_size:
     return step_loader(pretrain_dataset(cfg), cfg, start_step, rank, world_size, pin_memory)
 
 
-def eval_dataset(cfg: Config, split: str, path: str | None = None, option: str | None = None) -> ImageDataset:
-    """Labelled, un-augmented samples for probing and embedding (centre crop, no mask). `path` defaults to
-    `data.eval_path`, else `data.path`; `option` is how the user gives it (``--data PATH`` for the probe
-    command), named in the fix of an error, where None names those config keys."""
-    if cfg.modality == "text":
-        from data2vec.data.text import eval_text_dataset
-
-        return eval_text_dataset(cfg, split, path, option)
-    if cfg.modality == "audio":
-        from data2vec.data.audio import eval_audio_dataset
-
-        return eval_audio_dataset(cfg, split, path, option)
-    source = resolve_image_source(path or cfg.data.eval_path or cfg.data.path, split, cfg.data.strict, option)
-    transform = ImageTransform(size=cfg.image.image_size, train=False)
-    return ImageDataset(source, transform, seed=cfg.train.seed, strict=cfg.data.strict)
+def eval_dataset(cfg: Config, split: str, path: str | None = None, option: str | None = None,
+                 classes: list[str] | None = None) -> StepDataset:
+    """The probe's labelled `split` ("train" or "test"), un-augmented: :func:`labelled_set` (classification)
+    of `path`, else ``data.eval_path``, else ``data.path`` for both splits, since a probe's config is its
+    pretraining run's, whose ``data.path`` may be unlabelled. `option` is how the user gives `path`
+    (``--data PATH`` for the probe command), named in the fix of an error; None names the config keys."""
+    where = path or cfg.data.eval_path or cfg.data.path
+    return labelled_set(cfg, split, classes=classes, path=where, option=option, task="classify")
 
 
-def eval_loader(dataset: ImageDataset, batch_size: int = 256, num_workers: int = 0) -> DataLoader:
-    num_workers = loader_workers(num_workers)
-    if hasattr(dataset, "eval_batches"):  # audio: length-sorted batches under a budget of padded samples
-        return DataLoader(dataset, batch_sampler=dataset.eval_batches(batch_size), collate_fn=dataset.collate,
-                          num_workers=num_workers)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                      collate_fn=getattr(dataset, "collate", collate_images),
-                      num_workers=num_workers)
+def eval_loader(dataset: StepDataset, batch_size: int = 256, num_workers: int = 0) -> DataLoader:
+    """Every sample of `dataset` once, in its evaluation batches (speech: by length, under a budget of padded
+    samples). The loader has its own generator, so starting it leaves the global RNG, which dropout draws
+    from, untouched."""
+    return DataLoader(dataset, batch_sampler=dataset.eval_batches(batch_size), collate_fn=dataset.collate,
+                      num_workers=loader_workers(num_workers), generator=torch.Generator())

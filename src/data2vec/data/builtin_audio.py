@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 import os
 import re
@@ -159,6 +160,7 @@ def _generate(folder: str, spec: SpokenWordsSpec) -> dict:
 
 def generate_spoken_words(folder: str | Path, spec: SpokenWordsSpec | None = None) -> dict:
     """Generate the set into `folder` (replaced if present) in a fresh process; returns its ``meta.json``."""
+    # not at the top: see builtin_audio_folder
     from data2vec.errors import Data2VecError
 
     if importlib.util.find_spec("espeakng_loader") is None:
@@ -190,7 +192,9 @@ def generate_spoken_words(folder: str | Path, spec: SpokenWordsSpec | None = Non
 
 def builtin_audio_folder(name: str) -> Path:
     """The cache folder of a built-in speech set, generated on first use (a few seconds)."""
-    from data2vec.data.builtin_text import cache_dir
+    # imported here, not at the top: this file also runs as the generating child process, which must import
+    # neither torch nor the rest of data2vec (see the module docstring)
+    from data2vec.data.cache import cache_dir
     from data2vec.errors import Data2VecError
 
     if name not in BUILTIN_AUDIO:
@@ -199,8 +203,6 @@ def builtin_audio_folder(name: str) -> Path:
     folder = cache_dir() / "audio" / name
     meta = folder / "meta.json"
     if not meta.is_file() or json.loads(meta.read_text()).get("format_version") != FORMAT_VERSION:
-        import logging
-
         logging.getLogger("data2vec").info("generating builtin:%s with eSpeak NG into %s (once)", name, folder)
         generate_spoken_words(folder)
     return folder

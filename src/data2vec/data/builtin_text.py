@@ -21,6 +21,8 @@ import os
 import re
 from pathlib import Path
 
+from data2vec.data.cache import cache_dir
+from data2vec.data.text import binarize, load_tokenizer, train_tokenizer
 from data2vec.errors import Data2VecError
 
 PACKAGES = ("numpy", "scipy", "sklearn", "torch")
@@ -29,10 +31,6 @@ BUILTIN_TEXT = ("pydocs",)
 # Labelled sets for probing: name -> (corpus, file prefix of its train/test TSVs).
 LABELLED_TEXT = {"pydocs": ("pydocs", ""), "pydocs-wordorder": ("pydocs", "wordorder-")}
 WORD_ORDER_SIZES = {"train": 2000, "test": 500}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DATA2VEC_CACHE", Path.home() / ".cache" / "data2vec"))
 
 
 def _docstrings(package: str) -> list[str]:
@@ -153,8 +151,6 @@ def builtin_labelled_file(name: str, split: str) -> Path:
 
 def prepare_builtin(name: str, vocab_size: int, progress: bool = False) -> Path:
     """Tokenizer (trained once, `vocab_size`) and binarised corpus of a built-in set; returns its folder."""
-    from data2vec.data.text import binarize, load_tokenizer, train_tokenizer
-
     folder = builtin_text_folder(name)
     sub = folder / f"v{vocab_size}"
     if not (sub / "tokenizer.json").is_file() or load_tokenizer(sub).get_vocab_size() != vocab_size:

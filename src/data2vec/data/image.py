@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+from data2vec.data.dataset import StepDataset
 from data2vec.data.seeding import sample_generator
 from data2vec.errors import Data2VecError
 
@@ -120,10 +121,10 @@ class ImageTransform:
             img = img.resize((self.size, self.size), Image.BICUBIC, box=box)
             if torch.rand(1, generator=generator).item() < self.hflip:
                 img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        else:  # shorter side to `size`, then the centred square
-            w, h = img.size
-            scale = self.size / min(w, h)
-            img = img.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))), Image.BICUBIC)
+        else:  # shorter side to `size`, the longer one truncated (torchvision's and transformers' resize), then
+            w, h = img.size  # the centred square: an exported model's image processor computes the same pixels
+            long = int(self.size * max(w, h) / min(w, h))
+            img = img.resize((self.size, long) if w <= h else (long, self.size), Image.BICUBIC)
             w, h = img.size
             left, top = (w - self.size) // 2, (h - self.size) // 2
             img = img.crop((left, top, left + self.size, top + self.size))
@@ -219,7 +220,7 @@ class ArraySource:
         return f"{self._name}[{i}]"
 
 
-class ImageDataset(torch.utils.data.Dataset):
+class ImageDataset(StepDataset):
     """Items keyed by (index, epoch) (a plain int means epoch 0), drawn from a generator seeded by
     (seed, epoch, index): a sample's crop, flip and mask never depend on worker count, rank or call order.
 
@@ -253,6 +254,10 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.mask_fn is not None:
             item["mask"] = self.mask_fn(g)
         return item
+
+    @staticmethod
+    def collate(items: list[dict | None]) -> dict:
+        return collate_images(items)
 
 
 def collate_images(items: list[dict | None]) -> dict:

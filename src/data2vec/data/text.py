@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from data2vec.data.dataset import StepDataset
+from data2vec.data.labelled_text import TextRow, read_text_rows, sort_labels
 from data2vec.data.seeding import sample_generator
 from data2vec.errors import Data2VecError
 from data2vec.masking import token_choice, token_mask
@@ -246,7 +248,7 @@ def document_blocks(doc_offsets: np.ndarray, max_tokens: int) -> np.ndarray:
     return np.asarray(blocks, dtype=np.int64).reshape(-1, 2)
 
 
-class TextBlockDataset:
+class TextBlockDataset(StepDataset):
     """Pretraining samples: ``<s> block </s>`` with BERT masking drawn from the sample's own generator.
 
     v1 items carry the corrupted ids the student sees and ``mask``, the positions the loss regresses: those
@@ -288,28 +290,59 @@ class TextBlockDataset:
         return {"ids": ids, "student_ids": corrupted[0], "mask": regressed, "index": index, "label": -1}
 
 
-class LabelledTextDataset:
-    """Labelled sentences for probing, read like fine-tuning's files (:func:`data2vec.data.labelled.read_text_rows`:
-    ``label<TAB>text`` lines, or TSV / CSV / JSON lines with a header); each row is one sample, cut to
-    `block_size` tokens (a sentence pair's second sentence is not used)."""
+class TextClassificationSet(StepDataset):
+    """Tokenised sentences (``<s> A </s>``) or pairs (RoBERTa: ``<s> A </s></s> B </s>``), cut to
+    `block_size` tokens by trimming the longer sentence first; each item ``{"ids", "label", "index"}``."""
 
-    def __init__(self, path: str | Path, tokenizer, block_size: int, ids: dict[str, int],
-                 classes: list[str] | None = None) -> None:
-        from data2vec.data.labelled import read_text_rows  # that module builds on this one
-
-        rows = read_text_rows(path)
-        self.classes = classes or sorted({row.label for row in rows})
-        lookup = {c: i for i, c in enumerate(self.classes)}
-        self.labels = [lookup.get(row.label, -1) for row in rows]
-        encoded = tokenizer.encode_batch([row.text for row in rows], add_special_tokens=False)
-        self.ids = [torch.tensor([ids["bos_id"], *enc.ids[: block_size - 2], ids["eos_id"]]) for enc in encoded]
+    def __init__(self, rows: list[TextRow], classes: list[str], tokenizer, block_size: int, ids: dict[str, int],
+                 source: str) -> None:
+        lookup = {c: i for i, c in enumerate(classes)}
+        for row in rows:
+            if row.label not in lookup:
+                raise Data2VecError(f"{source}:{row.line}: label '{row.label}' is not one of the classes of the "
+                                    f"training data ({', '.join(classes)}); fix the label or the file")
+        self.classes, self.source = classes, source
+        self.labels = [lookup[row.label] for row in rows]
+        first = [enc.ids for enc in tokenizer.encode_batch([r.text for r in rows], add_special_tokens=False)]
+        pairs = [r.pair for r in rows]
+        second = ([enc.ids for enc in tokenizer.encode_batch([p or "" for p in pairs], add_special_tokens=False)]
+                  if any(p is not None for p in pairs) else [None] * len(rows))
+        bos, eos = ids["bos_id"], ids["eos_id"]
+        self.ids = []
+        for a, b in zip(first, second):
+            if b is None:
+                tokens = [bos, *a[: block_size - 2], eos]
+            else:
+                a, b = _truncate_pair(a, b, block_size - 4)
+                tokens = [bos, *a, eos, eos, *b, eos]
+            self.ids.append(torch.tensor(tokens, dtype=torch.long))
         self.collate = make_collate(ids["pad_id"])
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> dict:
-        return {"ids": self.ids[index], "index": index, "label": self.labels[index]}
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index = int(key[0]) if isinstance(key, (tuple, list)) else int(key)
+        return {"ids": self.ids[index], "label": self.labels[index], "index": index}
+
+
+def _truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """Drop tokens from the end of the longer sentence until both fit `budget` (longest-first truncation)."""
+    a, b = list(a), list(b)
+    while len(a) + len(b) > budget:
+        (a if len(a) >= len(b) else b).pop()
+    return a, b
+
+
+class LabelledTextDataset(TextClassificationSet):
+    """The labelled sentences of one file (any format :func:`read_text_rows` reads), numbered by `classes`
+    (default: the file's own labels, sorted)."""
+
+    def __init__(self, path: str | Path, tokenizer, block_size: int, ids: dict[str, int],
+                 classes: list[str] | None = None) -> None:
+        rows = read_text_rows(path)
+        super().__init__(rows, classes or sort_labels({row.label for row in rows}), tokenizer, block_size, ids,
+                         str(path))
 
 
 def make_collate(pad_id: int):
@@ -361,22 +394,6 @@ def batch_tokens(texts: list[str], tokenizer, block_size: int, ids: dict[str, in
     return batch["inputs"], batch["padding_mask"]
 
 
-def _resolve(cfg, path: str | None = None) -> tuple[Path, object, dict[str, int]]:
-    """(data folder, tokenizer, special ids) for a config: `builtin:NAME` or a binarised folder, checked
-    against `cfg.text` so the model's vocabulary and mask id match the data's."""
-    from data2vec.data.builtin_text import prepare_builtin
-
-    path = path or cfg.data.path
-    if path.startswith("builtin:"):
-        sub = prepare_builtin(path.split(":", 1)[1], cfg.text.vocab_size)
-        folder, tok_path = sub / "bin", cfg.text.tokenizer or sub / "tokenizer.json"
-    else:
-        folder = Path(path)
-        tok_path = cfg.text.tokenizer or folder / "tokenizer.json"
-    tokenizer, ids = checked_tokenizer(tok_path, cfg.text)
-    return folder, tokenizer, ids
-
-
 def checked_tokenizer(tok_path: str | Path, text_cfg, tokenizer=None) -> tuple[object, dict[str, int]]:
     """(tokenizer, special ids) of `tok_path`, checked against the model's `text` settings: the special ids
     must agree and the vocabulary must fit. A `tokenizer` already loaded is checked in its place (`tok_path`
@@ -391,36 +408,3 @@ def checked_tokenizer(tok_path: str | Path, text_cfg, tokenizer=None) -> tuple[o
         raise Data2VecError(f"tokenizer '{tok_path}' has {tokenizer.get_vocab_size()} tokens but text.vocab_size="
                             f"{text_cfg.vocab_size}; set text.vocab_size={tokenizer.get_vocab_size()}")
     return tokenizer, ids
-
-
-def pretrain_text_dataset(cfg) -> TextBlockDataset:
-    folder, tokenizer, ids = _resolve(cfg)
-    m = cfg.masking
-    return TextBlockDataset(TokenShards(folder), cfg.text.block_size, cfg.train.seed, m.token_prob, m.token_random,
-                            m.token_keep, ids, tokenizer.get_vocab_size(),
-                            clones=cfg.objective.clones if cfg.objective.version == 2 else 0, span=m.token_span)
-
-
-def eval_text_dataset(cfg, split: str, path: str | None = None, option: str | None = None) -> LabelledTextDataset:
-    """Labelled split: `builtin:NAME`, a folder holding SPLIT.tsv, or one TSV file read whole for every split.
-    `option` is how the user gives `path` (``--data PATH``), named in an error's fix; None: the config keys."""
-    from data2vec.data.builtin_text import builtin_labelled_file
-
-    path = path or cfg.data.eval_path or cfg.data.path
-    if path.startswith("builtin:"):
-        file = builtin_labelled_file(path.split(":", 1)[1], split)
-    elif Path(path).is_dir():
-        file = Path(path) / f"{split}.tsv"
-    else:
-        file = Path(path)
-    if not file.is_file():  # e.g. a run pretrained on a binarised folder and given no labelled set
-        raise Data2VecError(f"no labelled text for the {split} split: '{file}' does not exist; set "
-                            f"{option or 'data.eval_path=...'} to a labelled text file (label<TAB>text lines, or "
-                            "TSV / CSV / JSON lines with a header) or a folder holding train.tsv and test.tsv")
-    tok_source = cfg.data.path if cfg.data.path.startswith("builtin:") or Path(cfg.data.path).is_dir() else path
-    _, tokenizer, ids = _resolve(cfg, tok_source)
-    suffix = f"{split}.tsv"  # labels are named by the train split, so every split numbers them alike
-    classes_file = file.with_name(file.name[: -len(suffix)] + "train.tsv") if file.name.endswith(suffix) else file
-    classes = sorted({line.split("\t", 1)[0] for line in classes_file.read_text(errors="replace").splitlines()
-                      if "\t" in line}) if classes_file.is_file() else None
-    return LabelledTextDataset(file, tokenizer, cfg.text.block_size, ids, classes)

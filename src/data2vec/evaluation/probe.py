@@ -1,7 +1,8 @@
 """What frozen features are worth: a linear and a kNN classifier on pooled final-layer features.
 
 Shared by every modality: features come from :meth:`Data2VecEncoder.embed` over the labelled splits that
-`data.build.eval_dataset` reads for the checkpoint's modality (images, text lines, audio clips). The linear
+`data.build.eval_dataset` reads for the checkpoint's modality (images, labelled text, audio clips): the same
+labelled sets fine-tuning reads, with the test split numbered by the training split's classes. The linear
 probe is a multinomial logistic regression on standardised features, the kNN probe a distance-weighted
 cosine vote of the 20 nearest training samples.
 """
@@ -17,15 +18,20 @@ from sklearn.preprocessing import StandardScaler
 
 from data2vec.config import Config
 from data2vec.data.build import eval_dataset, eval_loader
-from data2vec.errors import Data2VecError
+from data2vec.data.dataset import StepDataset
 from data2vec.model import Data2VecEncoder
 
 
-@torch.no_grad()
 def extract_features(encoder: Data2VecEncoder, cfg: Config, split: str, path: str | None = None,
                      device: str | torch.device = "cpu", option: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features `[N, D]` and labels `[N]` of a labelled split; `option` as in `eval_dataset`."""
-    dataset = eval_dataset(cfg, split, path, option)
+    return dataset_features(encoder, eval_dataset(cfg, split, path, option), device)
+
+
+@torch.no_grad()
+def dataset_features(encoder: Data2VecEncoder, dataset: StepDataset, device: str | torch.device = "cpu"
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features `[N, D]` and labels `[N]` of every readable sample of a labelled set."""
     encoder = encoder.to(device).eval()
     feats, labels = [], []
     for batch in eval_loader(dataset):
@@ -35,11 +41,7 @@ def extract_features(encoder: Data2VecEncoder, cfg: Config, split: str, path: st
         feats.append(encoder.embed(batch["inputs"].to(device),
                                    padding.to(device) if padding is not None else None).float().cpu())
         labels.append(batch["label"])
-    x, y = torch.cat(feats).numpy(), torch.cat(labels).numpy()
-    if (y < 0).any():
-        raise Data2VecError(f"probe data '{path or cfg.data.eval_path or cfg.data.path}' has no labels; give a "
-                            f"folder with one sub-folder per class ({option or 'data.eval_path=...'})")
-    return x, y
+    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
 
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
@@ -60,6 +62,7 @@ def probe_encoder(encoder: Data2VecEncoder, cfg: Config, path: str | None = None
                   option: str | None = None) -> dict[str, float]:
     """Linear and kNN accuracy of `encoder`'s frozen features, trained on the train split, scored on test;
     `option` names how the user gives `path` in an error's fix (see `eval_dataset`)."""
-    train_x, train_y = extract_features(encoder, cfg, "train", path, option=option)
-    test_x, test_y = extract_features(encoder, cfg, "test", path, option=option)
+    train = eval_dataset(cfg, "train", path, option)
+    train_x, train_y = dataset_features(encoder, train)
+    test_x, test_y = dataset_features(encoder, eval_dataset(cfg, "test", path, option, classes=train.classes))
     return {"linear": linear_probe(train_x, train_y, test_x, test_y), "knn": knn_probe(train_x, train_y, test_x, test_y)}

@@ -49,7 +49,8 @@ def tokenizer_json(given: str, source: Config, source_dir: Path) -> str:
     """The content of the tokenizer a text model was pretrained with: `given` (text.tokenizer of the
     fine-tuning command), else the one stored in the checkpoint folder, else the checkpoint config's
     text.tokenizer, else the one beside its pretraining data."""
-    from data2vec.data.text import _resolve, load_tokenizer
+    from data2vec.data.text import load_tokenizer
+    from data2vec.data.text_source import text_source
 
     if given:
         return load_tokenizer(given).to_str()
@@ -57,7 +58,7 @@ def tokenizer_json(given: str, source: Config, source_dir: Path) -> str:
         return (source_dir / "tokenizer.json").read_text()
     if source.text.tokenizer:
         return load_tokenizer(source.text.tokenizer).to_str()
-    _, tokenizer, _ = _resolve(source)
+    _, tokenizer, _ = text_source(source)
     return tokenizer.to_str()
 
 

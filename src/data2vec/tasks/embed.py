@@ -56,10 +56,11 @@ def embed(checkpoint: str | Path, inputs: list[str], out: str | Path = "embeddin
 @torch.no_grad()
 def _embed_text(encoder, inputs: list[str], out: Path, batch_size: int) -> Path:
     """Text files: one embedding per non-empty line (mean over its tokens); `out.txt` lists `FILE:LINE`."""
-    from data2vec.data.text import _resolve, batch_tokens
+    from data2vec.data.text import batch_tokens
+    from data2vec.data.text_source import text_source
 
     cfg = encoder.cfg
-    _, tokenizer, ids = _resolve(cfg)
+    _, tokenizer, ids = text_source(cfg)
     lines, names = [], []
     for item in inputs:
         path = Path(item)
