@@ -1,0 +1,139 @@
+"""data2vec 2.0 fairseq checkpoints converted into run folders compute what fairseq computed.
+
+The fixtures (`tests/fixtures/fairseq_ckpt/v2_*`) are tiny models of each released kind saved by fairseq's own
+trainer layout with `checkpoint_utils`, beside fairseq's outputs on a fixed input
+(`benchmarks/fairseq_parity/make_checkpoints_v2.py`). Here they convert without fairseq, and the run folder's
+student and EMA teacher features, its pretraining loss on fairseq's mask and decoder noise, and its fine-tuned
+logits must match within 1e-5.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import data2vec
+from data2vec.config import build_config
+from data2vec.errors import Data2VecError
+from data2vec.finetune.classifier import Classifier, load_pretrained
+from data2vec.finetune.setup import resolve_config
+from data2vec.interop.fairseq import v2
+from data2vec.interop.fairseq.reader import read_checkpoint
+from data2vec.model import Data2Vec, Data2VecEncoder
+from data2vec.nn.heads import load_head
+from data2vec.train.checkpoint import load_checkpoint
+
+FIXTURES = Path(__file__).parent / "fixtures" / "fairseq_ckpt"
+ATOL = 1e-5
+PRETRAINED = ["v2_image", "v2_audio", "v2_text"]
+FINETUNED = ["v2_image_ft", "v2_audio_ctc"]
+
+
+def fixture(name: str) -> tuple[dict[str, torch.Tensor], dict]:
+    return load_file(str(FIXTURES / f"{name}.safetensors")), json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+_runs: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Each fixture converted once per module (the conversion itself is what every test below checks)."""
+    root = tmp_path_factory.mktemp("converted")
+
+    def get(name: str) -> Path:
+        if name not in _runs:
+            out = root / name
+            v2.convert(read_checkpoint(FIXTURES / f"{name}.pt"), out)
+            _runs[name] = out
+        return _runs[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", PRETRAINED + FINETUNED)
+def test_fixture_is_a_v2_checkpoint(name):
+    assert v2.matches(read_checkpoint(FIXTURES / f"{name}.pt")["cfg"])
+
+
+@pytest.mark.parametrize("name", PRETRAINED)
+@pytest.mark.parametrize("which", ["student", "teacher"])
+def test_features_match_fairseq(runs, name, which):
+    tensors, _ = fixture(name)
+    encoder = data2vec.load(runs(name), which=which)
+    key = "out.features" if which == "student" else "out.teacher_features"
+    with torch.no_grad():
+        ours = encoder(tensors["in.source"]).last_hidden_state
+    assert ours.shape == tensors[key].shape
+    torch.testing.assert_close(ours, tensors[key], atol=ATOL, rtol=0)
+    if name == "v2_text":  # padded: fairseq's padding mask, compared where there are tokens
+        padded = tensors["in.padded"]
+        with torch.no_grad():
+            ours = encoder(padded, padding_mask=padded.eq(1)).last_hidden_state
+        keep = ~padded.eq(1)
+        torch.testing.assert_close(ours[keep], tensors[f"{key}_padded"][keep], atol=ATOL, rtol=0)
+
+
+def test_teacher_differs_from_student(runs):
+    """The fixtures' EMA teachers lag their students, so a conversion that copied the student passes nothing."""
+    for name in PRETRAINED:
+        tensors, _ = fixture(name)
+        assert (tensors["out.features"] - tensors["out.teacher_features"]).abs().max() > 1e-2, name
+
+
+@pytest.mark.parametrize("name", PRETRAINED)
+def test_pretraining_loss_matches_fairseq(runs, name):
+    """The run folder continues pretraining from Meta's weights: the config read from fairseq's settings
+    (targets, clones, decoder, loss scale, CLS loss) gives fairseq's loss on its mask and decoder noise."""
+    tensors, meta = fixture(name)
+    weights, _, cfg = load_checkpoint(runs(name))
+    model = Data2Vec(cfg).eval()
+    model.load_state_dict(weights)
+    torch.manual_seed(meta["noise_seed"])
+    with torch.no_grad():
+        loss = model(tensors["in.source"], tensors["in.mask"])["loss"]
+    assert loss.item() == pytest.approx(tensors["out.loss"].item(), rel=1e-5, abs=0)
+
+
+@pytest.mark.parametrize("name", FINETUNED)
+def test_finetuned_logits_match_fairseq(runs, name):
+    tensors, meta = fixture(name)
+    head = load_head(runs(name))
+    model = Classifier(data2vec.load(runs(name)), head).eval()
+    with torch.no_grad():
+        ours = model(tensors["in.source"])
+    assert ours.shape == tensors["out.logits"].shape
+    torch.testing.assert_close(ours, tensors["out.logits"], atol=ATOL, rtol=0)
+    if name == "v2_audio_ctc":
+        assert head.labels == ["<blank>" if s == "<s>" else s for s in meta["labels"]] or head.labels[4:] == \
+            meta["labels"][4:]
+
+
+@pytest.mark.parametrize("name,recipe", [("v2_image", "image-tiny-ft"), ("v2_image_ft", "image-tiny-ft"),
+                                         ("v2_audio", "audio-tiny-ctc"), ("v2_audio_ctc", "audio-tiny-ctc"),
+                                         ("v2_text", "text-tiny-ft")])
+def test_finetune_takes_the_run_folder(runs, name, recipe):
+    """What `data2vec finetune RECIPE checkpoint=RUN` does with the folder before training: the recipe on the
+    checkpoint's architecture, the student loaded into a fresh encoder."""
+    weights, _, source = load_checkpoint(runs(name), with_state=False)
+    cfg = resolve_config(build_config(recipe, [f"finetune.checkpoint={runs(name)}"]), source, str(runs(name)))
+    load_pretrained(Data2VecEncoder(cfg), weights, str(runs(name)))
+
+
+def test_settings_we_cannot_express_stop_the_conversion(tmp_path):
+    ckpt = read_checkpoint(FIXTURES / "v2_audio.pt")
+    ckpt["cfg"]["model"]["modalities"]["audio"]["extractor_mode"] = "default"
+    with pytest.raises(Data2VecError, match="extractor_mode='default'"):
+        v2.convert(ckpt, tmp_path / "a")
+    ckpt = read_checkpoint(FIXTURES / "v2_image.pt")
+    ckpt["cfg"]["model"]["frobnicate"] = 3
+    with pytest.raises(Data2VecError, match="model.frobnicate=3"):
+        v2.convert(ckpt, tmp_path / "b")
+    ckpt = read_checkpoint(FIXTURES / "v2_text.pt")
+    ckpt["model"]["blocks.0.attn.extra"] = torch.zeros(3)
+    with pytest.raises(Data2VecError, match="blocks.0.attn.extra"):
+        v2.convert(ckpt, tmp_path / "c")
