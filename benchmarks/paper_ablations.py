@@ -113,7 +113,7 @@ def run_child(p: dict, seed: int, runs: Path) -> dict:
     spec = json.dumps({"point": p, "seed": seed, "out": str(folder)})
     with open(folder.with_suffix(".log"), "w") as log:
         done = subprocess.run([sys.executable, __file__, "--one", spec], env=env, stdout=subprocess.PIPE,
-                              stderr=log, text=True)
+                              stderr=log, text=True, check=False)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(f"run failed ({folder.with_suffix('.log')}): {key(p, seed)}")
