@@ -2,7 +2,8 @@
 
 Public API: :func:`load` (a trained encoder from a checkpoint), :func:`build_config`, :func:`pretrain`,
 :func:`finetune` / :func:`evaluate` (classifiers and CTC speech recognition on top of a checkpoint),
-:func:`from_hf` / :func:`to_hf` (Hugging Face `transformers` model folders).
+:func:`from_hf` / :func:`to_hf` (Hugging Face `transformers` model folders), :func:`from_fairseq` (Meta's fairseq
+checkpoints).
 """
 
 import os as _os
@@ -58,6 +59,16 @@ def from_hf(folder: str, out: str):
     return convert(hf_folder(folder), out)
 
 
+def from_fairseq(checkpoint: str, out: str, dictionary: str | None = None):
+    """Convert a fairseq data2vec checkpoint (v1 speech, its CTC fine-tunes, v1 text, data2vec 2.0) into a data2vec
+    run folder `out`; returns the checkpoint path. Needs no fairseq and runs no code from the file; `dictionary`:
+    the folder with fairseq's dict.txt / GPT-2 BPE files (text) or a dict.ltr.txt (CTC) (see
+    :mod:`data2vec.interop.fairseq`)."""
+    from data2vec.interop.fairseq import from_fairseq as convert
+
+    return convert(checkpoint, out, dictionary)
+
+
 def to_hf(checkpoint: str, out: str, which: str = "student"):
     """Write a data2vec checkpoint (or run folder) as a Hugging Face model folder `out` that
     `transformers.AutoModel.from_pretrained(out)` loads; returns `out`."""
@@ -67,5 +78,5 @@ def to_hf(checkpoint: str, out: str, which: str = "student"):
     return convert(resolve(checkpoint), out, which)
 
 
-__all__ = ["load", "build_config", "pretrain", "finetune", "evaluate", "from_hf", "to_hf", "Config", "Data2VecError",
-           "version", "__version__"]
+__all__ = ["load", "build_config", "pretrain", "finetune", "evaluate", "from_hf", "from_fairseq", "to_hf", "Config",
+           "Data2VecError", "version", "__version__"]

@@ -6,10 +6,9 @@ import argparse
 import json
 import sys
 
-from data2vec.errors import Data2VecError
+from data2vec.errors import Data2VecError, Preempted
 from data2vec.nn.linear import check_environment
 from data2vec.train.distributed import is_main_process
-from data2vec.train.loop import Preempted
 
 CHECKPOINT_HELP = ("checkpoint folder or run folder, or a released model's name, Hugging Face id or URL "
                    "(docs/checkpoints.md)")
@@ -77,8 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-tokens", type=int, default=2**26, help="tokens per shard file")
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("convert", help="convert a Hugging Face transformers model folder to a checkpoint, or back")
+    p = sub.add_parser("convert", help="convert a Hugging Face transformers model folder or a fairseq checkpoint "
+                                       "to a checkpoint, or a checkpoint to a Hugging Face folder")
     way = p.add_mutually_exclusive_group(required=True)
+    way.add_argument("--from-fairseq", metavar="CKPT", help="fairseq data2vec checkpoint (.pt file, URL or released "
+                                                            "name): v1 speech, its CTC fine-tunes, v1 text, data2vec 2.0")
     way.add_argument("--from-hf", metavar="DIR", help="HF Data2VecVision / Data2VecText / Data2VecAudio folder "
                                                       "(config.json + model.safetensors or pytorch_model.bin), "
                                                       "or a Hugging Face model id")
@@ -87,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="--from-hf: new run folder for the checkpoint; --to-hf: folder for "
                                                 "config.json and model.safetensors")
     p.add_argument("--teacher", action="store_true", help="--to-hf: export the EMA teacher instead of the student")
+    p.add_argument("--dict", metavar="PATH", help="--from-fairseq: what the file does not hold: text models, the "
+                                                  "folder with fairseq's dict.txt, encoder.json and vocab.bpe; CTC "
+                                                  "fine-tunes, their dict.ltr.txt (default: LibriSpeech's letters)")
 
     p = sub.add_parser("finetune", help="fine-tune a pretrained checkpoint: a classifier, or CTC speech recognition")
     p.add_argument("recipe", help="fine-tuning recipe (image-tiny-ft, text-tiny-ft, audio-tiny-ctc, ...) or YAML path")
@@ -158,7 +163,12 @@ def run(args: argparse.Namespace) -> int:
         from data2vec.interop.hf import from_hf, to_hf
         from data2vec.interop.hub import hf_folder, resolve
 
-        if args.from_hf:
+        if args.from_fairseq:
+            from data2vec.interop.fairseq import from_fairseq
+            from data2vec.interop.hub import fairseq_file
+
+            print(f"checkpoint: {from_fairseq(fairseq_file(args.from_fairseq), args.out, args.dict)}")
+        elif args.from_hf:
             print(f"checkpoint: {from_hf(hf_folder(args.from_hf), args.out)}")
         else:
             which = "teacher" if args.teacher else "student"

@@ -27,7 +27,7 @@ import re
 import types
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 
@@ -58,7 +58,7 @@ class _Record:
     module: str = ""
     name: str = ""
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> _Record:
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
         obj = object.__new__(cls)
         obj.args, obj.state = args, None
         return obj

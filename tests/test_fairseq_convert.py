@@ -1,0 +1,201 @@
+"""fairseq data2vec v1 checkpoints -> data2vec run folders (`data2vec convert --from-fairseq`).
+
+The fixtures in tests/fixtures/fairseq_ckpt/ are tiny models written by fairseq's own code and
+`checkpoint_utils.torch_persistent_save` (the released files' layout: omegaconf classes in the pickle), with
+fairseq's outputs on a fixed input (`benchmarks/fairseq_parity/make_checkpoints.py`). Here data2vec converts the
+files without fairseq or omegaconf and must compute the same outputs within 1e-5.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from data2vec.errors import Data2VecError
+from data2vec.interop.fairseq import from_fairseq
+from data2vec.interop.fairseq.reader import read_checkpoint
+
+FIXTURES = Path(__file__).parent / "fixtures" / "fairseq_ckpt"
+ATOL = 1e-5
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> dict[str, Path]:
+    """Each v1 fixture converted once: kind -> run folder."""
+    root = tmp_path_factory.mktemp("fairseq")
+    runs = {"v1_audio": None, "v1_audio_ctc": None, "v1_text": FIXTURES / "v1_text_dict"}
+    for name, dictionary in runs.items():
+        from_fairseq(FIXTURES / f"{name}.pt", root / name, dictionary)
+    return {name: root / name for name in runs}
+
+
+def outputs(name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(FIXTURES / f"{name}.safetensors"))
+
+
+def _close(ours: torch.Tensor, theirs: torch.Tensor, keep: torch.Tensor) -> None:
+    """Equal within ATOL where `keep` (real frames / tokens) is true."""
+    torch.testing.assert_close(ours[keep], theirs[keep], rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("which", ["student", "teacher"])
+def test_v1_speech_matches_fairseq(converted, which):
+    import data2vec
+
+    t = outputs("v1_audio")
+    encoder = data2vec.load(converted["v1_audio"], which=which)
+    with torch.no_grad():
+        out = encoder(t["in.source"], padding_mask=t["in.padding_mask"])
+    real = ~t["out.frame_padding"]
+    assert torch.equal(out.padding_mask, t["out.frame_padding"])
+    _close(out.last_hidden_state, t[f"out.{which}"], real)
+
+
+def test_v1_speech_teacher_is_the_files_ema(converted):
+    """The teacher is fairseq's `_ema`, not a copy of the student (the fixture's EMA differs)."""
+    import data2vec
+
+    t = outputs("v1_audio")
+    assert (t["out.student"] - t["out.teacher"]).abs().max() > 0.01
+    student, teacher = data2vec.load(converted["v1_audio"]), data2vec.load(converted["v1_audio"], "teacher")
+    assert not torch.equal(student.encoder.blocks[0].attn.qkv.weight, teacher.encoder.blocks[0].attn.qkv.weight)
+
+
+def test_v1_speech_ctc_logits_match_fairseq(converted):
+    import data2vec
+    from data2vec.nn.heads import load_head
+
+    t = outputs("v1_audio_ctc")
+    encoder, head = data2vec.load(converted["v1_audio_ctc"]), load_head(converted["v1_audio_ctc"])
+    with torch.no_grad():
+        out = encoder(t["in.source"], padding_mask=t["in.padding_mask"])
+        logits = head(out.last_hidden_state, None)
+    _close(logits, t["out.logits"], ~t["out.frame_padding"])
+    assert head.labels[:5] == ["<blank>", "<pad>", "</s>", "<unk>", "|"] and len(head.labels) == 32
+    record = json.loads((converted["v1_audio_ctc"] / "checkpoints" / "step_00000000" / "fairseq.json").read_text())
+    # the fine-tuning-only settings are listed, not dropped silently
+    assert any(item.startswith("model.mask_channel_prob=0.5") for item in record["not_carried"])
+    assert record["cfg"]["model"]["w2v_args"]["model"]["_name"] == "data2vec_audio"
+
+
+def test_v1_text_tokenizer_and_features_match_fairseq(converted):
+    import data2vec
+    from data2vec.data.text import batch_tokens, checked_tokenizer
+    from data2vec.train.checkpoint import load_checkpoint
+
+    t, meta = outputs("v1_text"), json.loads((FIXTURES / "v1_text.json").read_text())
+    _, _, cfg = load_checkpoint(converted["v1_text"], with_state=False)
+    tokenizer, ids = checked_tokenizer(cfg.text.tokenizer, cfg.text)
+    tokens, padding = batch_tokens(meta["texts"], tokenizer, cfg.text.block_size, ids)
+    assert torch.equal(tokens, t["in.tokens"])  # fairseq's BPE, then dict.txt's ids
+    for which in ("student", "teacher"):
+        with torch.no_grad():
+            out = data2vec.load(converted["v1_text"], which=which)(tokens, padding_mask=padding)
+        _close(out.last_hidden_state, t[f"out.{which}"], ~padding)
+
+
+def test_converted_config_is_the_files(converted):
+    from data2vec.train.checkpoint import load_checkpoint
+
+    _, _, audio = load_checkpoint(converted["v1_audio"], with_state=False)
+    assert (audio.model.dim, audio.model.depth, audio.model.layer_drop) == (8, 3, 0.05)
+    assert (audio.objective.top_k, audio.objective.per_layer_norm, audio.objective.ema_scope) == (2, "instance",
+                                                                                                  "layers")
+    assert (audio.objective.ema_anneal_steps, audio.train.max_steps, audio.train.lr) == (1000, 1000, 5e-4)
+    _, _, text = load_checkpoint(converted["v1_text"], with_state=False)
+    assert (text.objective.head_layers, text.objective.loss_beta, text.objective.loss_scale) == (2, 4.0, "none")
+    assert (text.masking.token_prob, text.masking.token_span, text.train.warmup_steps) == (0.35, 4, 100)
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = Path("/tmp/data2vec-fairseq-pickle-ran")
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    MARKER.unlink(missing_ok=True)
+    torch.save({"model": {"w": torch.zeros(1)}, "cfg": {"model": {"_name": "data2vec_audio"}}, "x": RunsCode()},
+               tmp_path / "evil.pt")
+    with pytest.raises(Data2VecError, match=r"global '(posix|os)\.system'"):
+        from_fairseq(tmp_path / "evil.pt", tmp_path / "run")
+    assert not MARKER.exists()
+
+
+def test_reader_gives_plain_data_without_omegaconf():
+    ckpt = read_checkpoint(FIXTURES / "v1_audio.pt")
+    assert type(ckpt["cfg"]) is dict and type(ckpt["cfg"]["model"]) is dict
+    assert ckpt["cfg"]["model"]["_name"] == "data2vec_audio" and isinstance(ckpt["model"]["_ema"], dict)
+    assert isinstance(ckpt["optimizer_history"], list)
+
+
+def _edited(tmp_path: Path, name: str, edit) -> Path:
+    """The fixture with its (plain) config edited, saved again (fairseq's newer files hold plain dicts too)."""
+    ckpt = read_checkpoint(FIXTURES / f"{name}.pt")
+    edit(ckpt["cfg"])
+    torch.save(ckpt, tmp_path / f"{name}.pt")
+    return tmp_path / f"{name}.pt"
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    (lambda c: c["model"].update(layer_norm_first=True), "model.layer_norm_first=True"),
+    (lambda c: c["model"].update(loss_scale=0.5), "model.loss_scale=0.5"),
+    (lambda c: c["model"].update(new_option=3), "model.new_option=3"),
+])
+def test_a_setting_data2vec_cannot_express_stops_naming_it(tmp_path, edit, named):
+    with pytest.raises(Data2VecError, match=named.replace(".", r"\.")):
+        from_fairseq(_edited(tmp_path, "v1_audio", edit), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_text_settings_are_checked_in_nested_sections(tmp_path):
+    edit = lambda c: c["model"]["transformer"]["encoder"].update(normalize_before=True)
+    with pytest.raises(Data2VecError, match=r"model\.transformer\.encoder\.normalize_before=True"):
+        from_fairseq(_edited(tmp_path, "v1_text", edit), tmp_path / "run")
+
+
+def test_wrong_dictionaries_are_named(tmp_path):
+    with pytest.raises(Data2VecError, match="dict.txt"):
+        from_fairseq(FIXTURES / "v1_text.pt", tmp_path / "a", tmp_path)  # a folder without the files
+    (tmp_path / "dict.ltr.txt").write_text("A 5\nB 3\n")
+    with pytest.raises(Data2VecError, match="has 32"):
+        from_fairseq(FIXTURES / "v1_audio_ctc.pt", tmp_path / "b", tmp_path / "dict.ltr.txt")
+
+
+def test_cli_converts_and_the_run_resumes_one_step(tmp_path):
+    """`data2vec convert --from-fairseq`, then pretraining continues from the converted step 0: one step."""
+    import soundfile as sf
+
+    from data2vec.cli import main
+    from data2vec.config import build_config
+    from data2vec.tasks.pretrain import pretrain
+    from data2vec.train.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    assert main(["convert", "--from-fairseq", str(FIXTURES / "v1_audio.pt"), "--out", str(run)]) == 0
+    assert main(["convert", "--from-fairseq", str(FIXTURES / "v1_audio.pt"), "--out", str(run)]) == 2  # not over it
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        (tmp_path / "wav" / "train").mkdir(parents=True, exist_ok=True)
+        sf.write(tmp_path / "wav" / "train" / f"{i}.wav", rng.normal(0, 0.3, 3000).astype(np.float32), 16000)
+    cfg = build_config(str(run / "config.yaml"), [f"data.path={tmp_path / 'wav'}", "data.num_workers=0",
+                                                  "train.batch_size=4", "train.max_steps=1", "resume=auto",
+                                                  "audio.min_sample_size=0", "audio.max_batch_samples=0",
+                                                  "train.precision=fp32"])
+    pretrain(cfg, progress=False)
+    before, _, _ = load_checkpoint(run / "checkpoints" / "step_00000000", with_state=False)
+    after, state, _ = load_checkpoint(run / "checkpoints" / "step_00000001")
+    assert state["step"] == 1
+    key = "student.encoder.blocks.0.mlp.fc1.weight"
+    assert not torch.equal(before[key], after[key])
+    assert torch.isfinite(after[key]).all()
