@@ -105,6 +105,35 @@ def conv_layers(spec: str, key: str) -> list[tuple[int, int, int]]:
     return [tuple(t) for t in layers]
 
 
+def train_overrides(cfg: dict[str, Any]) -> list[str]:
+    """The optimiser settings of the file's `optimization` / `optimizer` sections that ours share (for resume);
+    the schedule's shape stays ours (warm-up then cosine)."""
+    out = []
+    opt, optim = cfg.get("optimization") or {}, cfg.get("optimizer") or {}
+    if isinstance(opt.get("max_update"), int) and opt["max_update"] > 0:
+        out.append(f"train.max_steps={opt['max_update']}")
+    lr = opt.get("lr")
+    if isinstance(lr, list) and lr:
+        out.append(f"train.lr={float(lr[0])!r}")
+    if isinstance(opt.get("clip_norm"), (int, float)):
+        out.append(f"train.clip_grad={float(opt['clip_norm'])!r}")
+    if optim.get("_name") in ("adam", "composite") and isinstance(optim.get("adam_betas"), (str, list, tuple)):
+        betas = optim["adam_betas"]
+        try:
+            b1, b2 = (float(b) for b in (betas.strip("()[] ").split(",") if isinstance(betas, str) else betas))
+            out += [f"train.beta1={b1!r}", f"train.beta2={b2!r}"]
+        except ValueError:
+            pass
+    if isinstance(optim.get("adam_eps"), (int, float)):
+        out.append(f"train.eps={float(optim['adam_eps'])!r}")
+    if isinstance(optim.get("weight_decay"), (int, float)):
+        out.append(f"train.weight_decay={float(optim['weight_decay'])!r}")
+    sched = cfg.get("lr_scheduler") or {}
+    if isinstance(sched.get("warmup_updates"), int) and sched["warmup_updates"] > 0:
+        out.append(f"train.warmup_steps={sched['warmup_updates']}")
+    return out
+
+
 def ctc_labels(dictionary: Path | None, n: int) -> list[str]:
     """The labels of a fairseq CTC head's `n` outputs: its target dictionary (``dict.ltr.txt``: one ``symbol
     count`` line each, after fairseq's four specials) with fairseq's blank ``<s>`` (index 0) as our blank.

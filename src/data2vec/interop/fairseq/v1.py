@@ -25,6 +25,7 @@ from data2vec.interop.fairseq.common import (
     ctc_labels,
     fairseq_json,
     report_dropped,
+    train_overrides,
     unsupported,
     write_run,
 )
@@ -190,35 +191,6 @@ def _objective_overrides(m: dict[str, Any], section: str, depth: int) -> list[st
     return out
 
 
-def _train_overrides(cfg: dict[str, Any]) -> list[str]:
-    """The optimiser settings of the file's `optimization` / `optimizer` sections that ours share (for resume);
-    the schedule's shape stays ours (warm-up then cosine)."""
-    out = []
-    opt, optim = cfg.get("optimization") or {}, cfg.get("optimizer") or {}
-    if isinstance(opt.get("max_update"), int) and opt["max_update"] > 0:
-        out.append(f"train.max_steps={opt['max_update']}")
-    lr = opt.get("lr")
-    if isinstance(lr, list) and lr:
-        out.append(f"train.lr={float(lr[0])!r}")
-    if isinstance(opt.get("clip_norm"), (int, float)):
-        out.append(f"train.clip_grad={float(opt['clip_norm'])!r}")
-    if optim.get("_name") in ("adam", "composite") and isinstance(optim.get("adam_betas"), (str, list, tuple)):
-        betas = optim["adam_betas"]
-        try:
-            b1, b2 = (float(b) for b in (betas.strip("()[] ").split(",") if isinstance(betas, str) else betas))
-            out += [f"train.beta1={b1!r}", f"train.beta2={b2!r}"]
-        except ValueError:
-            pass
-    if isinstance(optim.get("adam_eps"), (int, float)):
-        out.append(f"train.eps={float(optim['adam_eps'])!r}")
-    if isinstance(optim.get("weight_decay"), (int, float)):
-        out.append(f"train.weight_decay={float(optim['weight_decay'])!r}")
-    sched = cfg.get("lr_scheduler") or {}
-    if isinstance(sched.get("warmup_updates"), int) and sched["warmup_updates"] > 0:
-        out.append(f"train.warmup_steps={sched['warmup_updates']}")
-    return out
-
-
 def _check_state(state: dict[str, Tensor], prefixes: tuple[str, ...], what: str) -> None:
     """Every tensor of the file's model must have a place in ours: an unknown one (an adapter, a quantiser)
     means a layout the converter does not know."""
@@ -290,7 +262,7 @@ def convert_audio(ckpt: dict[str, Any], out: Path) -> Path:
     depth = int(m.get("encoder_layers", 12))
     overrides += _objective_overrides(m, "model", depth) + [f"objective.ema_scope={_audio_ema_scope(m)}",
                                                             "objective.head_layers=1"]
-    overrides += _train_overrides(cfg_in)
+    overrides += train_overrides(cfg_in)
     cfg = _config("audio-base", overrides, "fairseq-data2vec-audio")
     ema = state.get("_ema")
     _check_state({k: v for k, v in state.items() if k != "_ema"},
@@ -392,7 +364,7 @@ def convert_text(ckpt: dict[str, Any], out: Path, dictionary: Path | None) -> Pa
                       ("leave_unmasked_prob", "masking.token_keep"), ("mask_multiple_length", "masking.token_span")):
         if isinstance(task.get(key), (int, float)) and not isinstance(task.get(key), bool):
             overrides.append(f"{ours}={task[key]!r}")
-    overrides += _train_overrides(cfg_in)
+    overrides += train_overrides(cfg_in)
     cfg = _config("text-base", overrides, "fairseq-data2vec-text")
     extra = {}
     if dictionary is not None:
