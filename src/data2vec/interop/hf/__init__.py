@@ -24,12 +24,14 @@ from torch import Tensor
 
 from data2vec.config import Config, to_dict
 from data2vec.errors import Data2VecError
-from data2vec.interop.hf import audio, text, vision
+from data2vec.interop.hf import audio, text, vision, vision2
 from data2vec.interop.hf.common import (
     AUDIO,
     BASE_PREFIX,
+    MEAN_TEXT,
     TEXT,
     VISION,
+    VISION2,
     cannot_export,
     log,
     read_hf_folder,
@@ -37,8 +39,10 @@ from data2vec.interop.hf.common import (
     write_checkpoint,
     write_hf_folder,
 )
+from data2vec.interop.hf.pipeline import pipeline_files
 
-BY_MODEL_TYPE = {VISION: vision, TEXT: text, AUDIO: audio}  # HF's model_type -> the module converting it
+# HF's model_type -> the module converting it (MEAN_TEXT, VISION2: our own exports with model code in the folder)
+BY_MODEL_TYPE = {VISION: vision, TEXT: text, AUDIO: audio, MEAN_TEXT: text, VISION2: vision2}
 BY_MODALITY = {"image": vision, "text": text, "audio": audio}  # our cfg.modality -> the module exporting it
 
 __all__ = ["from_hf", "to_hf", "read_hf_folder"]
@@ -73,20 +77,21 @@ def from_hf(folder: str | Path, out: str | Path) -> Path:
     warn_dropped(set(weights) - used)
     cfg.name = f"hf-{folder.resolve().name}"
     if isinstance(hf.get("data2vec"), dict):  # written by to_hf: our settings that HF's config has no room for
-        _restore(cfg, hf["data2vec"], ours, headless=head is None)
+        _restore(cfg, hf["data2vec"], ours, headless=head is None, modality=modality)
     cfg.objective.top_k = min(cfg.objective.top_k, cfg.model.depth)  # the recipe's, for a model this deep
     cfg.out = str(out)
     extra = {HEAD_FILE: head_file(head)} if head is not None else {}
-    if (folder / "tokenizer.json").is_file() and model_type == TEXT:
+    if (folder / "tokenizer.json").is_file() and modality is text:
         extra["tokenizer.json"] = (folder / "tokenizer.json").read_bytes()
         cfg.text.tokenizer = str((out / "checkpoints" / "step_00000000" / "tokenizer.json").resolve())
     return write_checkpoint(cfg, ours, out, extra)
 
 
-def _restore(cfg: Config, stored: dict, ours: dict[str, Tensor], headless: bool) -> None:
+def _restore(cfg: Config, stored: dict, ours: dict[str, Tensor], headless: bool, modality) -> None:
     """Bring back what `to_hf` kept under config.json's "data2vec" key: the training sections whole, and the
     front-end choices HF computes identically (only where the weights still agree), so that a round trip
-    ours -> HF -> ours gives the same config. The architecture itself always comes from HF's keys."""
+    ours -> HF -> ours gives the same config (`modality`: the module that converted the folder). The architecture
+    itself always comes from HF's keys."""
     import yaml
 
     from data2vec.config import config_from_yaml_text
@@ -101,7 +106,7 @@ def _restore(cfg: Config, stored: dict, ours: dict[str, Tensor], headless: bool)
     cfg.name, cfg.masking, cfg.objective, cfg.data, cfg.train = saved.name, saved.masking, saved.objective, saved.data, saved.train
     # training settings, which HF's config does not hold
     cfg.model.layer_drop, cfg.model.init = saved.model.layer_drop, saved.model.init
-    BY_MODALITY[cfg.modality].restore(cfg, saved, ours, headless)
+    modality.restore(cfg, saved, ours, headless)
 
 
 # ---------------------------------------------------------------------------------------------- ours -> HF
@@ -130,6 +135,7 @@ def to_hf(checkpoint: str | Path, out: str | Path, which: str = "student") -> Pa
     if cfg.modality not in BY_MODALITY:
         raise Data2VecError(f"cannot export a '{cfg.modality}' checkpoint to Hugging Face")
     hf, tensors, files = BY_MODALITY[cfg.modality].export(cfg, ours, head)
+    files.update(pipeline_files(cfg, path))  # tokenizer / image processor: what transformers.pipeline reads
     hf["data2vec"] = to_dict(cfg)  # transformers keeps unknown keys; from_hf restores what HF cannot express
     out = Path(out)
     write_hf_folder(out, hf, tensors, files)

@@ -140,25 +140,43 @@ def restore(cfg: Config, saved: Config, ours: dict[str, Tensor], headless: bool)
 
 # ---------------------------------------------------------------------------------------------- ours -> HF
 
-def export(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dict[str, Tensor], dict[str, dict]]:
-    """(config.json, tensors, other files) of `Data2VecVisionModel`, or `...ForImageClassification` with a head."""
-    from data2vec.nn.image import sincos_pos_embed
-
+def _not_data2vec_vision(cfg: Config, head) -> tuple[str, object, str] | None:
+    """(key, value, why) of the first setting `Data2VecVisionModel` / `...ForImageClassification` cannot
+    compute; None when it computes the model (and its head)."""
     m, img = cfg.model, cfg.image
     if not m.norm_first:
-        raise cannot_export("model.norm_first", False, "(post-LN): Data2VecVision blocks are pre-LN (BEiT)")
+        return "model.norm_first", False, "(post-LN): Data2VecVision blocks are pre-LN (BEiT)"
     if not img.cls_token:
-        raise cannot_export("image.cls_token", False, "is not expressible: Data2VecVision always has a CLS token")
+        return "image.cls_token", False, "is not expressible: Data2VecVision always has a CLS token"
     if img.embed_norm:
-        raise cannot_export("image.embed_norm", True, "is not expressible: Data2VecVision has no LayerNorm before "
-                            "its first block")
+        return "image.embed_norm", True, "is not expressible: Data2VecVision has no LayerNorm before its first block"
     mean = not m.final_norm  # HF: use_mean_pooling drops the final LayerNorm
     if head is not None and not ((mean and img.pool == "mean" and img.pool_norm)
                                  or (not mean and img.pool == "cls" and not img.pool_norm)):
-        raise cannot_export("image.pool", img.pool, f"with model.final_norm={m.final_norm} and image.pool_norm="
-                            f"{img.pool_norm}: Data2VecVisionForImageClassification classifies either LayerNorm(mean "
-                            "of patch tokens) without a final norm (final_norm=false, pool=mean, pool_norm=true) or "
-                            "the final-normed CLS token (final_norm=true, pool=cls, pool_norm=false)")
+        return ("image.pool", img.pool, f"with model.final_norm={m.final_norm} and image.pool_norm={img.pool_norm}: "
+                "Data2VecVisionForImageClassification classifies either LayerNorm(mean of patch tokens) without a "
+                "final norm (final_norm=false, pool=mean, pool_norm=true) or the final-normed CLS token "
+                "(final_norm=true, pool=cls, pool_norm=false)")
+    return None
+
+
+def export(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dict[str, Tensor], dict[str, dict]]:
+    """(config.json, tensors, other files) of `Data2VecVisionModel`, or `...ForImageClassification` with a head;
+    a model they cannot compute goes to :func:`data2vec.interop.hf.vision2.export` (model code in the folder)."""
+    from data2vec.nn.image import sincos_pos_embed
+
+    m, img = cfg.model, cfg.image
+    blocker = _not_data2vec_vision(cfg, head)
+    if blocker is not None:  # data2vec 2.0's post-LN encoder, among others: our model code in the folder
+        if img.rel_pos_bias != "none":
+            key, value, why = blocker
+            raise cannot_export(key, value, f"{why}; and the data2vec 2.0 model code that --to-hf ships instead "
+                                f"has no relative position bias (image.rel_pos_bias={img.rel_pos_bias})")
+        from data2vec.interop.hf import vision2
+
+        log.info("%s=%s: %s, so the export ships model code", *blocker)
+        return vision2.export(cfg, ours, head)
+    mean = not m.final_norm  # HF: use_mean_pooling drops the final LayerNorm
     if head is None and img.pool_norm:
         log.warning("image.pool_norm: Data2VecVisionModel has no pooler, so its LayerNorm is not exported "
                     "(hidden states are unaffected)")

@@ -1,0 +1,169 @@
+"""data2vec 2.0 models to `transformers`: tiny random v2 models of ours (the layout fairseq's v2 checkpoints
+convert into) are exported with `to_hf`, loaded the way a user would (`AutoModel...from_pretrained`, with
+`trust_remote_code=True` for the image model code shipped in the folder), and every hidden state, the pooled
+output and the head's logits must equal ours within 1e-5. Options no `transformers` model computes stop the
+export, naming the option."""
+
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import data2vec  # noqa: E402
+from data2vec.config import build_config  # noqa: E402
+from data2vec.errors import Data2VecError  # noqa: E402
+from data2vec.interop.hf import from_hf, to_hf  # noqa: E402
+from data2vec.model import Data2Vec  # noqa: E402
+from data2vec.nn.heads import HEAD_FILE, CTCHead, LinearClassifier, SentenceClassifier, head_file  # noqa: E402
+from data2vec.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from conftest import randomise  # noqa: E402
+
+TOL = 1e-5
+DECODER = ["objective.top_k=2", "objective.decoder_dim=16", "objective.decoder_layers=2"]
+TEXT = ["model.dim=32", "model.depth=2", "model.heads=4", "text.vocab_size=100", "text.max_positions=20",
+        "text.block_size=18", *DECODER]
+AUDIO = ["model.dim=32", "model.depth=2", "model.heads=4", "model.mlp_ratio=2.0", "audio.conv_dim=[8,8,8]",
+         "audio.conv_kernel=[10,3,3]", "audio.conv_stride=[5,2,2]", "audio.pos_conv_layers=3",
+         "audio.pos_conv_kernel=5", "audio.pos_conv_groups=4", "objective.decoder_groups=4", *DECODER]
+# image-base-v2's encoder (post-LN, LayerNorm before the first block, sin-cos positions, mean pooling) made small
+IMAGE = ["model.dim=32", "model.depth=2", "model.heads=4", "image.image_size=32", "image.patch_size=8", *DECODER]
+
+
+def _checkpoint(tmp_path, recipe: str, overrides: list[str], head=None):
+    """A v2 checkpoint of ours (student, teacher, decoder) with random weights, and a head if given."""
+    cfg = build_config(recipe, overrides)
+    assert cfg.objective.version == 2
+    torch.manual_seed(0)
+    model = Data2Vec(cfg)
+    randomise(model.student, seed=3)
+    extra = {}
+    if head is not None:
+        randomise(head, seed=4)
+        extra[HEAD_FILE] = head_file(head)
+    return save_checkpoint(tmp_path / "ours", 0, model.state_dict(), {"step": 0}, cfg, extra_files=extra)
+
+
+def _max_diff(a, b) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
+
+
+def _model_type(folder) -> str:
+    return json.loads((folder / "config.json").read_text())["model_type"]
+
+
+@pytest.mark.parametrize("head", [None, SentenceClassifier(32, 3, dropout=0.1)])
+def test_v2_text_exports_as_data2vec_text_with_identical_outputs(tmp_path, head):
+    path = _checkpoint(tmp_path, "text-tiny-v2", TEXT, head)
+    to_hf(path, tmp_path / "hf")
+    assert _model_type(tmp_path / "hf") == "data2vec-text"
+    auto = transformers.AutoModel if head is None else transformers.AutoModelForSequenceClassification
+    hf = auto.from_pretrained(tmp_path / "hf").eval()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 100, (3, 12), generator=g)
+    ids[:, 0] = 0
+    padding = torch.zeros(3, 12, dtype=torch.bool)
+    padding[1, 8:] = padding[2, 3:] = True
+    ids[padding] = 1
+    ours = data2vec.load(path)
+    with torch.no_grad():
+        ref = hf(ids, attention_mask=(~padding).long(), output_hidden_states=True)
+        out = ours(ids, padding_mask=padding)
+        keep = ~padding[..., None]  # HF's states at padded positions are not defined to match
+        assert max((((a - b) * keep).abs().max().item()) for a, b in zip(out.hidden_states, ref.hidden_states)) < TOL
+        if head is not None:
+            head.eval()
+            assert (head(out.last_hidden_state, None) - ref.logits).abs().max() < TOL
+
+
+@pytest.mark.parametrize("zero_padding", ["once", "every_layer"])
+def test_v2_speech_exports_as_data2vec_audio_with_identical_outputs(tmp_path, zero_padding):
+    path = _checkpoint(tmp_path, "audio-tiny-v2", AUDIO + [f"audio.pos_conv_zero_padding={zero_padding}"])
+    to_hf(path, tmp_path / "hf")
+    assert _model_type(tmp_path / "hf") == "data2vec-audio"
+    hf = transformers.AutoModel.from_pretrained(tmp_path / "hf").eval()
+    ours = data2vec.load(path)
+    waves = torch.randn(2, 1200, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = hf(waves, output_hidden_states=True)
+        out = ours(waves)
+        assert _max_diff(out.hidden_states, ref.hidden_states) < TOL
+        assert (out.last_hidden_state - ref.last_hidden_state).abs().max() < TOL
+        if zero_padding == "once":  # as HF (and fairseq): a padded batch is identical too
+            padding = torch.zeros(2, 1200, dtype=torch.bool)
+            padding[1, 700:] = True
+            waves = waves.masked_fill(padding, 0.0)
+            ref = hf(waves, attention_mask=(~padding).long())
+            out = ours(waves, padding_mask=padding)
+            real = ~out.padding_mask[..., None]
+            assert ((out.last_hidden_state - ref.last_hidden_state) * real).abs().max() < TOL
+
+
+def test_v2_speech_ctc_fine_tune_exports_as_data2vec_audio_for_ctc(tmp_path):
+    head = CTCHead(32, 4, 0.1, ["<blank>", "|", "a", "b"])
+    path = _checkpoint(tmp_path, "audio-tiny-v2", AUDIO + ["audio.pos_conv_zero_padding=once"], head)
+    to_hf(path, tmp_path / "hf")
+    hf = transformers.AutoModelForCTC.from_pretrained(tmp_path / "hf").eval()
+    ours = data2vec.load(path)
+    waves = torch.randn(2, 1200, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logits = head.eval()(ours(waves).last_hidden_state, None)
+        assert (logits - hf(waves).logits).abs().max() < TOL
+
+
+def test_v2_speech_with_alibi_is_refused_naming_model_alibi(tmp_path):
+    path = _checkpoint(tmp_path, "audio-tiny-v2", AUDIO + ["model.alibi=true"])
+    with pytest.raises(Data2VecError, match="model.alibi"):
+        to_hf(path, tmp_path / "hf")
+
+
+@pytest.mark.parametrize("overrides,head", [
+    ([], None),  # image-base-v2's encoder: post-LN with the LayerNorm before the first block
+    (["image.pool_norm=true"], LinearClassifier(32, 3)),  # a fine-tuned v2 classifier: LayerNorm(mean), linear
+    (["image.sincos_order=yx", "image.pool=cls"], LinearClassifier(32, 3, dropout=0.1)),
+    (["image.cls_token=false", "image.embed_norm=false", "image.pos_embed=learned"], None),
+])
+def test_v2_image_exports_with_model_code_and_identical_outputs(tmp_path, overrides, head):
+    path = _checkpoint(tmp_path, "image-base-v2", IMAGE + overrides, head)
+    to_hf(path, tmp_path / "hf")
+    assert _model_type(tmp_path / "hf") == "data2vec2-vision"
+    assert (tmp_path / "hf" / "modeling_data2vec2_vision.py").is_file()
+    auto = transformers.AutoModel if head is None else transformers.AutoModelForImageClassification
+    hf, info = auto.from_pretrained(tmp_path / "hf", trust_remote_code=True, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    hf.eval()
+    ours = data2vec.load(path)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = hf(images, output_hidden_states=True)
+        out = ours(images)
+        pooled = ours.frontend.pool(out.last_hidden_state)
+        assert _max_diff(out.hidden_states, ref.hidden_states) < TOL
+        if head is None:
+            assert (out.last_hidden_state - ref.last_hidden_state).abs().max() < TOL
+            assert (pooled - ref.pooler_output).abs().max() < TOL
+        else:
+            assert (head.eval()(out.last_hidden_state, pooled) - ref.logits).abs().max() < TOL
+    back = from_hf(tmp_path / "hf", tmp_path / "back")  # and the folder converts back to the same model
+    (w1, _, c1), (w2, _, c2) = load_checkpoint(path, with_state=False), load_checkpoint(back, with_state=False)
+    student = {k: v for k, v in w1.items() if k.startswith("student.")}
+    assert student.keys() == {k for k in w2 if k.startswith("student.")}
+    # all but the mask embedding, which v2 never uses (masked patches are dropped) and the model code lacks
+    assert all(torch.equal(v, w2[k]) for k, v in student.items() if k != "student.frontend.mask_token")
+    assert c1.image == c2.image
+    assert {k: v for k, v in vars(c1.model).items() if k != "qkv_bias"} == \
+        {k: v for k, v in vars(c2.model).items() if k != "qkv_bias"}
+
+
+def test_pre_ln_v2_image_still_exports_as_data2vec_vision(tmp_path):
+    path = _checkpoint(tmp_path, "image-tiny-v2", ["model.dim=32", "model.depth=2", "model.heads=4", *DECODER])
+    to_hf(path, tmp_path / "hf")
+    assert _model_type(tmp_path / "hf") == "data2vec-vision"
+    assert not (tmp_path / "hf" / "modeling_data2vec2_vision.py").exists()
+
+
+def test_post_ln_image_with_relative_position_bias_is_refused_naming_both(tmp_path):
+    path = _checkpoint(tmp_path, "image-base-v2", IMAGE + ["image.rel_pos_bias=per_layer"])
+    with pytest.raises(Data2VecError, match=r"model\.norm_first.*image\.rel_pos_bias"):
+        to_hf(path, tmp_path / "hf")
