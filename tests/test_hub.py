@@ -223,3 +223,46 @@ def test_url_unreachable_and_not_cached_says_where_to_put_it(caches):
         hub.download(f"http://127.0.0.1:{port}/fairseq/model.pt")
     assert str(hub._download_path(f"http://127.0.0.1:{port}/fairseq/model.pt")) in str(e.value)
     assert "\n" not in str(e.value)
+
+
+# --- fairseq checkpoints by URL and name -------------------------------------------------------------------
+
+FAIRSEQ = ROOT / "tests" / "fixtures" / "fairseq_ckpt"  # written by fairseq (benchmarks/fairseq_parity/)
+
+
+def _same_encoders(a: Path, b: Path) -> None:
+    for which in ("student", "teacher"):
+        sa, sb = data2vec.load(a, which=which).state_dict(), data2vec.load(b, which=which).state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(v, sb[k]) for k, v in sa.items())
+
+
+def test_fairseq_url_is_downloaded_and_converted_once(caches, monkeypatch):
+    from data2vec.interop.fairseq import from_fairseq
+
+    url = (FAIRSEQ / "v2_image.pt").as_uri()
+    run = hub.resolve(url)
+    sha = hashlib.sha256((FAIRSEQ / "v2_image.pt").read_bytes()).hexdigest()
+    assert run == caches / "d2v-cache" / "converted" / f"v2_image-{sha[:12]}"
+    from_fairseq(FAIRSEQ / "v2_image.pt", caches / "direct")
+    _same_encoders(run, caches / "direct")
+    monkeypatch.setattr(hub, "_from_fairseq", lambda *a: pytest.fail("converted twice"))
+    assert hub.resolve(url) == run
+
+
+def test_released_text_name_brings_its_dictionary(caches, monkeypatch):
+    """A short name stands for its URL, and a text model's dict.txt and GPT-2 BPE files come along (here the
+    fixture's, as file:// URLs), so the converted run has the tokenizer `--dict` would give it."""
+    from data2vec.train.checkpoint import load_config
+
+    url = (FAIRSEQ / "v1_text.pt").as_uri()
+    monkeypatch.setitem(hub.RELEASED, "data2vec1-text-base", url)
+    monkeypatch.setitem(hub.DICTIONARIES, url, [(FAIRSEQ / "v1_text_dict" / f).as_uri()
+                                                for f in ("dict.txt", "encoder.json", "vocab.bpe")])
+    assert main(["convert", "--from-fairseq", "data2vec1-text-base", "--out", str(caches / "by-name")]) == 0
+    assert main(["convert", "--from-fairseq", str(FAIRSEQ / "v1_text.pt"), "--out", str(caches / "by-path"),
+                 "--dict", str(FAIRSEQ / "v1_text_dict")]) == 0
+    _same_encoders(caches / "by-name", caches / "by-path")
+    run = hub.resolve("data2vec1-text-base")
+    tokenizer = Path(load_config(run).text.tokenizer)
+    assert tokenizer.is_file() and tokenizer.is_relative_to(run)
+    assert tokenizer.read_bytes() == Path(load_config(caches / "by-path").text.tokenizer).read_bytes()

@@ -161,13 +161,13 @@ def run(args: argparse.Namespace) -> int:
               f"{meta['empty_files']} empty files: {args.out}")
     elif args.command == "convert":
         from data2vec.interop.hf import from_hf, to_hf
-        from data2vec.interop.hub import hf_folder, resolve
+        from data2vec.interop.hub import fairseq_dictionary, fairseq_file, hf_folder, resolve
 
         if args.from_fairseq:
             from data2vec.interop.fairseq import from_fairseq
-            from data2vec.interop.hub import fairseq_file
 
-            print(f"checkpoint: {from_fairseq(fairseq_file(args.from_fairseq), args.out, args.dict)}")
+            dictionary = args.dict or fairseq_dictionary(args.from_fairseq)
+            print(f"checkpoint: {from_fairseq(fairseq_file(args.from_fairseq), args.out, dictionary)}")
         elif args.from_hf:
             print(f"checkpoint: {from_hf(hf_folder(args.from_hf), args.out)}")
         else:

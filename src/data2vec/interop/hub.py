@@ -48,6 +48,10 @@ RELEASED: dict[str, str] = {  # short name -> Meta's fairseq file (fairseq's exa
     "data2vec2-audio-large-960h": f"{_FAIR}/data2vec2/large_vox_960h.pt",
     "data2vec2-text-base": f"{_FAIR}/data2vec2/nlp_base.pt",
 }
+DICTIONARIES: dict[str, list[str]] = {  # what a released file does not hold: from_fairseq's `dictionary` folder
+    RELEASED["data2vec1-text-base"]: [f"{_FAIR}/gpt2_bpe/{f}" for f in ("dict.txt", "encoder.json", "vocab.bpe")],
+    RELEASED["data2vec2-text-base"]: [f"{_FAIR}/data2vec2/{f}" for f in ("dict.txt", "encoder.json", "vocab.bpe")],
+}
 HF_RELEASED: tuple[str, ...] = tuple(  # Hugging Face's conversions of the v1 models (docs/checkpoints.md)
     [f"facebook/data2vec-vision-{s}" for s in ("base", "base-ft1k", "large", "large-ft1k")]
     + [f"facebook/data2vec-audio-{s}{f}" for s in ("base", "large") for f in ("", "-10m", "-100h", "-960h")]
@@ -76,9 +80,9 @@ def resolve(name: str | Path) -> Path:
         folder = hf_folder(value)
         out = cache_dir() / "converted" / f"hf--{value.replace('/', '--')}--{folder.name[:12]}"
         return _convert_once(out, lambda: _from_hf(folder, out))
-    path = download(value)
+    path, dictionary = download(value), fairseq_dictionary(value)
     out = cache_dir() / "converted" / f"{Path(path.name).stem}-{_recorded_sha(path)[:12]}"
-    return _convert_once(out, lambda: _from_fairseq(path, out))
+    return _convert_once(out, lambda: _from_fairseq(path, out, dictionary))
 
 
 def hf_folder(name: str | Path) -> Path:
@@ -142,6 +146,15 @@ def fairseq_file(name: str | Path) -> Path:
     if kind == "hf":
         raise Data2VecError(f"'{name}' is a Hugging Face model id, not a fairseq checkpoint; use it with --from-hf")
     return Path(value) if kind == "path" else download(value)
+
+
+def fairseq_dictionary(name: str | Path) -> Path | None:
+    """The folder of the files a released fairseq checkpoint needs beside it (:data:`DICTIONARIES`: the text
+    models' dict.txt and GPT-2 BPE), downloaded; None for other names, paths and URLs."""
+    kind, value = _classify(name)
+    if kind != "url" or value not in DICTIONARIES:
+        return None
+    return [download(url) for url in DICTIONARIES[value]][0].parent  # each list's URLs share one folder
 
 
 def resolve_overrides(overrides: list[str] | tuple[str, ...]) -> list[str]:
@@ -321,13 +334,13 @@ def _from_hf(folder: Path, out: Path) -> None:
     from_hf(folder, out)
 
 
-def _from_fairseq(path: Path, out: Path) -> None:
+def _from_fairseq(path: Path, out: Path, dictionary: Path | None) -> None:
     try:
         from data2vec.interop.fairseq import from_fairseq
     except ImportError:
         raise Data2VecError(f"'{path}' is a fairseq checkpoint and this data2vec cannot convert fairseq "
                             "checkpoints yet; upgrade data2vec") from None
-    from_fairseq(path, out)
+    from_fairseq(path, out, dictionary)
 
 
 @contextlib.contextmanager
