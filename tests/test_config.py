@@ -88,3 +88,35 @@ def test_alibi_is_for_sequences():
     with pytest.raises(Data2VecError, match=r"model\.alibi"):
         build_config("image-tiny-v2", ["model.alibi=true"])
     assert build_config("audio-tiny-v2", ["model.alibi=true"]).model.alibi
+
+
+@pytest.mark.parametrize("recipe,overrides,key", [
+    ("image-tiny", ["model.dim=30", "model.heads=4"], "model.heads"),
+    ("image-tiny", ["image.image_size=30", "image.patch_size=4"], "image.image_size"),
+    ("image-tiny", ["model.dim=18", "model.heads=2", "image.pos_embed=sincos"], "model.dim"),
+    ("audio-tiny", ["audio.conv_dim=[8,8]"], "audio.conv_dim"),
+    ("audio-tiny", ["model.dim=32", "model.heads=4", "audio.pos_conv_groups=5"], "audio.pos_conv_groups"),
+    ("text-tiny", ["text.block_size=200", "text.max_positions=130"], "text.block_size"),
+])
+def test_sizes_the_modules_need_are_checked_when_the_config_is_built(recipe, overrides, key):
+    """Mistakes that used to surface as a ValueError at the first forward stop the build with one line."""
+    with pytest.raises(Data2VecError) as err:
+        build_config(recipe, overrides)
+    assert f"'{key}'" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("recipe,overrides,key", [
+    ("image-tiny", ["objective.top_k=9"], "objective.top_k"),
+    ("image-tiny-v2", ["image.rel_pos_bias=shared"], "image.rel_pos_bias"),
+    ("image-tiny-v2", ["objective.decoder_dim=30"], "objective.decoder_groups"),
+    ("text-tiny", ["objective.ema_scope=context"], "objective.ema_scope"),
+])
+def test_what_the_objective_asks_of_the_model_is_checked_before_pretraining(recipe, overrides, key, tmp_path):
+    from data2vec.cli import main
+    from data2vec.config import check_pretraining
+
+    cfg = build_config(recipe, overrides)  # a fine-tuning config may pair this objective with another model
+    with pytest.raises(Data2VecError, match=key.replace(".", r"\.")):
+        check_pretraining(cfg)
+    assert main(["pretrain", recipe, *overrides, f"out={tmp_path / 'run'}", "--no-progress"]) == 2
+    assert not (tmp_path / "run").exists()

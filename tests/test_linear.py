@@ -120,7 +120,7 @@ def test_unknown_choice_is_refused():
 def test_checkpoint_state_keeps_the_kernel_choice(monkeypatch, recorded):
     """A resumed run uses the kernel the interrupted one chose, whatever its own timing would say: the two
     round differently, and exact resume is promised."""
-    from data2vec.train.loop import rng_state, set_rng_state
+    from data2vec.train.harness import rng_state, set_rng_state
 
     monkeypatch.setattr(lin, "_choice", "auto")
     monkeypatch.setattr(lin, "_onednn_faster", recorded == "onednn")
@@ -163,3 +163,35 @@ def test_kernel_timing_leaves_the_global_rng_alone():
     state = torch.get_rng_state()
     lin._time_kernels(n=8, reps=1)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_layers_choose_their_kernel_when_built_and_hooks_see_the_product():
+    """Blocks call their Linear modules: a forward hook on fc1 sees the product that runs, print(model) names
+    the kernel, and the choice is made at construction (a later set_cpu_matmul leaves built layers alone)."""
+    from data2vec.config import build_config
+    from data2vec.model import Data2VecEncoder
+
+    cfg = build_config("image-tiny", ["model.dim=32", "model.depth=1", "model.heads=2", "objective.top_k=1"])
+    lin.set_cpu_matmul("onednn")
+    try:
+        encoder = Data2VecEncoder(cfg)
+        lin.set_cpu_matmul("default")
+        fc1 = encoder.encoder.blocks[0].mlp.fc1
+        assert isinstance(fc1, lin.Linear) and fc1.cpu_kernel == "onednn" and "cpu_kernel=onednn" in repr(encoder)
+        seen = []
+        fc1.register_forward_hook(lambda module, args, out: seen.append(out))
+        encoder(torch.randn(2, 3, cfg.image.image_size, cfg.image.image_size)).last_hidden_state.sum().backward()
+        assert len(seen) == 1 and seen[0].grad_fn.name().endswith("_OneDNNLinearBackward")
+        assert lin.Linear(4, 3).cpu_kernel == "default"
+    finally:
+        lin.set_cpu_matmul("auto")
+
+
+def test_linear_layers_keep_nn_linear_state_dict_keys():
+    layer = lin.Linear(4, 3)
+    plain = torch.nn.Linear(4, 3)
+    assert layer.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(layer(x), plain(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer(x, bias=torch.zeros(3)), x @ layer.weight.t(), rtol=1e-5, atol=1e-5)

@@ -318,6 +318,57 @@ class Config:
     def __post_init__(self) -> None:
         _check(not (self.model.alibi and self.modality == "image"), "model.alibi", self.model.alibi,
                "is a bias over 1-D distances, for audio and text; images use image.pos_embed or image.rel_pos_bias")
+        check_architecture(self)
+
+
+def check_architecture(cfg: Config) -> None:
+    """The sizes the model's modules need of each other, checked when a config is built (so a recipe's mistake
+    is one line before any run starts, not a traceback at the first forward). Only the front-end of
+    `cfg.modality` is checked: the other sections keep their defaults and build nothing."""
+    m = cfg.model
+    _check(m.heads >= 1 and m.dim % m.heads == 0, "model.heads", m.heads,
+           f"must divide model.dim={m.dim}; set model.heads to a divisor of it (64 channels a head is usual)")
+    if cfg.modality == "image":
+        im = cfg.image
+        _check(im.patch_size >= 1 and im.image_size % im.patch_size == 0, "image.image_size", im.image_size,
+               f"must be a multiple of image.patch_size={im.patch_size}")
+        _check(im.pos_embed != "sincos" or m.dim % 4 == 0, "model.dim", m.dim,
+               "must be divisible by 4 for image.pos_embed=sincos (a sine and a cosine per axis); change model.dim "
+               "or set image.pos_embed=learned")
+    elif cfg.modality == "audio":
+        a = cfg.audio
+        _check(len(a.conv_dim) == len(a.conv_kernel) == len(a.conv_stride) > 0, "audio.conv_dim", a.conv_dim,
+               f"needs one entry per conv layer, as audio.conv_kernel={a.conv_kernel} and audio.conv_stride="
+               f"{a.conv_stride}; give the three lists the same length")
+        _check(a.pos_conv_groups >= 1 and m.dim % a.pos_conv_groups == 0, "audio.pos_conv_groups",
+               a.pos_conv_groups, f"must divide model.dim={m.dim}; set it to a divisor of model.dim")
+    elif cfg.modality == "text":
+        t = cfg.text
+        usable = t.max_positions - t.pad_id - 1  # RoBERTa's positions start at pad_id + 1
+        _check(t.block_size <= usable, "text.block_size", t.block_size,
+               f"must be at most text.max_positions - text.pad_id - 1 = {usable} (positions start at pad_id + 1); "
+               f"lower it or raise text.max_positions to {t.block_size + t.pad_id + 1}")
+
+
+def check_pretraining(cfg: Config) -> None:
+    """What the objective asks of the model, checked before pretraining builds anything (a fine-tuning config
+    keeps a recipe's objective beside a checkpoint's architecture, which these need not fit)."""
+    obj, m = cfg.objective, cfg.model
+    _check(1 <= obj.top_k <= m.depth, "objective.top_k", obj.top_k,
+           f"must be between 1 and model.depth={m.depth} (the teacher averages its top K blocks); lower it")
+    if obj.ema_scope not in ("all", "encoder") and cfg.modality != "audio":
+        raise Data2VecError(f"objective.ema_scope={obj.ema_scope} splits the speech front-end as fairseq does; "
+                            f"a {cfg.modality} model takes ema_scope=all or ema_scope=encoder")
+    if obj.version == 2:
+        _check(cfg.modality != "image" or cfg.image.rel_pos_bias == "none", "image.rel_pos_bias",
+               cfg.image.rel_pos_bias, "cannot follow data2vec 2.0's dropped masked tokens; set image.rel_pos_bias="
+               "none (with image.pos_embed=sincos or learned) or objective.version=1")
+        width = obj.decoder_dim if obj.decoder_input_proj else m.dim
+        _check(obj.decoder_groups >= 1 and obj.decoder_dim % obj.decoder_groups == 0
+               and width % obj.decoder_groups == 0, "objective.decoder_groups", obj.decoder_groups,
+               f"must divide objective.decoder_dim={obj.decoder_dim}"
+               f"{'' if obj.decoder_input_proj else f' and model.dim={m.dim} (no input projection)'}; set it to a "
+               "common divisor")
 
 
 def _check(ok: bool, key: str, value: Any, want: str) -> None:

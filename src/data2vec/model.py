@@ -15,9 +15,8 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from data2vec.config import Config
+from data2vec.config import Config, check_pretraining
 from data2vec.ema import ema_update
-from data2vec.errors import Data2VecError
 from data2vec.losses import regression_loss
 from data2vec.nn.audio import AudioFrontend
 from data2vec.nn.decoder import ConvDecoder
@@ -95,15 +94,12 @@ class Data2Vec(nn.Module):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
+        check_pretraining(cfg)  # one line naming the key, before anything is built
         self.cfg = cfg
         self.student = Data2VecEncoder(cfg)
         self.teacher = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
         dim, obj = cfg.model.dim, cfg.objective
-        if obj.ema_scope not in ("all", "encoder") and obj.ema_scope not in getattr(
-                self.student.frontend, "ema_averaged", {}):
-            raise Data2VecError(f"objective.ema_scope={obj.ema_scope} splits the speech front-end as fairseq does; "
-                                f"a {cfg.modality} model takes ema_scope=all or ema_scope=encoder")
         if obj.version == 1:
             self.head = regression_head(dim, obj.head_layers)  # v1: on the student's final layer
         else:  # v2: the decoder's output projection is the regression head
@@ -118,7 +114,7 @@ class Data2Vec(nn.Module):
             if module is not None:
                 module.apply(partial(init_linear_and_norm, scheme=cfg.model.init))
         self._freeze_unused()
-        # v1 loss by mask weighting instead of a boolean gather: None = on CUDA only (where the gather syncs)
+        # how the v1 loss reaches the masked positions: None = by device (see `uses_dense_loss`)
         self.dense_loss: bool | None = None
 
     def _freeze_unused(self) -> None:
@@ -220,6 +216,15 @@ class Data2Vec(nn.Module):
             return window
         return [b + window for b in attn_bias] if isinstance(attn_bias, list) else attn_bias + window
 
+    def uses_dense_loss(self, device: torch.device) -> bool:
+        """Which of two equal ways the v1 loss takes (`dense_loss`; None decides by device). Gathered
+        (``hidden[mask]``): the head runs on the masked positions only, but a boolean gather needs their count
+        on the host, which on CUDA is a sync every step. Dense: the head runs on every position and the loss
+        weights each by the mask; no sync, a few % more head FLOPs. Both give the same loss (tests/test_model.py,
+        tests/test_cuda.py). By default dense on CUDA, where the sync costs, gathered elsewhere (a CPU gather
+        costs no sync and saves the head's work)."""
+        return self.dense_loss if self.dense_loss is not None else device.type == "cuda"
+
     def _teacher_precision(self, device: torch.device) -> contextlib.AbstractContextManager:
         """`objective.teacher_precision`: "step" runs the teacher in the step's precision (fairseq's released
         recipes run model and teacher in fp16); "fp32" steps out of the step's autocast, so the teacher runs in
@@ -251,12 +256,11 @@ class Data2Vec(nn.Module):
             seen = inputs if student_inputs is None else student_inputs
             out = self.student(seen, mask=mask, padding_mask=padding_mask)
         hidden = out.last_hidden_state[:, self.student.num_prefix:]  # [B, N, D]
-        if self.dense_loss if self.dense_loss is not None else hidden.device.type == "cuda":
-            # no boolean gather, so no host sync: the head runs on every position (a few % more FLOPs)
-            pred = self.head(hidden)
+        if self.uses_dense_loss(hidden.device):
+            pred = self.head(hidden)  # [B, N, D]
             loss = regression_loss(pred, targets, obj.loss_beta, obj.loss_scale, weight=mask)
             return {"loss": loss, **_spread(pred, targets, mask)}
-        pred = self.head(hidden[mask])  # [M, D]; on a CPU the gather costs no sync and saves the head's work
+        pred = self.head(hidden[mask])  # [M, D]
         target = targets[mask]  # [M, D]
         loss = regression_loss(pred, target, obj.loss_beta, obj.loss_scale)
         return {"loss": loss, **_spread(pred, target)}

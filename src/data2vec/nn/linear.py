@@ -8,6 +8,12 @@ oneDNN when a one-off timing of the two on this machine says oneDNN is clearly f
 (GPUs, bf16 / fp16 autocast, compiled graphs, machines where MKL is as fast) to `F.linear` unchanged.
 BENCHMARKS.md has the measurements; :func:`set_cpu_matmul` overrides the choice.
 
+The model's layers are :class:`Linear` (an ``nn.Linear``, same parameters and state-dict keys), which make
+that choice once, when they are built, and show it in ``print(model)`` (``cpu_kernel=onednn``); blocks call
+them as modules (``self.fc1(x)``), so forward hooks and wrappers see the product that runs. Set the choice
+(:func:`set_cpu_matmul`, DATA2VEC_CPU_MATMUL) before building a model; a resumed run restores the one its
+checkpoint recorded (:func:`restore_cpu_matmul`) before it builds its model.
+
 The oneDNN path takes every input `F.linear` takes: operands whose memory layout oneDNN cannot describe
 (the overlapping windows of the speech feature encoder at one utterance per micro-batch, a strided bias) are
 copied to a dense layout first, and products with nothing to sum over go to `F.linear`, decided from shapes
@@ -23,7 +29,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from data2vec.errors import Data2VecError
 
@@ -163,10 +169,34 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """`F.linear`, with fp32 CPU products done by oneDNN where that is faster (see the module docstring)."""
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, onednn: bool | None = None) -> Tensor:
+    """`F.linear`, with fp32 CPU products done by oneDNN where that is faster (see the module docstring).
+    `onednn`: the kernel a layer chose when it was built; None asks :func:`use_onednn` now."""
     if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
-            and type(weight.data) is torch.Tensor and use_onednn()):
+            and type(weight.data) is torch.Tensor and (use_onednn() if onednn is None else onednn)):
         return _OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def cpu_kernel() -> Choice:
+    """The kernel a layer built now uses for fp32 CPU products: "onednn" or "default" (`F.linear`)."""
+    return "onednn" if use_onednn() else "default"
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` whose fp32 CPU products use the kernel chosen when it is built (`cpu_kernel`, see the module
+    docstring); GPUs, autocast and compiled graphs always take `F.linear`. The choice is an attribute, not a
+    buffer: the state dict is nn.Linear's, so checkpoints load into either."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self.cpu_kernel = cpu_kernel()
+
+    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        """x `[..., in]` -> `[..., out]`; `bias`, when given, is added in place of the layer's own (attention
+        with BEiT's bias on queries and values only builds it from its own parameters)."""
+        return linear(x, self.weight, self.bias if bias is None else bias, self.cpu_kernel == "onednn")
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, cpu_kernel={self.cpu_kernel}"

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from data2vec.config import EncoderConfig
-from data2vec.nn.linear import linear
+from data2vec.nn.linear import Linear
 
 
 class DropPath(nn.Module):
@@ -46,8 +46,8 @@ class LayerScale(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with one fused QKV projection, computed by SDPA (the projections by
-    :func:`data2vec.nn.linear.linear`, which picks the fastest fp32 CPU kernel).
+    """Multi-head self-attention with one fused QKV projection, computed by SDPA (the projections are
+    :class:`data2vec.nn.linear.Linear`, built with the fastest fp32 CPU kernel).
 
     `qkv_bias="qv"` keeps biases on queries and values only (the key bias cancels in softmax), which is the
     BEiT / Hugging Face Data2VecVision layout.
@@ -58,13 +58,13 @@ class Attention(nn.Module):
         if dim % heads:
             raise ValueError(f"model.dim={dim} must be divisible by model.heads={heads}")
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias == "all")
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias == "all")
         if qkv_bias == "qv":
             self.q_bias = nn.Parameter(torch.zeros(dim))
             self.v_bias = nn.Parameter(torch.zeros(dim))
         else:
             self.q_bias = self.v_bias = None
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.attn_dropout = attn_dropout
         self.proj_drop = nn.Dropout(dropout)
 
@@ -74,7 +74,7 @@ class Attention(nn.Module):
         bias = None
         if self.q_bias is not None:
             bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-        qkv = linear(x, self.qkv.weight, bias if bias is not None else self.qkv.bias)
+        qkv = self.qkv(x, bias)  # [B, T, 3D]; the layer's own bias when `bias` is None
         q, k, v = qkv.view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, Dh]
         dropout = self.attn_dropout if self.training else 0.0
         dtype = q.dtype
@@ -87,7 +87,7 @@ class Attention(nn.Module):
             attn_bias = attn_bias.to(q.dtype)
         with torch.autocast("cpu", enabled=False) if fp32 else contextlib.nullcontext():
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout).to(dtype)
-        return self.proj_drop(linear(out.transpose(1, 2).reshape(B, T, D), self.proj.weight, self.proj.bias))
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, T, D)))
 
 
 class Mlp(nn.Module):
@@ -95,13 +95,12 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        hidden = F.gelu(linear(x, self.fc1.weight, self.fc1.bias))
-        return linear(self.drop(hidden), self.fc2.weight, self.fc2.bias)
+        return self.fc2(self.drop(F.gelu(self.fc1(x))))
 
 
 class Block(nn.Module):
