@@ -43,13 +43,14 @@ _runs: dict[str, Path] = {}
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """Each fixture converted once per module (the conversion itself is what every test below checks)."""
+    """Each fixture converted once per module by `data2vec.from_fairseq` (the conversion itself is what every
+    test below checks)."""
     root = tmp_path_factory.mktemp("converted")
 
     def get(name: str) -> Path:
         if name not in _runs:
             out = root / name
-            v2.convert(read_checkpoint(FIXTURES / f"{name}.pt"), out)
+            data2vec.from_fairseq(str(FIXTURES / f"{name}.pt"), str(out))
             _runs[name] = out
         return _runs[name]
 
@@ -122,6 +123,20 @@ def test_finetune_takes_the_run_folder(runs, name, recipe):
     weights, _, source = load_checkpoint(runs(name), with_state=False)
     cfg = resolve_config(build_config(recipe, [f"finetune.checkpoint={runs(name)}"]), source, str(runs(name)))
     load_pretrained(Data2VecEncoder(cfg), weights, str(runs(name)))
+
+
+def test_cli_converts_and_records_what_it_did_not_carry(tmp_path, capsys):
+    """`data2vec convert --from-fairseq` on a CTC fine-tune: fairseq's fine-tuning masks (SpecAugment) are
+    training only, so they are listed in fairseq.json (and warned about), and the head's letters are
+    LibriSpeech's when no --dict is given."""
+    from data2vec.cli import main
+
+    assert main(["convert", "--from-fairseq", str(FIXTURES / "v2_audio_ctc.pt"), "--out", str(tmp_path / "run")]) == 0
+    record = json.loads(next((tmp_path / "run").rglob("fairseq.json")).read_text())
+    assert record["kind"] == "v2 speech CTC"
+    assert any(item.startswith("model.apply_mask=True") for item in record["not_carried"])
+    assert any("mask_channel_prob=0.1" in item for item in record["not_carried"])
+    assert record["cfg"]["model"]["w2v_args"]["model"]["_name"] == "data2vec_multi"
 
 
 def test_settings_we_cannot_express_stop_the_conversion(tmp_path):

@@ -29,6 +29,7 @@ from data2vec.interop.fairseq.common import (
     ctc_labels,
     fairseq_json,
     report_dropped,
+    train_overrides,
     unsupported,
     write_run,
 )
@@ -77,7 +78,7 @@ def convert(ckpt: dict, out: Path, dictionary: Path | None = None) -> Path:
     if modality == "text":
         sizes = {"vocab_size": enc["local_encoder.embed_tokens.weight"].shape[0],
                  "max_positions": enc["local_encoder.embed_positions.weight"].shape[0]}
-    ours = v2_config.build(model_cfg, task, sizes, dropped)
+    ours = v2_config.build(model_cfg, task, sizes, dropped, train_overrides(cfg) if name == V2 else [])
     ours.name = f"fairseq-{modality}-v2" + {"v2 pretrained": "", "v2 image classifier": "-ft", "v2 speech CTC": "-ctc"}[kind]
     prenet = int(model_cfg["modalities"][modality]["prenet_depth"])
     student = _encoder(weights, modality, prenet, ours.model.depth)
@@ -96,6 +97,8 @@ def convert(ckpt: dict, out: Path, dictionary: Path | None = None) -> Path:
     _check_all_placed(state, ema, placed)
     report_dropped(dropped)
     files = {FAIRSEQ_JSON: fairseq_json(ckpt, kind, dropped)}
+    if modality == "text":
+        files.update(_tokenizer(ours, out, dictionary))
     return write_run(ours, out, student, teacher, extra or None, head, files)
 
 
@@ -156,6 +159,20 @@ def _check_all_placed(state: dict[str, Any], ema: Any, placed: list[Tensor]) -> 
     if left:
         shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
         raise unsupported("model", f"{len(left)} tensors", f"holds tensors data2vec has no place for ({shown})")
+
+
+def _tokenizer(cfg: Config, out: Path, dictionary: Path | None) -> dict[str, bytes]:
+    """The text model's tokenizer.json from fairseq's dict.txt and GPT-2 BPE files (`dictionary`), stored in the
+    checkpoint folder, as v1 text conversions do."""
+    from data2vec.interop.fairseq.tokenizer import fairseq_tokenizer_json
+
+    if dictionary is None:
+        log.warning("no --dict given: the converted text model has no tokenizer; embedding or fine-tuning text "
+                    "needs one (convert again with --dict FOLDER holding fairseq's dict.txt, encoder.json and "
+                    "vocab.bpe, or set text.tokenizer)")
+        return {}
+    cfg.text.tokenizer = str((out / "checkpoints" / "step_00000000" / "tokenizer.json").resolve())
+    return {"tokenizer.json": fairseq_tokenizer_json(dictionary, cfg.text.vocab_size)}
 
 
 # ----------------------------------------------------------------------------------------------- image classifier

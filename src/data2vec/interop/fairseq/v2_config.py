@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 
-from data2vec.config import Config, from_dict, load_recipe, merge
+from data2vec.config import Config, from_dict, load_recipe, merge, parse_overrides
+from data2vec.errors import Data2VecError
 from data2vec.interop.fairseq.common import Settings, conv_layers, unsupported
 
 MODALITIES = {"IMAGE": "image", "AUDIO": "audio", "TEXT": "text"}
@@ -95,10 +96,11 @@ def check(model: dict, modality: str, dropped: list[str]) -> None:
         _decoder_settings(modality).check(mod["decoder"], dropped)
 
 
-def build(model: dict, task: dict, sizes: dict[str, int], dropped: list[str]) -> Config:
+def build(model: dict, task: dict, sizes: dict[str, int], dropped: list[str], train: list[str]) -> Config:
     """Our config for fairseq model section `model` (a `data2vec_multi` one, fine-tuning overrides applied) and
-    task section `task`; `sizes` holds what only the weights say (text vocabulary and positions). Training-only
-    settings ours cannot hold are appended to `dropped`."""
+    task section `task`; `sizes` holds what only the weights say (text vocabulary and positions), `train` the
+    file's optimizer settings as `train.*=value` overrides. Training-only settings ours cannot hold are appended
+    to `dropped`."""
     modality = modality_of(model)
     mod = model["modalities"][modality]
     check(model, modality, dropped)
@@ -115,7 +117,10 @@ def build(model: dict, task: dict, sizes: dict[str, int], dropped: list[str]) ->
         "objective": _objective(model, mod, modality),
         modality: {"image": _image, "audio": _audio, "text": _text}[modality](model, mod, task, sizes),
     })
-    return from_dict(Config, data)
+    try:
+        return from_dict(Config, merge(data, parse_overrides(train)))
+    except Data2VecError as err:  # a value of the file that our config refuses: say where it came from
+        raise Data2VecError(f"cannot convert: the fairseq settings give an invalid data2vec config ({err})") from None
 
 
 def _encoder(model: dict, mod: dict, modality: str, dropped: list[str]) -> dict:
