@@ -4,8 +4,8 @@ Every key of fairseq's model section, of the modality's section and of its decod
 :class:`~data2vec.interop.fairseq.common.Settings` per section: mapped onto one of our keys (`_encoder`,
 `_objective`, `_masking` and the front-end functions), required to hold the one value we compute (anything
 else stops the conversion naming the key), training only (not carried, logged and listed in ``fairseq.json``)
-or ignored. Training settings outside the model section (optimizer, schedule, batch size) are not read: the run
-folder takes them from our recipe of that modality and size, which cites Meta's values.
+or ignored. The rest of the config starts from our recipe of that modality and size, with the file's optimiser
+settings over it (:func:`~data2vec.interop.fairseq.common.train_overrides`, given by the caller).
 """
 
 from __future__ import annotations
