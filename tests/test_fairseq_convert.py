@@ -199,3 +199,22 @@ def test_cli_converts_and_the_run_resumes_one_step(tmp_path):
     key = "student.encoder.blocks.0.mlp.fc1.weight"
     assert not torch.equal(before[key], after[key])
     assert torch.isfinite(after[key]).all()
+
+
+def test_to_hf_of_converted_models_computes_fairseqs_outputs(converted, tmp_path):
+    """fairseq -> data2vec -> `--to-hf`: transformers' Data2VecAudioForCTC and Data2VecTextModel give fairseq's
+    outputs."""
+    transformers = pytest.importorskip("transformers")
+    from data2vec.interop.hf import to_hf
+
+    t = outputs("v1_audio_ctc")
+    ctc = transformers.Data2VecAudioForCTC.from_pretrained(to_hf(converted["v1_audio_ctc"], tmp_path / "ctc")).eval()
+    with torch.no_grad():
+        logits = ctc(t["in.source"], attention_mask=(~t["in.padding_mask"]).long()).logits
+    _close(logits, t["out.logits"], ~t["out.frame_padding"])
+    t = outputs("v1_text")
+    text = transformers.Data2VecTextModel.from_pretrained(to_hf(converted["v1_text"], tmp_path / "text")).eval()
+    real = t["in.tokens"].ne(1)
+    with torch.no_grad():
+        hidden = text(t["in.tokens"], attention_mask=real.long()).last_hidden_state
+    _close(hidden, t["out.student"], real)
