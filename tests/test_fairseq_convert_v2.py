@@ -125,6 +125,21 @@ def test_finetune_takes_the_run_folder(runs, name, recipe):
     load_pretrained(Data2VecEncoder(cfg), weights, str(runs(name)))
 
 
+def test_pretraining_resumes_from_the_run_folder(tmp_path):
+    """`data2vec pretrain RUN/config.yaml resume=auto` continues from Meta's weights: one step from step 0,
+    whose EMA moves the converted teacher a little towards the updated student (decay 0.999 from the file)."""
+    run = tmp_path / "run"
+    data2vec.from_fairseq(str(FIXTURES / "v2_image.pt"), str(run))
+    data2vec.pretrain(str(run / "config.yaml"), "resume=auto", "train.max_steps=1", "train.batch_size=4",
+                      "train.device_batch_size=0", "data.num_workers=0", "device=cpu")
+    before, _, _ = load_checkpoint(run / "checkpoints" / "step_00000000", with_state=False)
+    after, _, cfg = load_checkpoint(run / "checkpoints" / "step_00000001", with_state=False)
+    assert cfg.objective.ema_start == 0.999
+    key = "teacher.encoder.blocks.0.attn.qkv.weight"
+    moved = (after[key] - before[key]).abs().max()
+    assert 0 < moved < 1e-3
+
+
 def test_cli_converts_and_records_what_it_did_not_carry(tmp_path, capsys):
     """`data2vec convert --from-fairseq` on a CTC fine-tune: fairseq's fine-tuning masks (SpecAugment) are
     training only, so they are listed in fairseq.json (and warned about), and the head's letters are
