@@ -78,6 +78,21 @@ def test_cli_embed_and_convert_take_a_hub_id(caches):
     assert (caches / "back" / "config.json").is_file()
 
 
+@pytest.mark.parametrize("command,task", [("probe", "data2vec.tasks.probe.probe"),
+                                          ("evaluate", "data2vec.tasks.evaluate.evaluate")])
+def test_cli_probe_and_evaluate_hand_the_task_the_converted_run(caches, monkeypatch, command, task):
+    _in_hub_cache(caches, "someone/tiny-d2v")
+    seen = []
+
+    def fake(checkpoint, *args):
+        seen.append(checkpoint)
+        raise Data2VecError("stop here")
+
+    monkeypatch.setattr(task, fake)
+    assert main([command, "someone/tiny-d2v"]) == 2
+    assert seen == [hub.resolve("someone/tiny-d2v")]
+
+
 def test_finetune_checkpoint_name_is_resolved_before_the_task(caches, monkeypatch):
     _in_hub_cache(caches, "someone/tiny-d2v")
     seen = {}
