@@ -102,6 +102,15 @@ def test_v1_text_tokenizer_and_features_match_fairseq(converted):
         _close(out.last_hidden_state, t[f"out.{which}"], ~padding)
 
 
+def test_converted_text_embeds_from_the_cli(converted, tmp_path):
+    """The run folder carries its tokenizer: `data2vec embed` works on it as on a run of ours."""
+    from data2vec.cli import main
+
+    (tmp_path / "lines.txt").write_text("The quick brown fox\nZebras?\n")
+    assert main(["embed", str(converted["v1_text"]), str(tmp_path / "lines.txt"), "--out", str(tmp_path / "e.npy")]) == 0
+    assert np.load(tmp_path / "e.npy").shape == (2, 8)
+
+
 def test_converted_config_is_the_files(converted):
     from data2vec.train.checkpoint import load_checkpoint
 
