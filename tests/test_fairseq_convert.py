@@ -148,6 +148,19 @@ def test_reader_gives_plain_data_without_omegaconf():
     assert isinstance(ckpt["optimizer_history"], list)
 
 
+def test_reader_reads_namespace_args_and_torchs_legacy_format(tmp_path):
+    """Pre-hydra files hold an argparse.Namespace; torch's pre-1.6 format is not a zip: both read as plain data,
+    and conversion asks for a file with a hydra config."""
+    import argparse
+
+    torch.save({"model": {"w": torch.ones(2)}, "cfg": None, "args": argparse.Namespace(arch="roberta", lr=[1e-4])},
+               tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    ckpt = read_checkpoint(tmp_path / "old.pt")
+    assert ckpt["args"] == {"arch": "roberta", "lr": [1e-4]} and torch.equal(ckpt["model"]["w"], torch.ones(2))
+    with pytest.raises(Data2VecError, match="no hydra config"):
+        from_fairseq(tmp_path / "old.pt", tmp_path / "run")
+
+
 def _edited(tmp_path: Path, name: str, edit) -> Path:
     """The fixture with its (plain) config edited, saved again (fairseq's newer files hold plain dicts too)."""
     ckpt = read_checkpoint(FIXTURES / f"{name}.pt")
@@ -227,3 +240,13 @@ def test_to_hf_of_converted_models_computes_fairseqs_outputs(converted, tmp_path
     with torch.no_grad():
         hidden = text(t["in.tokens"], attention_mask=real.long()).last_hidden_state
     _close(hidden, t["out.student"], real)
+
+
+def test_interpolations_resolve_against_the_config_root():
+    from data2vec.interop.fairseq.reader import resolve_interpolations
+
+    cfg = {"optimization": {"max_update": 7}, "model": {"anneal": "${optimization.max_update}",
+                                                        "steps": ["${optimization.max_update}"],
+                                                        "missing": "${task.nope}", "loop": "${model.loop}"}}
+    model = resolve_interpolations(cfg)["model"]
+    assert model == {"anneal": 7, "steps": [7], "missing": "${task.nope}", "loop": "${model.loop}"}
