@@ -340,7 +340,8 @@ def check_architecture(cfg: Config) -> None:
         _check(len(a.conv_dim) == len(a.conv_kernel) == len(a.conv_stride) > 0, "audio.conv_dim", a.conv_dim,
                f"needs one entry per conv layer, as audio.conv_kernel={a.conv_kernel} and audio.conv_stride="
                f"{a.conv_stride}; give the three lists the same length")
-        _check(a.pos_conv_groups >= 1 and m.dim % a.pos_conv_groups == 0, "audio.pos_conv_groups",
+        _check(a.pos_conv_layers == 0 or (a.pos_conv_groups >= 1 and m.dim % a.pos_conv_groups == 0),
+               "audio.pos_conv_groups",
                a.pos_conv_groups, f"must divide model.dim={m.dim}; set it to a divisor of model.dim")
     elif cfg.modality == "text":
         t = cfg.text

@@ -20,6 +20,7 @@ from data2vec.ema import ema_update
 from data2vec.losses import regression_loss
 from data2vec.nn.audio import AudioFrontend
 from data2vec.nn.decoder import ConvDecoder
+from data2vec.nn.frontend import Frontend
 from data2vec.nn.image import ImageFrontend
 from data2vec.nn.init import init_linear_and_norm
 from data2vec.nn.text import TextFrontend
@@ -54,7 +55,7 @@ class Data2VecEncoder(nn.Module):
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         self.cfg = cfg
-        self.frontend = FRONTENDS[cfg.modality](cfg)
+        self.frontend: Frontend = FRONTENDS[cfg.modality](cfg)
         self.encoder = Encoder(cfg.model)
         self.apply(partial(init_linear_and_norm, scheme=cfg.model.init))
         self.frontend._init_weights()
@@ -103,7 +104,7 @@ class Data2Vec(nn.Module):
         if obj.version == 1:
             self.head = regression_head(dim, obj.head_layers)  # v1: on the student's final layer
         else:  # v2: the decoder's output projection is the regression head
-            grid = getattr(self.student.frontend, "grid_hw", None)
+            grid = self.student.frontend.grid_hw
             self.decoder = ConvDecoder(dim, obj.decoder_dim, obj.decoder_layers, obj.decoder_kernel,
                                        obj.decoder_groups, spatial_dims=2 if grid else 1,
                                        input_proj=obj.decoder_input_proj, residual=obj.decoder_residual,
@@ -123,13 +124,10 @@ class Data2Vec(nn.Module):
         DDP expects every parameter that requires a gradient to get one, and fails on the second step
         otherwise. They stay in the optimiser's list (with no gradient, untouched), so checkpoints and
         resumes keep the same layout."""
-        unused = ["pool_norm"]
-        if self.cfg.objective.version == 2:
-            unused += ["mask_token", "masked_spec_embed"]
-        for name in unused:
-            item = getattr(self.student.frontend, name, None)
-            if item is not None:
-                item.requires_grad_(False)
+        frontend = self.student.frontend
+        unused = frontend.pool_parameters() + (frontend.mask_parameters() if self.cfg.objective.version == 2 else [])
+        for param in unused:
+            param.requires_grad_(False)
 
     def train(self, mode: bool = True) -> "Data2Vec":
         super().train(mode)
@@ -148,7 +146,7 @@ class Data2Vec(nn.Module):
         t = dict(self.teacher.named_parameters())
         s = dict(self.student.named_parameters())
         scope = self.cfg.objective.ema_scope
-        kept = () if scope == "encoder" else getattr(self.student.frontend, "ema_averaged", {}).get(scope, ())
+        kept = () if scope == "encoder" else self.student.frontend.ema_averaged.get(scope, ())
 
         def is_averaged(name: str) -> bool:
             return scope == "all" or not name.startswith("frontend.") or name[len("frontend."):].startswith(kept)
@@ -182,7 +180,7 @@ class Data2Vec(nn.Module):
         `objective.teacher_precision: fp32`, whose teacher makes its own float32 pass from the input (the copied
         local encoder computes what the student's does, in float32)."""
         obj = self.cfg.objective
-        return (hasattr(self.student.frontend, "local_features") and obj.ema_scope != "all"
+        return (self.student.frontend.two_stage and obj.ema_scope != "all"
                 and obj.teacher_precision == "step")
 
     @torch.no_grad()
@@ -210,7 +208,7 @@ class Data2Vec(nn.Module):
         """`attn_bias` plus the `objective.teacher_window` limit over the front-end's tokens `x` `[B, P + N, D]`
         (a patch grid for images, a sequence otherwise)."""
         p = self.teacher.num_prefix
-        shape = getattr(self.teacher.frontend, "grid_hw", None) or (x.shape[1] - p,)
+        shape = self.teacher.frontend.grid_hw or (x.shape[1] - p,)
         window = window_bias(p, tuple(shape), self.cfg.objective.teacher_window, token_padding, x.device)
         if attn_bias is None:
             return window
@@ -245,10 +243,9 @@ class Data2Vec(nn.Module):
                 raise ValueError("student_inputs is for data2vec v1 (text); v2 drops masked tokens instead")
             return self._forward_v2(inputs, mask, padding_mask)
         obj = self.cfg.objective
-        pair = getattr(self.student.frontend, "forward_pair", None)
-        if student_inputs is None and pair is not None and self.shares_local_features():
+        if student_inputs is None and self.shares_local_features():
             # speech: one local encoder pass serves the student (masked) and the teacher (clean)
-            seen, clean = pair(inputs, mask, padding_mask, self.teacher.frontend)
+            seen, clean = self.student.frontend.forward_pair(inputs, mask, padding_mask, self.teacher.frontend)
             targets = self.targets(inputs, padding_mask, clean)
             out = self.student.encode(*seen)
         else:
@@ -272,7 +269,7 @@ class Data2Vec(nn.Module):
         mask = mask.unsqueeze(1) if mask.ndim == 2 else mask  # [B, M, N]
         B, M, N = mask.shape
         p = self.student.num_prefix
-        if hasattr(self.student.frontend, "contextualize"):  # speech: relative positions, from masked input
+        if self.student.frontend.two_stage:  # speech: relative positions, from masked input
             x, targets, token_padding = self._speech_v2_inputs(inputs, mask, padding_mask)
         else:  # fixed positions: added before masking, so the clean front-end output serves every clone
             x, attn_bias, token_padding = self.student.frontend(inputs, None, padding_mask)  # [B, P + N, D]
@@ -297,7 +294,7 @@ class Data2Vec(nn.Module):
         noise = torch.randn(B * M, N, D, device=x.device, dtype=last.dtype) * obj.decoder_noise
         filled = noise.scatter(1, vis_idx.unsqueeze(-1).expand(-1, -1, D), last[:, p:])
         filled = torch.where(mask.unsqueeze(-1), noise, filled)  # masked (and filler) positions stay noise
-        pred_all = self.decoder(filled, getattr(self.student.frontend, "grid_hw", None), mask)  # [B*M, N, D]
+        pred_all = self.decoder(filled, self.student.frontend.grid_hw, mask)  # [B*M, N, D]
         loss = regression_loss(pred_all, targets, obj.loss_beta, obj.loss_scale, weight=mask)  # no gather
         if obj.cls_loss_weight > 0 and p > 0:
             loss = loss + obj.cls_loss_weight * self._cls_loss(last[:, 0], targets)

@@ -111,6 +111,6 @@ def apply_freezing(model: Classifier, step: int, ft: FinetuneConfig) -> None:
     """Set `requires_grad` of the encoder's parameters for update `step`. A frozen parameter gets no gradient,
     so AdamW skips it entirely: no moment update and no weight decay."""
     depth = len(model.encoder.encoder.blocks)
-    features = hasattr(model.encoder.frontend, "feature_extractor")
+    features = model.encoder.frontend.feature_encoder is not None
     for name, p in model.encoder.named_parameters():
         p.requires_grad_(name not in NOT_TRAINED and not frozen(name, step, depth, ft, features))

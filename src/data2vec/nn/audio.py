@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data2vec.config import AudioConfig, EncoderConfig
+from data2vec.nn.frontend import Frontend
 from data2vec.nn.linear import cpu_kernel, linear
 
 Length = TypeVar("Length", int, Tensor)
@@ -150,11 +151,13 @@ class PositionalConv(nn.Module):
         return x.transpose(1, 2)
 
 
-class AudioFrontend(nn.Module):
+class AudioFrontend(Frontend):
     """Waveforms `[B, S]` -> frame embeddings `[B, N, D]`, masked frames replaced by a learned embedding
-    (data2vec v1) before positions are added; no prefix token; pooling is a mean over real frames."""
+    (data2vec v1) before positions are added; no prefix token; pooling is a mean over real frames. Two-stage:
+    the local encoder (conv feature encoder and projection), then the context stage (positional convs)."""
 
-    num_prefix = 0
+    two_stage = True
+    feature_encoder = "feature_extractor"
     # Front-end parts the EMA teacher averages under `objective.ema_scope` "layers" (fairseq v1's
     # `ema_layers_only`: the LayerNorm after the positional convs, part of fairseq's Transformer; the convs are
     # copied) and "context" (fairseq v2 with `ema_local_encoder: false`: the positional convs too). The local
@@ -214,7 +217,7 @@ class AudioFrontend(nn.Module):
         x, padding = self.local_features(wave, padding_mask)
         return self.contextualize(self.feature_projection.dropout(x), padding, mask), None, padding
 
-    def forward_pair(self, wave: Tensor, mask: Tensor, padding_mask: Tensor | None, teacher: AudioFrontend
+    def forward_pair(self, wave: Tensor, mask: Tensor, padding_mask: Tensor | None, teacher: Frontend
                      ) -> tuple[tuple[Tensor, None, Tensor | None], tuple[Tensor, None, Tensor | None]]:
         """data2vec v1: the student's masked frames and the `teacher` front-end's clean ones from one pass of
         the student's local encoder, as fairseq's teacher starts from the student's features before dropout
@@ -257,6 +260,9 @@ class AudioFrontend(nn.Module):
             seen = x if hide is None else x.masked_fill(hide.unsqueeze(-1), 0.0)
             x = x + self.pos_conv_embed(seen, padding)
         return self.dropout(self.layer_norm(x))
+
+    def mask_parameters(self) -> list[nn.Parameter]:
+        return [self.masked_spec_embed]
 
     def pool(self, hidden: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """Utterance embedding `[B, D]`: mean over non-padded frames."""

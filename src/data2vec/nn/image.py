@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from data2vec.config import EncoderConfig, ImageConfig
+from data2vec.nn.frontend import Frontend
 from data2vec.nn.init import trunc_normal_
 
 
@@ -58,7 +59,7 @@ class RelativePositionBias(nn.Module):
         return self.table[self.index].permute(2, 0, 1).unsqueeze(0)
 
 
-class ImageFrontend(nn.Module):
+class ImageFrontend(Frontend):
     """Turns images `[B, C, H, W]` into tokens `[B, 1 + N, D]`, with masked patches replaced by a learned
     embedding (data2vec v1) before positions are added, then optionally normalised (`image.embed_norm`: the
     LayerNorm fairseq's data2vec 2.0 puts before its first post-LN block)."""
@@ -132,6 +133,12 @@ class ImageFrontend(nn.Module):
         else:
             bias = [rp() for rp in self.rel_pos]
         return x, bias, None
+
+    def mask_parameters(self) -> list[nn.Parameter]:
+        return [self.mask_token]
+
+    def pool_parameters(self) -> list[nn.Parameter]:
+        return list(self.pool_norm.parameters()) if self.pool_norm is not None else []
 
     def pool(self, hidden: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """One vector per image `[B, D]`: mean of patch tokens, or the CLS token (then `image.pool_norm`)."""

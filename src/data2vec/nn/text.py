@@ -12,12 +12,11 @@ import torch
 from torch import Tensor, nn
 
 from data2vec.config import EncoderConfig, TextConfig
+from data2vec.nn.frontend import Frontend
 
 
-class TextFrontend(nn.Module):
+class TextFrontend(Frontend):
     """Token ids `[B, T]` -> embeddings `[B, T, D]` (no prefix token; pooling is a mean over real tokens)."""
-
-    num_prefix = 0
 
     def __init__(self, cfg: TextConfig, enc: EncoderConfig) -> None:
         super().__init__()
