@@ -16,12 +16,21 @@ import os as _os
 # CPU machine to keep the spinning.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from data2vec.api import load  # noqa: E402 - after the OpenMP setting, which must precede importing torch
+from data2vec.api import load as _load  # noqa: E402 - after the OpenMP setting, which must precede importing torch
 from data2vec.config import Config, build_config  # noqa: E402
 from data2vec.errors import Data2VecError  # noqa: E402
 
 __version__ = "0.1.0"
 version = __version__
+
+
+def load(checkpoint: str, which: str = "student"):
+    """The encoder of a checkpoint or run folder (its newest checkpoint), in eval mode; `which="teacher"` for the
+    EMA teacher. `checkpoint` may also name a released model: a Hugging Face id, a fairseq checkpoint URL or a
+    short name (docs/checkpoints.md), fetched and converted once into a cache (:mod:`data2vec.interop.hub`)."""
+    from data2vec.interop.hub import resolve
+
+    return _load(resolve(checkpoint), which)
 
 
 def pretrain(recipe: str, *overrides: str):
