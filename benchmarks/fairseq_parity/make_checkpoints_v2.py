@@ -249,18 +249,20 @@ AUDIO_TASK_KEYS = {"data": "/data/librispeech", "sample_rate": 16000, "normalize
                    "max_sample_size": 320000, "min_sample_size": 32000}
 
 
-def audio_config():
+def audio_config(prenet: int):
+    """Speech at tiny size, 3 blocks in all: `prenet` of them in the modality encoder (Large: 8 of 24; Base:
+    none), the rest main blocks."""
     from examples.data2vec.models.modalities.audio import D2vAudioConfig
     from fairseq.tasks.audio_pretraining import AudioPretrainingConfig
 
     mcfg = D2vAudioConfig(feature_encoder_spec=repr(mf.AUDIO_CONVS), conv_pos_width=15, conv_pos_depth=3,
-                          conv_pos_groups=4, prenet_depth=0, mask_prob=0.5, mask_prob_adjust=0.05, mask_length=5,
+                          conv_pos_groups=4, prenet_depth=prenet, mask_prob=0.5, mask_prob_adjust=0.05, mask_length=5,
                           mask_noise_std=mf.NOISE_STD, ema_local_encoder=False, use_alibi_encoder=True,
                           learned_alibi_scale=True, learned_alibi_scale_per_head=True, prenet_dropout=0.1,
                           prenet_layerdrop=0.05,
                           decoder=mf.v2_decoder_cfg(kernel=5, groups=2, dim=TINY["dim"] // 2))
     mcfg.decoder.input_dropout = 0.1
-    model = v2_config("audio", mcfg, depth=TINY["depth"], top_k=2, loss_scale=None, encoder_only=False,
+    model = v2_config("audio", mcfg, depth=TINY["depth"] - prenet, top_k=2, loss_scale=None, encoder_only=False,
                       norm_eps=1e-5, dropout=0.1, layerdrop=0.05)
     return full_config(model, AudioPretrainingConfig(**AUDIO_TASK_KEYS), "data2vec_multi",
                        "audio_pretraining")
@@ -272,12 +274,13 @@ def clips(seed: int, lengths=(1200, 1200)) -> torch.Tensor:
 
 
 def v2_audio() -> None:
-    """data2vec 2.0 speech (`config/v2/base_audio_only_task.yaml` at tiny size): ALiBi with a learned scale per
-    head, the teacher averaging the positional convs and their norm (`ema_local_encoder: false`), a decoder half
-    the model's width, dropout 0.1 and layer drop 0.05 (eval mode: off)."""
+    """data2vec 2.0 speech (`config/v2/large_audio_only_task.yaml`'s layout at tiny size: a prenet block in the
+    modality encoder, then 2 main blocks): ALiBi with a learned scale per head, the teacher averaging the
+    positional convs, their norm and the prenet (`ema_local_encoder: false`), a decoder half the model's width,
+    dropout 0.1 and layer drop 0.05 (eval mode: off)."""
     from fairseq.data.data_utils import compute_mask_indices
 
-    cfg = audio_config()
+    cfg = audio_config(prenet=1)
     model = build_v2(cfg)
     save_checkpoint(OUT / "v2_audio.pt", cfg, model)
     source = clips(70)
@@ -294,16 +297,23 @@ LETTERS = ["|", "E", "T", "A", "O", "N", "I", "H", "S", "R", "D", "L", "U", "M",
 
 
 def v2_audio_ctc() -> None:
-    """The 960 h CTC fine-tune (`wav2vec2_asr.py` `Wav2VecCtc` around the v2 encoder, `w2v_path` = the
-    `v2_audio` file, wav2vec 2.0's base_960h settings), fairseq's letter dictionary (<s> <pad> </s> <unk>, then
-    LibriSpeech's 28 characters): 32 outputs, index 0 the CTC blank."""
+    """The 960 h CTC fine-tune (`wav2vec2_asr.py` `Wav2VecCtc` around the v2 encoder, wav2vec 2.0's base_960h
+    settings) of a Base-layout pretrained model (no prenet; written to a temporary `w2v_path`, not kept),
+    fairseq's letter dictionary (<s> <pad> </s> <unk>, then LibriSpeech's 28 characters): 32 outputs, index 0
+    the CTC blank."""
+    import tempfile
+
     from fairseq.data import Dictionary
     from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
+
+    pretrained = Path(tempfile.mkdtemp()) / "base_libri.pt"
+    cfg = audio_config(prenet=0)
+    save_checkpoint(pretrained, cfg, build_v2(cfg))
 
     d = Dictionary()
     for c in LETTERS:
         d.add_symbol(c)
-    ft = Wav2Vec2CtcConfig(w2v_path=str(OUT / "v2_audio.pt"), normalize=True, data="/data/librispeech",
+    ft = Wav2Vec2CtcConfig(w2v_path=str(pretrained), normalize=True, data="/data/librispeech",
                            dropout=0.0, activation_dropout=0.1, attention_dropout=0.0, layerdrop=0.1,
                            feature_grad_mult=0.0, final_dropout=0.0, mask_prob=0.5, mask_length=10,
                            mask_channel_prob=0.1, mask_channel_length=64, apply_mask=True,

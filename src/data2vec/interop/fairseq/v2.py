@@ -109,7 +109,7 @@ def _encoder(model: dict[str, Tensor], modality: str, prenet: int, depth: int) -
     if modality == "image":
         return fm.v2_image_encoder(model, prenet, depth)  # with a zero mask token (v1 only)
     front = fm.v2_text_frontend(enc) if modality == "text" else fm.v2_audio_frontend(enc, enc)
-    return {**front, **fm.v2_alibi(enc), **fm.blocks(model, "blocks.", depth, fm.alt_block)}
+    return {**front, **fm.v2_alibi(enc), **fm.v2_blocks(model, enc, prenet, depth)}
 
 
 def _teacher(ema: dict[str, Tensor], model: dict[str, Tensor], modality: str, prenet: int, cfg: Config
@@ -122,7 +122,7 @@ def _teacher(ema: dict[str, Tensor], model: dict[str, Tensor], modality: str, pr
     t_enc = fm.sub(ema, f"modality_encoders.{mode}.")
     if modality == "image":
         return fm.v2_image_encoder(ema, prenet, depth)
-    blocks = fm.blocks(ema, "blocks.", depth, fm.alt_block)
+    blocks = fm.v2_blocks(ema, t_enc, prenet, depth)
     if modality == "audio":
         local = t_enc if "project_features.2.weight" in t_enc else fm.sub(model, f"modality_encoders.{mode}.")
         return {**fm.v2_audio_frontend(local, t_enc), **fm.v2_alibi(t_enc), **blocks}

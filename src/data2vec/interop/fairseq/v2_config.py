@@ -105,9 +105,9 @@ def build(model: dict, task: dict, sizes: dict[str, int], dropped: list[str], tr
     mod = model["modalities"][modality]
     check(model, modality, dropped)
     prenet = int(mod["prenet_depth"])
-    if prenet and modality != "image":
-        raise unsupported(f"model.modalities.{modality}.prenet_depth", prenet,
-                          "puts blocks in the modality encoder (data2vec does so for images only)")
+    if prenet and modality == "text":
+        raise unsupported("model.modalities.text.prenet_depth", prenet,
+                          "puts a LayerNorm and blocks after the embeddings (ours: the embeddings' LayerNorm only)")
     if model.get("ema_encoder_only", True) and prenet:
         raise unsupported("model.ema_encoder_only", True, "leaves the prenet blocks out of the teacher")
     size = "large" if int(model["embed_dim"]) >= 1024 else "base"

@@ -42,12 +42,21 @@ def alt_block(fs: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def blocks(fs: dict[str, Tensor], prefix: str, depth: int, layer=post_ln_layer) -> dict[str, Tensor]:
+def blocks(fs: dict[str, Tensor], prefix: str, depth: int, layer=post_ln_layer, offset: int = 0
+           ) -> dict[str, Tensor]:
+    """fairseq's layers `prefix0.` ... as our `encoder.blocks.{offset}.` onwards."""
     out = {}
     for i in range(depth):
         for k, v in layer(sub(fs, f"{prefix}{i}.")).items():
-            out[f"encoder.blocks.{i}.{k}"] = v
+            out[f"encoder.blocks.{i + offset}.{k}"] = v
     return out
+
+
+def v2_blocks(model: dict[str, Tensor], enc: dict[str, Tensor], prenet: int, depth: int) -> dict[str, Tensor]:
+    """A data2vec 2.0 model's prenet blocks (its modality encoder's `context_encoder.blocks`, in `enc`) then its
+    main `blocks` (in `model`) as our one stack of `depth` blocks."""
+    return {**blocks(enc, "context_encoder.blocks.", prenet, alt_block),
+            **blocks(model, "blocks.", depth - prenet, alt_block, offset=prenet)}
 
 
 def v1_audio_encoder(student: dict[str, Tensor], encoder: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
@@ -179,10 +188,7 @@ def v2_image_encoder(model: dict[str, Tensor], prenet: int, depth: int) -> dict[
            "frontend.mask_token": torch.zeros(1, 1, enc["extra_tokens"].shape[-1]),  # v1 only
            "frontend.embed_norm.weight": enc["context_encoder.norm.weight"],
            "frontend.embed_norm.bias": enc["context_encoder.norm.bias"]}
-    out.update(blocks(enc, "context_encoder.blocks.", prenet, layer=alt_block))
-    main = blocks(model, "blocks.", depth - prenet, layer=alt_block)
-    out.update({k.replace(f"blocks.{k.split('.')[2]}.", f"blocks.{int(k.split('.')[2]) + prenet}.", 1): v
-                for k, v in main.items()})
+    out.update(v2_blocks(model, enc, prenet, depth))
     return out
 
 
