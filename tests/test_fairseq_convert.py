@@ -180,6 +180,15 @@ def test_a_setting_data2vec_cannot_express_stops_naming_it(tmp_path, edit, named
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("extra", ["encoder.layers.0.adapter.fc.weight", "encoder.layers.3.fc1.weight"])
+def test_a_tensor_data2vec_has_no_place_for_stops_naming_it(tmp_path, extra):
+    ckpt = read_checkpoint(FIXTURES / "v1_audio.pt")
+    ckpt["model"][extra] = torch.zeros(2)  # an adapter; a block beyond the config's depth of 3
+    torch.save(ckpt, tmp_path / "extra.pt")
+    with pytest.raises(Data2VecError, match=f"no place for \\({extra}\\)"):
+        from_fairseq(tmp_path / "extra.pt", tmp_path / "run")
+
+
 def test_text_settings_are_checked_in_nested_sections(tmp_path):
     edit = lambda c: c["model"]["transformer"]["encoder"].update(normalize_before=True)
     with pytest.raises(Data2VecError, match=r"model\.transformer\.encoder\.normalize_before=True"):

@@ -9,7 +9,7 @@ check against fairseq's own forward. The EMA teacher is the file's ``_ema`` wher
 from __future__ import annotations
 
 import logging
-import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -154,8 +154,8 @@ TEXT_ENCODER = Settings(
 
 # ---------------------------------------------------------------------------------------------- shared pieces
 def _encoder_overrides(dim: int, ffn: int, depth: int, heads: int, key: str) -> list[str]:
-    if ffn % dim and not math.isclose(ffn / dim * dim, ffn):
-        raise unsupported(key, ffn, f"is not a multiple of the width {dim} that data2vec's mlp_ratio expresses")
+    if int(dim * (ffn / dim)) != ffn:  # our FFN width is int(dim * mlp_ratio)
+        raise unsupported(key, ffn, f"is an FFN width that data2vec's model.mlp_ratio cannot express at width {dim}")
     return [f"model.dim={dim}", f"model.depth={depth}", f"model.heads={heads}", f"model.mlp_ratio={ffn / dim!r}",
             "model.norm_first=false", "model.norm_eps=1e-5", "model.final_norm=false", "model.qkv_bias=all"]
 
@@ -191,13 +191,26 @@ def _objective_overrides(m: dict[str, Any], section: str, depth: int) -> list[st
     return out
 
 
-def _check_state(state: dict[str, Tensor], prefixes: tuple[str, ...], what: str) -> None:
-    """Every tensor of the file's model must have a place in ours: an unknown one (an adapter, a quantiser)
-    means a layout the converter does not know."""
-    unknown = sorted(k for k in state if not k.startswith(prefixes))
+_LAYER = (r"layers\.(?P<layer>\d+)\.(self_attn\.[qkv]_proj|self_attn\.out_proj|self_attn_layer_norm|fc1|fc2"
+          r"|final_layer_norm)\.(weight|bias)")
+_WB = r"\.(weight|bias)"
+AUDIO_ENCODER_TENSORS = rf"pos_conv\.\d+\.0{_WB}|layer_norm{_WB}|{_LAYER}"  # fairseq's wav2vec 2.0 TransformerEncoder
+AUDIO_TENSORS = (rf"feature_extractor\.conv_layers\.\d+\.(0|2\.1){_WB}|layer_norm{_WB}|post_extract_proj{_WB}|mask_emb"
+                 rf"|encoder\.({AUDIO_ENCODER_TENSORS})")
+TEXT_ENCODER_TENSORS = rf"(embed_tokens|embed_positions)\.weight|layernorm_embedding{_WB}|{_LAYER}|version"
+
+
+def _check_state(state: dict[str, Tensor], pattern: str, depth: int, what: str) -> None:
+    """Every tensor of the file's model must have a place in ours: one the mapping does not read (an adapter,
+    a quantiser, a block beyond the config's depth) means a layout the converter does not know."""
+    unknown = []
+    for key in state:
+        match = re.fullmatch(pattern, key)
+        if match is None or any(int(v) >= depth for k, v in match.groupdict().items() if k.startswith("layer") and v):
+            unknown.append(key)
     if unknown:
         raise Data2VecError(f"cannot convert: the {what} checkpoint holds tensors data2vec has no place for "
-                            f"({', '.join(unknown[:4])}{', ...' if len(unknown) > 4 else ''})")
+                            f"({', '.join(sorted(unknown)[:4])}{', ...' if len(unknown) > 4 else ''})")
 
 
 def _config(recipe: str, overrides: list[str], name: str) -> Config:
@@ -265,9 +278,11 @@ def convert_audio(ckpt: dict[str, Any], out: Path) -> Path:
     overrides += train_overrides(cfg_in)
     cfg = _config("audio-base", overrides, "fairseq-data2vec-audio")
     ema = state.get("_ema")
-    _check_state({k: v for k, v in state.items() if k != "_ema"},
-                 ("feature_extractor.", "layer_norm.", "post_extract_proj.", "mask_emb", "encoder.", "final_proj."),
-                 "data2vec_audio")
+    whole = rf"{AUDIO_TENSORS}|final_proj\.(weight|bias)"
+    _check_state({k: v for k, v in state.items() if k != "_ema"}, whole, depth, "data2vec_audio")
+    if isinstance(ema, dict):
+        scope = whole if _audio_ema_scope(m) == "all" else AUDIO_ENCODER_TENSORS
+        _check_state(ema, scope, depth, "data2vec_audio EMA (_ema)")
     student = fm.v1_audio_encoder(state, fm.sub(state, "encoder."), depth)
     teacher = None
     if isinstance(ema, dict) and ema:
@@ -307,8 +322,8 @@ def convert_audio_ctc(ckpt: dict[str, Any], out: Path, dictionary: Path | None) 
         overrides.append(f"audio.normalize={str(task['normalize']).lower()}")
     cfg = _config("audio-base", overrides, "fairseq-data2vec-audio-ctc")
     prefix = "w2v_encoder.w2v_model."
-    _check_state(state, tuple(prefix + p for p in ("feature_extractor.", "layer_norm.", "post_extract_proj.",
-                                                   "mask_emb", "encoder.")) + ("w2v_encoder.proj.",), "wav2vec_ctc")
+    _check_state(state, rf"{re.escape(prefix)}({AUDIO_TENSORS})|w2v_encoder\.proj\.(weight|bias)", depth,
+                 "wav2vec_ctc")
     model = fm.sub(state, prefix)
     student = fm.v1_audio_encoder(model, fm.sub(model, "encoder."), depth)
     weight, bias = state["w2v_encoder.proj.weight"], state["w2v_encoder.proj.bias"]
@@ -334,14 +349,14 @@ def convert_text(ckpt: dict[str, Any], out: Path, dictionary: Path | None) -> Pa
     TEXT_TRANSFORMER.check(t, dropped)
     enc = t.get("encoder") or {}
     TEXT_ENCODER.check(enc, dropped)
-    _check_state(state, ("encoder.sentence_encoder.", "encoder.regression_head.", "encoder._ema",
-                         "encoder.lm_head."), "data2vec_text")
+    depth = int(enc.get("layers", 6))
+    _check_state(state, rf"encoder\.sentence_encoder\.({TEXT_ENCODER_TENSORS})|encoder\.regression_head\.\d+{_WB}"
+                 r"|encoder\._ema", depth, "data2vec_text")
+    if isinstance(state.get("encoder._ema"), dict):
+        _check_state(state["encoder._ema"], TEXT_ENCODER_TENSORS, depth, "data2vec_text EMA (encoder._ema)")
     fs = fm.sub(state, "encoder.sentence_encoder.")
-    if "layer_norm.weight" in fs:
-        raise unsupported("model.transformer.encoder.normalize_before", True, "leaves a final LayerNorm")
     vocab, dim = fs["embed_tokens.weight"].shape
     positions = fs["embed_positions.weight"].shape[0]
-    depth = int(enc.get("layers", 6))
     activation = float(t.get("activation_dropout", 0.0)) or float(t.get("relu_dropout", 0.0) or 0.0)
     overrides = _encoder_overrides(dim, int(enc.get("ffn_embed_dim", 4 * dim)), depth,
                                    int(enc.get("attention_heads", 8)), "model.transformer.encoder.ffn_embed_dim")
