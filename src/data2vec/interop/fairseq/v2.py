@@ -39,6 +39,9 @@ from data2vec.nn.image import sincos_pos_embed
 log = logging.getLogger("data2vec")
 V2 = "data2vec_multi"
 IMAGE_CLASSIFIER, CTC = "mae_image_classification", "wav2vec_ctc"
+# fairseq model name -> (kind, prefix of the v2 model's tensors in the state, suffix of our config's name)
+KINDS = {V2: ("v2 pretrained", "", ""), IMAGE_CLASSIFIER: ("v2 image classifier", "model.", "-ft"),
+         CTC: ("v2 speech CTC", "w2v_encoder.w2v_model.", "-ctc")}
 
 
 def _name(section: Any) -> str | None:
@@ -62,13 +65,14 @@ def convert(ckpt: dict, out: Path, dictionary: Path | None = None) -> Path:
     checkpoint path."""
     cfg, state = ckpt["cfg"], ckpt["model"]
     name = _name(cfg["model"])
+    kind, prefix, suffix = KINDS[name]
     dropped: list[str] = []
     if name == IMAGE_CLASSIFIER:
-        kind, prefix, model_cfg, task = "v2 image classifier", "model.", *_classifier_model(cfg["model"], dropped)
+        model_cfg, task = _classifier_model(cfg["model"], dropped)
     elif name == CTC:
-        kind, prefix, model_cfg, task = "v2 speech CTC", "w2v_encoder.w2v_model.", *_ctc_model(cfg["model"], dropped)
+        model_cfg, task = _ctc_model(cfg["model"], dropped)
     else:
-        kind, prefix, model_cfg, task = "v2 pretrained", "", cfg["model"], cfg.get("task") or {}
+        model_cfg, task = cfg["model"], cfg.get("task") or {}
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k != "_ema"}
     ema = state.get(f"{prefix}_ema") if name == V2 else None
     modality = v2_config.modality_of(model_cfg)
@@ -79,12 +83,14 @@ def convert(ckpt: dict, out: Path, dictionary: Path | None = None) -> Path:
         sizes = {"vocab_size": enc["local_encoder.embed_tokens.weight"].shape[0],
                  "max_positions": enc["local_encoder.embed_positions.weight"].shape[0]}
     ours = v2_config.build(model_cfg, task, sizes, dropped, train_overrides(cfg) if name == V2 else [])
-    ours.name = f"fairseq-{modality}-v2" + {"v2 pretrained": "", "v2 image classifier": "-ft", "v2 speech CTC": "-ctc"}[kind]
+    ours.name = f"fairseq-{modality}-v2{suffix}"
     prenet = int(model_cfg["modalities"][modality]["prenet_depth"])
     student = _encoder(weights, modality, prenet, ours.model.depth)
     if modality == "image" and ours.image.pos_embed == "sincos":
         _check_positions(enc, ours)
     teacher = _teacher(ema, weights, modality, prenet, ours) if isinstance(ema, dict) else None
+    if name == V2 and teacher is None:
+        log.warning("the checkpoint holds no EMA teacher (_ema): the teacher starts as a copy of the student")
     extra = {f"decoder.{k}": v for k, v in fm.v2_decoder(fm.sub(enc, "decoder."), ours.model.dim, False).items()}
     head, placed = None, [*student.values(), *(teacher or {}).values(), *extra.values()]
     if name == IMAGE_CLASSIFIER:
