@@ -1,13 +1,15 @@
 """data2vec 2.0 models to `transformers`: tiny random v2 models of ours (the layout fairseq's v2 checkpoints
 convert into) are exported with `to_hf`, loaded the way a user would (`AutoModel...from_pretrained`, with
-`trust_remote_code=True` for the image model code shipped in the folder), and every hidden state, the pooled
-output and the head's logits must equal ours within 1e-5. Options no `transformers` model computes stop the
-export, naming the option."""
+`trust_remote_code=True` for the model code shipped in the folder: post-LN images, speech with ALiBi), and every
+hidden state, the pooled output and the head's logits must equal ours within 1e-5; fairseq-written v2 fixtures
+exported the same way give fairseq's outputs. (Options that stop an export are tested in tests/test_hf.py.)"""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 transformers = pytest.importorskip("transformers")
 
@@ -112,10 +114,36 @@ def test_v2_speech_ctc_fine_tune_exports_as_data2vec_audio_for_ctc(tmp_path):
         assert (logits - hf(waves).logits).abs().max() < TOL
 
 
-def test_v2_speech_with_alibi_is_refused_naming_model_alibi(tmp_path):
-    path = _checkpoint(tmp_path, "audio-tiny-v2", AUDIO + ["model.alibi=true"])
-    with pytest.raises(Data2VecError, match="model.alibi"):
-        to_hf(path, tmp_path / "hf")
+@pytest.mark.parametrize("head", [None, CTCHead(32, 4, 0.1, ["<blank>", "|", "a", "b"])])
+def test_v2_speech_with_alibi_exports_with_model_code_and_identical_outputs(tmp_path, head):
+    """ALiBi (Meta's v2 speech models all use it) is Data2VecAudio plus a bias: model code in the folder."""
+    path = _checkpoint(tmp_path, "audio-tiny-v2", AUDIO + ["model.alibi=true", "audio.pos_conv_zero_padding=once"],
+                       head)
+    to_hf(path, tmp_path / "hf")
+    assert _model_type(tmp_path / "hf") == "data2vec2-audio"
+    auto = transformers.AutoModel if head is None else transformers.AutoModelForCTC
+    hf, info = auto.from_pretrained(tmp_path / "hf", trust_remote_code=True, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    hf.eval()
+    ours = data2vec.load(path)
+    assert ours.encoder.alibi.scale.abs().min() > 0.01  # random, so a bias that is ignored shows
+    padding = torch.zeros(2, 1200, dtype=torch.bool)
+    padding[1, 700:] = True
+    waves = torch.randn(2, 1200, generator=torch.Generator().manual_seed(2)).masked_fill(padding, 0.0)
+    with torch.no_grad():
+        ref = hf(waves, output_hidden_states=True)
+        out = ours(waves)
+        assert _max_diff(out.hidden_states, ref.hidden_states) < TOL
+        if head is not None:
+            assert (head.eval()(out.last_hidden_state, None) - ref.logits).abs().max() < TOL
+        ref = hf(waves, attention_mask=(~padding).long())
+        out = ours(waves, padding_mask=padding)
+        real = ~out.padding_mask[..., None]
+        mine = out.last_hidden_state if head is None else head(out.last_hidden_state, None)
+        theirs = ref.last_hidden_state if head is None else ref.logits
+        assert ((mine - theirs) * real).abs().max() < TOL
+    back = from_hf(tmp_path / "hf", tmp_path / "back")
+    assert data2vec.load(back).cfg.model.alibi
 
 
 @pytest.mark.parametrize("overrides,head", [
@@ -163,7 +191,30 @@ def test_pre_ln_v2_image_still_exports_as_data2vec_vision(tmp_path):
     assert not (tmp_path / "hf" / "modeling_data2vec2_vision.py").exists()
 
 
-def test_post_ln_image_with_relative_position_bias_is_refused_naming_both(tmp_path):
-    path = _checkpoint(tmp_path, "image-base-v2", IMAGE + ["image.rel_pos_bias=per_layer"])
-    with pytest.raises(Data2VecError, match=r"model\.norm_first.*image\.rel_pos_bias"):
-        to_hf(path, tmp_path / "hf")
+FIXTURES = Path(__file__).parent / "fixtures" / "fairseq_ckpt"
+
+
+@pytest.mark.parametrize("name", ["v2_text", "v2_image", "v2_image_ft", "v2_audio", "v2_audio_ctc"])
+def test_meta_v2_checkpoint_exports_with_fairseqs_outputs(tmp_path, name):
+    """fairseq-written v2 fixtures (tests/test_fairseq_convert_v2.py) -> run folder -> `transformers`: the
+    exported model gives what fairseq computed on the fixture's input."""
+    tensors = load_file(str(FIXTURES / f"{name}.safetensors"))
+    data2vec.from_fairseq(FIXTURES / f"{name}.pt", tmp_path / "run")
+    to_hf(tmp_path / "run", tmp_path / "hf")
+    source = tensors["in.source"]
+    auto = {"v2_image_ft": transformers.AutoModelForImageClassification,
+            "v2_audio_ctc": transformers.AutoModelForCTC}.get(name, transformers.AutoModel)
+    hf = auto.from_pretrained(tmp_path / "hf", trust_remote_code=name != "v2_text").eval()
+    model_types = {"v2_text": "data2vec-text", "v2_image": "data2vec2-vision", "v2_image_ft": "data2vec2-vision"}
+    assert _model_type(tmp_path / "hf") == model_types.get(name, "data2vec2-audio")  # speech: ALiBi
+    with torch.no_grad():
+        out = hf(source)
+        if name in ("v2_image_ft", "v2_audio_ctc"):
+            torch.testing.assert_close(out.logits, tensors["out.logits"], atol=TOL, rtol=0)
+        else:
+            torch.testing.assert_close(out.last_hidden_state, tensors["out.features"], atol=TOL, rtol=0)
+        if name == "v2_text":
+            padded = tensors["in.padded"]  # fairseq's pad id 1; compared where there are tokens
+            out = hf(padded, attention_mask=padded.ne(1).long()).last_hidden_state
+            keep = padded.ne(1)
+            torch.testing.assert_close(out[keep], tensors["out.features_padded"][keep], atol=TOL, rtol=0)

@@ -27,6 +27,7 @@ from data2vec.errors import Data2VecError
 from data2vec.interop.hf import audio, text, vision, vision2
 from data2vec.interop.hf.common import (
     AUDIO,
+    AUDIO2,
     BASE_PREFIX,
     MEAN_TEXT,
     TEXT,
@@ -41,8 +42,8 @@ from data2vec.interop.hf.common import (
 )
 from data2vec.interop.hf.pipeline import pipeline_files
 
-# HF's model_type -> the module converting it (MEAN_TEXT, VISION2: our own exports with model code in the folder)
-BY_MODEL_TYPE = {VISION: vision, TEXT: text, AUDIO: audio, MEAN_TEXT: text, VISION2: vision2}
+# HF's model_type -> the module converting it (MEAN_TEXT, VISION2, AUDIO2: our exports with model code in the folder)
+BY_MODEL_TYPE = {VISION: vision, TEXT: text, AUDIO: audio, MEAN_TEXT: text, VISION2: vision2, AUDIO2: audio}
 BY_MODALITY = {"image": vision, "text": text, "audio": audio}  # our cfg.modality -> the module exporting it
 
 __all__ = ["from_hf", "to_hf", "read_hf_folder"]
@@ -129,7 +130,7 @@ def to_hf(checkpoint: str | Path, out: str | Path, which: str = "student") -> Pa
     if not ours:
         raise Data2VecError(f"checkpoint '{path}' has no '{which}' weights; use which=student or which=teacher")
     head = load_head(path)
-    if cfg.model.alibi:
+    if cfg.model.alibi and cfg.modality != "audio":  # speech: Data2VecAudio + ALiBi as model code (audio.py)
         raise cannot_export("model.alibi", True, "is not expressible: Hugging Face's Data2Vec models have no "
                             "ALiBi attention bias")
     if cfg.modality not in BY_MODALITY:

@@ -12,6 +12,7 @@ from torch import Tensor
 from data2vec.config import Config, build_config
 from data2vec.interop.hf.common import (
     AUDIO,
+    AUDIO2,
     BASE_PREFIX,
     cannot_export,
     encoder_fields,
@@ -36,6 +37,7 @@ AUDIO_DEFAULTS = {
     "use_weighted_layer_sum": False, "add_adapter": False,
 }
 QKV = ("q_proj", "k_proj", "v_proj")
+ALIBI_CODE = "modeling_data2vec2_audio.py"  # Data2VecAudio + ALiBi, shipped in the folder of a model with ALiBi
 
 
 # ---------------------------------------------------------------------------------------------- HF -> ours
@@ -79,6 +81,7 @@ def config_from_hf(hf: dict, weights: dict[str, Tensor], folder: Path) -> Config
     activation_dropout = float(get("activation_dropout"))
     m.activation_dropout = None if activation_dropout == m.dropout else activation_dropout
     m.layer_drop = 0.0  # HF's layerdrop is not converted (below)
+    m.alibi = hf.get("model_type") == AUDIO2  # our export of a model with ALiBi (Data2VecAudio has none)
     a.conv_dim, a.conv_kernel = [int(d) for d in dims], [int(k) for k in kernels]
     a.conv_stride = [int(s) for s in strides]
     a.conv_bias = bool(get("conv_bias"))
@@ -129,7 +132,10 @@ def attention(cfg: Config) -> list[tuple[str, str]]:
 
 def encoder_from_hf(cfg: Config, weights: dict[str, Tensor], used: set[str]) -> dict[str, Tensor]:
     """Our encoder's tensors (front-end included) from an HF Data2VecAudio state dict (base-model names)."""
-    return weights_from_hf(cfg, weights, pairs(cfg), attention(cfg), QKV, used)
+    ours = weights_from_hf(cfg, weights, pairs(cfg), attention(cfg), QKV, used)
+    if cfg.model.alibi:
+        ours["encoder.alibi.scale"] = take(weights, "encoder.alibi_scale", used)
+    return ours
 
 
 def head_from_hf(hf: dict, weights: dict[str, Tensor], dim: int, used: set[str], folder: Path):
@@ -189,9 +195,33 @@ def restore(cfg: Config, saved: Config, ours: dict[str, Tensor], headless: bool)
 
 # ---------------------------------------------------------------------------------------------- ours -> HF
 
-def export(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dict[str, Tensor], dict[str, dict]]:
+def export(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dict[str, Tensor], dict[str, dict | str]]:
     """(config.json, tensors, other files) of `Data2VecAudioModel`, `...ForCTC` (with the tokenizer's files) or
-    `...ForSequenceClassification`; every one with the feature extractor's ``preprocessor_config.json``."""
+    `...ForSequenceClassification`; every one with the feature extractor's ``preprocessor_config.json``. A model
+    with ALiBi (``model.alibi``: data2vec 2.0 speech) becomes the same model plus ALiBi, as model code in the
+    folder (``Data2Vec2AudioModel`` / ``...ForCTC`` / ``...ForSequenceClassification``, model type
+    ``data2vec2-audio``), which `transformers` loads with ``trust_remote_code=True``."""
+    hf, tensors, files = _export_data2vec_audio(cfg, ours, head)
+    if not cfg.model.alibi:
+        return hf, tensors, files
+    from data2vec.interop.hf_code import code_files
+
+    classes = [arch.replace("Data2VecAudio", "Data2Vec2Audio") for arch in hf["architectures"]]
+    module = Path(ALIBI_CODE).stem
+    hf.update(model_type=AUDIO2, architectures=classes, auto_map={
+        "AutoConfig": f"{module}.Data2Vec2AudioConfig", "AutoModel": f"{module}.Data2Vec2AudioModel",
+        "AutoModelForCTC": f"{module}.Data2Vec2AudioForCTC",
+        "AutoModelForAudioClassification": f"{module}.Data2Vec2AudioForSequenceClassification"})
+    prefix = BASE_PREFIX[AUDIO] if head is not None else ""
+    tensors[f"{prefix}encoder.alibi_scale"] = ours["encoder.alibi.scale"]
+    log.info("model.alibi: exported as Data2VecAudio + ALiBi with its model code (%s); load it with "
+             "trust_remote_code=True", ALIBI_CODE)
+    return hf, tensors, {**files, **code_files(ALIBI_CODE)}
+
+
+def _export_data2vec_audio(cfg: Config, ours: dict[str, Tensor],
+                           head) -> tuple[dict, dict[str, Tensor], dict[str, dict]]:
+    """What :func:`export` writes for `transformers`' own Data2VecAudio classes."""
     m, a = cfg.model, cfg.audio
     if m.norm_first:
         raise cannot_export("model.norm_first", True, "(pre-LN): Data2VecAudio blocks are post-LN")

@@ -25,8 +25,9 @@ log = logging.getLogger("data2vec")
 VISION, TEXT, AUDIO = "data2vec-vision", "data2vec-text", "data2vec-audio"
 MEAN_TEXT = "data2vec-text-mean"  # our export of a text classifier on the token mean (model code in the folder)
 VISION2 = "data2vec2-vision"  # our export of images Data2VecVision cannot compute (model code in the folder)
+AUDIO2 = "data2vec2-audio"  # our export of speech with ALiBi: Data2VecAudio + ALiBi (model code in the folder)
 BASE_PREFIX = {VISION: "data2vec_vision.", TEXT: "data2vec_text.", AUDIO: "data2vec_audio.",
-               MEAN_TEXT: "data2vec_text.", VISION2: "data2vec2_vision."}  # inside task models
+               MEAN_TEXT: "data2vec_text.", VISION2: "data2vec2_vision.", AUDIO2: "data2vec_audio."}  # in task models
 # ours that an HF file may lack (HF builds them only for masking): freshly initialised, used only by pretraining
 OPTIONAL = {"frontend.mask_token", "frontend.masked_spec_embed"}
 # buffers that some HF files hold and both sides recompute

@@ -134,7 +134,8 @@ def config_from_hf(hf: dict, weights: dict[str, Tensor], folder: Path) -> Config
     m.drop_path = float(get("drop_path_rate"))
     activation_dropout = float(get("activation_dropout"))
     m.activation_dropout = None if activation_dropout == m.dropout else activation_dropout
-    img.image_size, img.patch_size, img.in_chans = int(get("image_size")), int(get("patch_size")), int(get("num_channels"))
+    img.image_size, img.patch_size = int(get("image_size")), int(get("patch_size"))
+    img.in_chans = int(get("num_channels"))
     if img.image_size % img.patch_size:
         raise unsupported("image_size", img.image_size, f"is not a multiple of patch_size={img.patch_size}")
     img.cls_token, img.embed_norm = bool(get("use_cls_token")), bool(get("use_embed_norm"))
