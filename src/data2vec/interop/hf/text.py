@@ -10,6 +10,7 @@ from torch import Tensor
 
 from data2vec.config import Config, build_config
 from data2vec.interop.hf.common import (
+    MEAN_TEXT,
     TEXT,
     cannot_export,
     encoder_fields,
@@ -22,6 +23,7 @@ from data2vec.interop.hf.common import (
     weights_from_hf,
     with_head,
 )
+from data2vec.interop.hf.pipeline import mean_pooled_classifier
 
 # transformers' defaults (5.24) for the keys we read, for a config.json that leaves some out
 TEXT_DEFAULTS = {
@@ -97,9 +99,16 @@ def encoder_from_hf(cfg: Config, weights: dict[str, Tensor], used: set[str]) -> 
 
 
 def head_from_hf(hf: dict, weights: dict[str, Tensor], dim: int, used: set[str], folder: Path):
-    """RoBERTa's sentence classifier (dense + tanh + out_proj on <s>), when present."""
-    from data2vec.nn.heads import SentenceClassifier
+    """RoBERTa's sentence classifier (dense + tanh + out_proj on <s>), or the linear one on the token mean of
+    our ``data2vec-text-mean`` exports, when present."""
+    from data2vec.nn.heads import LinearClassifier, SentenceClassifier
 
+    if hf.get("model_type") == MEAN_TEXT and "classifier.weight" in weights:
+        fc = {n: take(weights, f"classifier.{n}", used) for n in ("weight", "bias")}
+        head = LinearClassifier(dim, fc["weight"].shape[0], float(hf.get("classifier_dropout") or 0.0),
+                                labels(hf, fc["weight"].shape[0]))
+        head.fc.load_state_dict(fc)
+        return head
     if "classifier.out_proj.weight" not in weights:
         return None
     names = ("dense.weight", "dense.bias", "out_proj.weight", "out_proj.bias")
@@ -122,12 +131,10 @@ def restore(cfg: Config, saved: Config, ours: dict[str, Tensor], headless: bool)
 # ---------------------------------------------------------------------------------------------- ours -> HF
 
 def export(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dict[str, Tensor], dict[str, dict]]:
-    """(config.json, tensors, other files) of `Data2VecTextModel`, or `...ForSequenceClassification` with a
-    sentence head."""
+    """(config.json, tensors, other files) of `Data2VecTextModel`, `...ForSequenceClassification` with a
+    sentence head, or with a linear head on the token mean (``finetune.head=linear``) `Data2VecTextModel` and
+    that head as model code in the folder (:func:`data2vec.interop.hf.pipeline.mean_pooled_classifier`)."""
     m, t = cfg.model, cfg.text
-    if head is not None and head.kind != "sentence":
-        raise cannot_export("finetune.head", head.kind, "is not expressible: Data2VecTextForSequenceClassification "
-                            "has RoBERTa's sentence head on <s>; fine-tune with finetune.head=sentence")
     if m.norm_first:
         raise cannot_export("model.norm_first", True, "(pre-LN): Data2VecText blocks are post-LN (RoBERTa)")
     if m.layer_scale > 0:
@@ -153,6 +160,8 @@ def export(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dict[str, 
         tensors["pooler.dense.bias"] = torch.zeros(m.dim)
         log.info("Data2VecTextModel's pooler (dense + tanh on <s>) is freshly initialised: data2vec has none")
         return hf, tensors, {}
+    if head.kind == "linear":  # the mean of the tokens: no transformers class computes it, so model code goes along
+        return mean_pooled_classifier(hf, tensors, head)
     head_tensors = {f"classifier.{k}": v for k, v in head.state_dict().items()}
     hf, tensors = with_head(hf, tensors, TEXT, head, head_tensors, "Data2VecTextForSequenceClassification")
     return hf, tensors, {}
