@@ -54,7 +54,7 @@ _AUDIO_ENCODER = Settings(  # the speech encoder's keys, shared by pretraining (
         "pos_conv_depth": (lambda v: v > 1, ("is wav2vec 2.0's single weight-normed positional conv; data2vec has "
                                              "stacks of 2 or more convs with LayerNorm (pos_conv_depth > 1)")),
         "pos_enc_type": (("abs",), "is a relative / rotary position encoding data2vec does not have"),
-        "attn_type": (("",), "is an attention variant data2vec does not have"),
+        "attn_type": (("", None), "is an attention variant data2vec does not have"),
         "adp_num": ((-1,), "adds adapters to the blocks, which data2vec does not have"),
         "crop_seq_to_multiple": ((1,), "crops the frames to a multiple, which data2vec does not do"),
         "batch_norm_target_layer": ((False,), "normalises the targets with batch norm, which data2vec does not have"),
