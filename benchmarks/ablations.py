@@ -31,7 +31,7 @@ def loop_ema(model: Data2Vec) -> None:
 
 def own_teacher_frontend(model: Data2Vec) -> None:
     """Before (speech v1): the teacher embeds the clean waveform with its own conv feature encoder pass
-    instead of sharing the student's conv features."""
+    instead of sharing the student's conv features (`Data2Vec.forward` takes the two-pass path without it)."""
     model.student.frontend.forward_pair = None
 
 

@@ -391,16 +391,16 @@ ONLY_FOR = {"shared conv features for the teacher (vs its own pass)": "audio"}  
 COMPILE = ("fp32", "compile")
 
 
-def _with_default_matmul(run: Callable[[list[dict]], None]) -> Callable[[list[dict]], None]:
-    """`run` with data2vec.nn.linear sending every product to F.linear (the kernel choice is global)."""
-    def wrapped(batches: list[dict]) -> None:
+def _built(cfg, device: torch.device, default_matmul: bool) -> Data2Vec:
+    """A fresh model; with `default_matmul` its layers send every fp32 CPU product to F.linear (layers choose
+    their kernel when they are built, see data2vec.nn.linear)."""
+    torch.manual_seed(0)
+    if default_matmul:
         set_cpu_matmul("default")
-        try:
-            run(batches)
-        finally:
-            set_cpu_matmul("auto")
-
-    return wrapped
+    try:
+        return Data2Vec(cfg).to(device).train()
+    finally:
+        set_cpu_matmul("auto")
 
 
 def run_ablations(modality: str, size: str, rounds: int, device: torch.device, compile_too: bool,
@@ -417,18 +417,14 @@ def run_ablations(modality: str, size: str, rounds: int, device: torch.device, c
         cfg = bench_config(recipe_for(modality, size, 1), precision)
         pair = []
         for on in (True, False):
-            torch.manual_seed(0)
-            model = Data2Vec(cfg).to(device).train()
+            model = _built(cfg, device, default_matmul=undo == "default-matmul" and not on)
             optimizer = build_optimizer(model.trainable_parameters(), cfg.train)
             step_model = None
             if undo == "compile":
                 step_model = torch.compile(model) if on else None
             elif not on and callable(undo):
                 optimizer = undo(model, cfg) or optimizer
-            runner = ours_runner(cfg, model, optimizer, device, "on" if on else "off", step_model)
-            if undo == "default-matmul" and not on:
-                runner.run = _with_default_matmul(runner.run)
-            pair.append(runner)
+            pair.append(ours_runner(cfg, model, optimizer, device, "on" if on else "off", step_model))
         w = warmup + (2 if undo == "compile" else 0)  # compiling happens in the first steps
         data = make_batches(cfg, batch, w + min(rounds, 4), seed=1)
         time_rounds(pair, {"on": data, "off": data}, rounds, w, device)

@@ -243,9 +243,10 @@ class Data2Vec(nn.Module):
                 raise ValueError("student_inputs is for data2vec v1 (text); v2 drops masked tokens instead")
             return self._forward_v2(inputs, mask, padding_mask)
         obj = self.cfg.objective
-        if student_inputs is None and self.shares_local_features():
+        pair = self.student.frontend.forward_pair  # set to None to time or test the two-pass path
+        if student_inputs is None and pair is not None and self.shares_local_features():
             # speech: one local encoder pass serves the student (masked) and the teacher (clean)
-            seen, clean = self.student.frontend.forward_pair(inputs, mask, padding_mask, self.teacher.frontend)
+            seen, clean = pair(inputs, mask, padding_mask, self.teacher.frontend)
             targets = self.targets(inputs, padding_mask, clean)
             out = self.student.encode(*seen)
         else:
