@@ -32,8 +32,8 @@ TOL = 1e-5
 CORPUS = ("Arrays hold numbers of one type in a grid.\nThe shape gives the size of each axis.\n\n"
           "A tensor is an array that can live on a device.\nGradients flow back through tensor operations.\n\n")
 TEXTS = ["A tensor is an array.", "Gradients flow back.", "x", " leading and  double  spaces ", "Ünïcode ∑ <mask>",
-         "The shape gives the size of each axis, and arrays hold numbers of one type in a grid: long enough to be "
-         "cut to the block size."]
+         ("The shape gives the size of each axis, and arrays hold numbers of one type in a grid: long enough to be "
+          "cut to the block size.")]
 PAIRS = [("A tensor is an array.", "A grid of numbers."), ("Gradients flow back through tensor operations again.",
                                                           "The shape gives the size of each axis, twice over.")]
 
@@ -137,7 +137,7 @@ def test_mean_pooled_export_converts_back_with_its_head(text_runs, tmp_path):
 def test_exported_tokenizer_gives_our_ids(text_runs, which):
     """AutoTokenizer on the export: our token ids with <s> / </s> (pairs <s> A </s></s> B </s>), our block
     size and longest-first truncation, RoBERTa's special tokens and no token type ids."""
-    run, out = text_runs["linear"]
+    run = text_runs["linear"][0]  # ours: the fine-tuned model's tokenizer, which the pretrained one shares
     tokenizer = transformers.AutoTokenizer.from_pretrained(text_runs[which][1], trust_remote_code=True)
     cfg = data2vec.load(run).cfg.text
     assert tokenizer.model_max_length == cfg.block_size == 24
