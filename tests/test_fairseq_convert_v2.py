@@ -9,6 +9,7 @@ logits must match within 1e-5.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from data2vec.errors import Data2VecError
 from data2vec.finetune.classifier import Classifier, load_pretrained
 from data2vec.finetune.ctc import BLANK
 from data2vec.finetune.setup import resolve_config
-from data2vec.interop.fairseq import v2
+from data2vec.interop.fairseq import v2, v2_config
+from data2vec.interop.fairseq.common import train_overrides
 from data2vec.interop.fairseq.reader import read_checkpoint
 from data2vec.model import Data2Vec, Data2VecEncoder
 from data2vec.nn.heads import load_head
@@ -152,6 +154,38 @@ def test_cli_converts_and_records_what_it_did_not_carry(tmp_path, capsys):
     assert any(item.startswith("model.apply_mask=True") for item in record["not_carried"])
     assert any("mask_channel_prob=0.1" in item for item in record["not_carried"])
     assert record["cfg"]["model"]["w2v_args"]["model"]["_name"] == "data2vec_multi"
+
+
+# fairseq's config/v2 files -> the recipes of ours that cite them (their keys must agree with what conversion reads)
+RECIPE_OF = {"base_images_only_task": "image-base-v2", "large_images_only_task": "image-large-v2",
+             "base_audio_only_task": "audio-base-v2", "large_audio_only_task": "audio-large-v2",
+             "base_text_only_task": "text-base-v2", "large_text_only_task": "text-large-v2"}
+RELEASED = json.loads((FIXTURES / "v2_released_configs.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_released_pretraining_configs_convert(name):
+    """The settings every released v2 model was pretrained with (fairseq's config/v2 files as their checkpoints
+    hold them) pass the converter's judgement, and give the architecture, objective, masking and optimiser of
+    our recipe that cites the same file: two independent readings of Meta's settings agree."""
+    c = RELEASED[name]
+    dropped: list[str] = []
+    cfg = v2_config.build(c["model"], c["task"], {"vocab_size": 50265, "max_positions": 514}, dropped,
+                          train_overrides(c))
+    assert cfg.model.depth == c["model"]["depth"] + c["model"]["modalities"][cfg.modality]["prenet_depth"]
+    assert dropped == (["model.decoder_group=True: is an optimizer group of the decoder"] if "pgrp" in name else [])
+    if name not in RECIPE_OF:
+        return
+    recipe = build_config(RECIPE_OF[name])
+    for section in ("model", "objective", "masking", cfg.modality, "train"):
+        ours, theirs = dataclasses.asdict(getattr(cfg, section)), dataclasses.asdict(getattr(recipe, section))
+        differ = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k] and (section, k) not in SAME_EFFECT}
+        assert not differ, f"{section}: {differ}"
+
+
+# keys whose values differ but act the same on these post-LN models: the final norm (pre-LN only) and an FFN
+# activation dropout of None (= model.dropout, 0 in the image recipes)
+SAME_EFFECT = {("model", "final_norm"), ("model", "activation_dropout")}
 
 
 def test_settings_we_cannot_express_stop_the_conversion(tmp_path):

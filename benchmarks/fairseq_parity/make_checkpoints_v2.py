@@ -380,8 +380,39 @@ def v2_text() -> None:
                                       "file": "fairseq Trainer.state_dict of Data2VecMultiModel (TEXT)"})
 
 
+def released_configs() -> None:
+    """The config sections every released data2vec 2.0 model was pretrained with, as its file holds them:
+    fairseq's `config/v2/*.yaml` merged over `Data2VecMultiConfig`'s defaults (interpolations resolved, enums
+    as strings), the model, task and optimiser sections. `tests/test_fairseq_convert_v2.py` converts each
+    into our config (no weights: the files are 0.3 to 2.5 GB)."""
+    import examples.data2vec
+    from examples.data2vec.models.data2vec2 import Data2VecMultiConfig
+    from fairseq.dataclass.configs import FairseqConfig
+    from omegaconf import OmegaConf
+
+    folder = Path(examples.data2vec.__path__[0]) / "config" / "v2"
+    out = {}
+    for path in sorted(folder.glob("*.yaml")):
+        raw = OmegaConf.to_container(OmegaConf.load(path))  # hydra's YAML reading (1e-06 is a float)
+        cfg = OmegaConf.structured(FairseqConfig)
+        # untyped, so that keys of a later fairseq (huge: decoder.final_layer_norm) stay as the file has them
+        model = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(Data2VecMultiConfig), enum_to_str=True))
+        cfg.model = OmegaConf.merge(model, raw["model"])
+        for section in ("common", "optimization"):
+            for key, value in (raw.get(section) or {}).items():
+                if key in cfg[section] and not (isinstance(value, str) and "${" in value):  # ${env:PWD}/...
+                    cfg[section][key] = value
+        for section in ("task", "optimizer", "lr_scheduler"):  # `lr_scheduler: pass_through` picks hydra's group
+            value = raw.get(section)
+            cfg[section] = {"_name": value} if isinstance(value, str) else value
+        plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        out[path.stem] = {k: plain[k] for k in ("model", "task", "optimization", "optimizer", "lr_scheduler")}
+    (OUT / "v2_released_configs.json").write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+    print(f"v2_released_configs: {len(out)} configs, {(OUT / 'v2_released_configs.json').stat().st_size // 1024} KB")
+
+
 CASES = {"v2_image": v2_image, "v2_image_ft": v2_image_ft, "v2_audio": v2_audio, "v2_audio_ctc": v2_audio_ctc,
-         "v2_text": v2_text}
+         "v2_text": v2_text, "v2_released_configs": released_configs}
 
 
 def main() -> None:

@@ -107,17 +107,23 @@ def conv_layers(spec: str, key: str) -> list[tuple[int, int, int]]:
 
 def train_overrides(cfg: dict[str, Any]) -> list[str]:
     """The optimiser settings of the file's `optimization` / `optimizer` sections that ours share (for resume);
-    the schedule's shape stays ours (warm-up then cosine)."""
+    the schedule's shape stays ours (warm-up then cosine). A `composite` optimizer (data2vec 2.0's recipes) keeps
+    the learning rate, Adam settings and warm-up of its parameters in its `default` group, where
+    `optimization.lr` is fairseq's unused default."""
     out = []
-    opt, optim = cfg.get("optimization") or {}, cfg.get("optimizer") or {}
+    opt, optim = _section(cfg, "optimization"), _section(cfg, "optimizer")
+    sched = _section(cfg, "lr_scheduler")
+    lr = opt.get("lr")
+    if optim.get("_name") == "composite":
+        group = _section(_section(optim, "groups"), "default")
+        optim, sched, lr = _section(group, "optimizer"), _section(group, "lr_scheduler"), [group.get("lr_float")]
     if isinstance(opt.get("max_update"), int) and opt["max_update"] > 0:
         out.append(f"train.max_steps={opt['max_update']}")
-    lr = opt.get("lr")
-    if isinstance(lr, list) and lr:
+    if isinstance(lr, list) and lr and isinstance(lr[0], (int, float)):
         out.append(f"train.lr={float(lr[0])!r}")
     if isinstance(opt.get("clip_norm"), (int, float)):
         out.append(f"train.clip_grad={float(opt['clip_norm'])!r}")
-    if optim.get("_name") in ("adam", "composite") and isinstance(optim.get("adam_betas"), (str, list, tuple)):
+    if optim.get("_name") == "adam" and isinstance(optim.get("adam_betas"), (str, list, tuple)):
         betas = optim["adam_betas"]
         try:
             b1, b2 = (float(b) for b in (betas.strip("()[] ").split(",") if isinstance(betas, str) else betas))
@@ -128,10 +134,15 @@ def train_overrides(cfg: dict[str, Any]) -> list[str]:
         out.append(f"train.eps={float(optim['adam_eps'])!r}")
     if isinstance(optim.get("weight_decay"), (int, float)):
         out.append(f"train.weight_decay={float(optim['weight_decay'])!r}")
-    sched = cfg.get("lr_scheduler") or {}
     if isinstance(sched.get("warmup_updates"), int) and sched["warmup_updates"] > 0:
         out.append(f"train.warmup_steps={sched['warmup_updates']}")
     return out
+
+
+def _section(cfg: dict[str, Any], key: str) -> dict[str, Any]:
+    """A sub-section of a fairseq config, or {} where the file has none (or a bare name, as `pass_through`)."""
+    value = cfg.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def ctc_labels(dictionary: Path | None, n: int) -> list[str]:
