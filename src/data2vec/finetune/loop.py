@@ -11,8 +11,6 @@ restored RNG state, so a resumed run repeats an uninterrupted one exactly.
 from __future__ import annotations
 
 import logging
-import math
-import time
 from typing import Any, Callable, Iterable
 
 import torch
@@ -20,15 +18,14 @@ import torch.nn.functional as F
 
 from data2vec.config import Config
 from data2vec.data.seeding import keyed_generator
-from data2vec.errors import Data2VecError
 from data2vec.finetune.classifier import Classifier, apply_freezing
 from data2vec.finetune.ctc import ctc_loss
 from data2vec.finetune.mixing import mix_batch, smooth_one_hot
 from data2vec.train.device import autocast
-from data2vec.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, any_process, average_gradients
+from data2vec.train.distributed import DistInfo, average_gradients
 from data2vec.train.logging import MetricsLogger
-from data2vec.train.loop import Preempted, micro_batches
-from data2vec.train.optim import lr_at, set_lr
+from data2vec.train.step import (Faults, LogWindow, clip_or_skip, micro_batches, save_or_stop, schedule, skip_empty,
+                                 split, step_optimizer, to_device)
 
 log = logging.getLogger("data2vec")
 MIX_KEY = 0x6D6978  # keeps the mixing generator of a step apart from the samples' own generators
@@ -59,23 +56,15 @@ def finetune_loop(
     num_classes = len(model.labels)
     mix = cfg.modality == "image" and (ft.mixup > 0 or ft.cutmix > 0)
     model.train()
-    window = {"loss": torch.zeros((), device=device), "samples": 0, "steps": 0, "start": time.perf_counter()}
-    bad_in_a_row = empty_in_a_row = 0
+    faults = Faults()
+    window = LogWindow(("loss",), device)
     for step, batch in zip(range(start_step, tc.max_steps), batches):
-        lr = lr_at(step, tc)
-        set_lr(optimizer, lr)
+        lr = schedule(optimizer, step, cfg)
         apply_freezing(model, step, ft)
-        empty = "inputs" not in batch or batch["inputs"].shape[0] == 0
-        if any_process(empty, info, device):  # all skip together, or the others would wait for its gradients
-            empty_in_a_row += 1
-            log.warning("step %d: every sample of %s batch was unreadable; skipping the update", step + 1,
-                        "this process's" if empty else "another process's")
-            if empty_in_a_row >= tc.max_bad_steps:
-                raise Data2VecError(f"{empty_in_a_row} batches in a row had no readable sample; check "
-                                    f"data.path={cfg.data.path} (see the warnings above for the files)")
+        window.skipped += batch.get("skipped", 0)
+        if skip_empty(batch, step, faults, cfg, info, device):
             continue
-        empty_in_a_row = 0
-        batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        batch = to_device(batch, device)
         if ft.task == "classify":
             batch["soft"] = smooth_one_hot(batch["label"], num_classes, ft.label_smoothing)  # [B, C]
         if mix:
@@ -83,10 +72,8 @@ def finetune_loop(
                                                           keyed_generator(tc.seed, step, MIX_KEY), ft.mixup,
                                                           ft.cutmix, ft.mix_prob, ft.mix_switch_prob)
         total = batch["inputs"].shape[0]
-        chunks = micro_batches(total, cfg)
-        pieces = [dict(zip(batch, values)) for values in zip(*(v.chunk(chunks) for v in batch.values()))]
         loss_sum = torch.zeros((), device=device)
-        for piece in pieces:
+        for piece in split(batch, micro_batches(total, cfg)):
             with autocast(device, tc.precision):
                 logits, frames = model.run(piece["inputs"], piece.get("padding_mask"), piece.get("mask"))
             if ft.task == "ctc":
@@ -97,38 +84,21 @@ def finetune_loop(
             (loss * share).backward()
             loss_sum += loss.detach() * share
         params = [p for p in model.parameters() if p.requires_grad]
-        average_gradients(params, info)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.clip_grad if tc.clip_grad > 0 else math.inf)
-        if tc.skip_nonfinite and not torch.isfinite(grad_norm).item():
-            optimizer.zero_grad(set_to_none=True)
-            bad_in_a_row += 1
-            log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step + 1, bad_in_a_row)
-            if bad_in_a_row >= tc.max_bad_steps:
-                raise Data2VecError(f"{bad_in_a_row} updates in a row had a non-finite loss or gradient; lower "
-                                    "train.lr or use train.precision=fp32")
+        average_gradients(params, info)  # not DDP: freezing changes the trained parameters during the run
+        grad_norm = clip_or_skip(params, optimizer, step, faults, cfg, save)
+        if grad_norm is None:
             continue
-        bad_in_a_row = 0
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        window["loss"] += loss_sum
-        window["samples"] += total
-        window["steps"] += 1
+        step_optimizer(optimizer)
+        window.add(loss_sum.reshape(1), total)
         if logger is not None:
             logger.step()
         done = step + 1
         if done % tc.log_every == 0 or done == tc.max_steps:
-            elapsed = time.perf_counter() - window["start"]
-            loss = all_reduce_mean(window["loss"] / max(window["steps"], 1), info)
-            samples = all_reduce_sum(torch.tensor(float(window["samples"]), device=device), info)
-            record = {"step": done, "loss": float(loss), "lr": lr, "grad_norm": float(grad_norm),
-                      "samples_per_s": float(samples) / max(elapsed, 1e-9)}
+            means = window.reduce(info)
             if logger is not None:
-                logger.log(record)
-            window.update(loss=torch.zeros((), device=device), samples=0, steps=0, start=time.perf_counter())
+                logger.log({"step": done, "loss": means["loss"], "lr": lr, "grad_norm": float(grad_norm),
+                            "samples_per_s": means["samples_per_s"], "skipped": means["skipped"],
+                            "nonfinite_skipped": faults.nonfinite_total})
         if (ft.eval_every > 0 and done % ft.eval_every == 0) or done == tc.max_steps:
             validate(done)
-        stop = should_stop()
-        if done % tc.save_every == 0 or done == tc.max_steps or stop:
-            save(done)
-        if stop and done < tc.max_steps:
-            raise Preempted(done)
+        save_or_stop(done, cfg, save, should_stop)

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 from torch.utils.data import DataLoader
 
-from data2vec.config import Config, save_config
+from data2vec.config import Config
 from data2vec.data.build import step_loader
 from data2vec.data.image import collate_images
 from data2vec.data.labelled import labelled_set
@@ -32,13 +32,8 @@ from data2vec.finetune.setup import resolve_config, tokenizer_json
 from data2vec.model import Data2VecEncoder
 from data2vec.nn.heads import HEAD_FILE, head_file, load_head
 from data2vec.train.checkpoint import load_checkpoint, load_config, resolve_checkpoint, save_checkpoint
-from data2vec.train.device import resolve_device
-from data2vec.train.distributed import barrier, full_state, init_distributed, local_device
-from data2vec.train.logging import MetricsLogger, setup_logging
-from data2vec.train.loop import rng_state, set_rng_state
+from data2vec.train.harness import checkpoint_saver, continue_randomness, open_run, running, started
 from data2vec.train.optim import layer_decay_groups
-from data2vec.train.run_folder import claim, start_point
-from data2vec.train.signals import stoppable
 
 log = logging.getLogger("data2vec")
 BEST = "best"
@@ -47,10 +42,6 @@ BEST = "best"
 def finetune(cfg: Config, progress: bool = True) -> Path:
     """Fine-tune per `cfg` (`finetune.checkpoint` gives the encoder); returns the run folder. Resumes exactly
     when `cfg.resume` points at a checkpoint of the run (`auto`: the newest)."""
-    out = Path(cfg.out)
-    device = resolve_device(cfg.device)
-    info = init_distributed(device)  # torchrun: every process trains on its share of each batch
-    device = local_device(device, info)
     if cfg.train.strategy != "ddp":
         raise Data2VecError(f"finetune trains data-parallel only; train.strategy={cfg.train.strategy} (sharding) is "
                             "for pretraining: drop it")
@@ -66,18 +57,20 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
         _require_checkpoint(cfg)
         return _resolve(cfg, load_config(cfg.finetune.checkpoint), resolve_checkpoint(cfg.finetune.checkpoint))
 
-    # Everything up to `claim` only reads: a start that fails leaves nothing behind.
-    resume_from = start_point(cfg, fresh_config)
-    if resume_from is None:
-        _require_checkpoint(cfg)
+    run = open_run(cfg, fresh_config)  # torchrun: every process trains on its share of each batch
+    info, device = run.info, run.device
+    resuming = run.resume_from is not None
     # The architecture comes from where the weights come from: the run's own checkpoint when resuming.
-    source_dir = resolve_checkpoint(resume_from or cfg.finetune.checkpoint)
-    weights, state, source = load_checkpoint(source_dir, with_state=resume_from is not None)
-    if resume_from is not None:  # where the run started from, whatever this command line says
-        cfg.finetune.checkpoint = cfg.finetune.checkpoint or source.finetune.checkpoint
+    if resuming:
+        source_dir, weights, source = resolve_checkpoint(run.resume_from), run.weights, run.source
+        cfg.finetune.checkpoint = cfg.finetune.checkpoint or source.finetune.checkpoint  # where the run started
         cfg.finetune.random_init = source.finetune.random_init
-    given_tokenizer = (cfg.text.tokenizer or source.text.tokenizer) if resume_from is None else ""
-    cfg = _resolve(cfg, source, source_dir)
+    else:
+        _require_checkpoint(cfg)
+        source_dir = resolve_checkpoint(cfg.finetune.checkpoint)
+        weights, _, source = load_checkpoint(source_dir, with_state=False)
+    given_tokenizer = "" if resuming else (cfg.text.tokenizer or source.text.tokenizer)
+    cfg = run.cfg = _resolve(cfg, source, source_dir)
     tokenizer, tokenizer_text = None, None
     if cfg.modality == "text":
         tokenizer_text = tokenizer_json(given_tokenizer, source, source_dir)
@@ -89,7 +82,7 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
     if cfg.finetune.task == "classify" and len(classes) < 2:
         raise Data2VecError(f"the training data '{cfg.data.path}' has {len(classes)} class; a classifier needs at "
                             "least two")
-    head = load_head(source_dir) if resume_from is not None else None
+    head = load_head(source_dir) if resuming else None
     if head is not None and head.labels != classes:
         raise Data2VecError(f"the classes of '{cfg.data.path}' ({', '.join(classes[:5])}...) differ from those of "
                             f"the run being resumed ({', '.join(head.labels[:5])}...); resume with the same data")
@@ -97,8 +90,7 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
     if cfg.finetune.metric == "top5" and len(classes) <= 5:
         raise Data2VecError(f"finetune.metric=top5 needs more than five classes, the data has {len(classes)}; use "
                             "accuracy, f1 or mcc")
-    start_step = state["step"] if state else 0
-    loader = step_loader(train_set, cfg, start_step, info.rank, info.world_size)  # pretraining's, workers capped
+    loader = step_loader(train_set, cfg, run.start_step, info.rank, info.world_size)  # pretraining's, workers capped
     valid_loader = eval_loader(valid_set, cfg.finetune.eval_batch_size)
 
     torch.manual_seed(cfg.train.seed)
@@ -106,7 +98,7 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
     if head is None:
         head = new_head("ctc" if ctc else cfg.finetune.head, cfg.model.dim, classes, cfg.finetune.head_dropout,
                         cfg.finetune.head_init_scale)
-    if resume_from is not None:
+    if resuming:
         encoder.load_state_dict({k[len("student."):]: v for k, v in weights.items() if k.startswith("student.")})
     elif not cfg.finetune.random_init:
         load_pretrained(encoder, weights, str(source_dir))
@@ -115,47 +107,30 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
     groups = layer_decay_groups(model.named_for_decay(), tc.weight_decay, cfg.model.depth, cfg.finetune.layer_decay,
                                 per_layer_rel_pos=cfg.modality == "image" and cfg.image.rel_pos_bias == "per_layer")
     optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps)
-    best: dict | None = None
-    if state:
-        # Not strict: parameters frozen so far (or never trained) have no optimiser state yet.
-        set_optimizer_state_dict(model, optimizer, state["optimizer"],
+    if "optimizer" in run.state:  # not strict: parameters frozen so far (or never trained) have no state yet
+        set_optimizer_state_dict(model, optimizer, run.state["optimizer"],
                                  options=StateDictOptions(full_state_dict=True, strict=False))
-        if state.get("world_size", 1) == info.world_size:
-            set_rng_state(state["rng"])  # dropout and drop path continue exactly (same process count only)
-        best = state.get("best")
-    if info.enabled:  # each process draws its own dropout / drop-path noise
-        torch.manual_seed(cfg.train.seed + 1_000_003 * info.rank + start_step)
-    with claim(cfg, info.is_main):  # the first write: a start that failed above left nothing behind
-        setup_logging(out if info.is_main else None, level=logging.INFO if info.is_main else logging.WARNING)
-        if start_step >= tc.max_steps:
-            log.info("fine-tuning run %s is complete (step %d of train.max_steps=%d): nothing to do", out,
-                     start_step, tc.max_steps)
-            return out
-        if resume_from is not None:
-            log.info("resumed from %s at step %d", resume_from, start_step)
-        if info.is_main:
-            if tokenizer_text is not None:
-                (out / "tokenizer.json").write_text(tokenizer_text)
-            save_config(cfg, out / "config.yaml")
+    best: dict | None = run.state.get("best")
+    continue_randomness(run)
+    files = {"tokenizer.json": tokenizer_text} if tokenizer_text is not None else {}
+    with started(run, files) as todo:
+        if not todo:
+            return run.out
+        out = run.out
         n_params = sum(p.numel() for p in model.parameters())
         log.info("fine-tune %s: %s from %s%s, %.2fM parameters, %d classes, %d train / %d validation samples, "
                  "%d steps, %d process(es)", out, cfg.name, cfg.finetune.checkpoint,
                  " (random init)" if cfg.finetune.random_init else "", n_params / 1e6, len(classes), len(train_set),
                  len(valid_set), tc.max_steps, info.world_size)
-        extra = {"tokenizer.json": tokenizer_text.encode()} if tokenizer_text is not None else {}
+        extra = {name: text.encode() for name, text in files.items()}
 
-        def weights_now() -> dict[str, torch.Tensor]:
+        def weights_now() -> dict[str, torch.Tensor]:  # the encoder as `student.*`, which data2vec.load reads
             return {f"student.{k}": v for k, v in model.encoder.state_dict().items()}
 
-        def save(step: int) -> None:
-            if info.is_main:  # every process holds the same weights and optimiser state
-                _, optim = full_state(model, optimizer)
-                train_state = {"step": step, "optimizer": optim, "rng": rng_state(), "best": best,
-                               "world_size": info.world_size}
-                save_checkpoint(out, step, weights_now(), train_state, cfg, tc.keep_last,
-                                extra_files={HEAD_FILE: head_file(model.head), **extra})
-            barrier(info)
+        def files_now() -> dict[str, bytes]:
+            return {HEAD_FILE: head_file(model.head), **extra}
 
+        save = checkpoint_saver(run, model, optimizer, weights_now, lambda: {"best": best}, files_now)
         last: dict = {}
 
         def validate(step: int) -> None:
@@ -176,13 +151,11 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
                 if not info.is_main:
                     return
                 save_checkpoint(out / BEST, step, weights_now(), {"step": step, "metrics": metrics}, cfg, keep_last=1,
-                                extra_files={HEAD_FILE: head_file(model.head), **extra})
+                                extra_files=files_now())
 
-        logger = (MetricsLogger(out, tc.max_steps, start_step, progress=progress, desc="finetune")
-                  if info.is_main else None)
         start = time.perf_counter()
-        with stoppable(out, info, device, logger) as stop:
-            finetune_loop(model, optimizer, loader, cfg, device, start_step, save, validate, logger,
+        with running(run, progress, desc="finetune") as (logger, stop):
+            finetune_loop(model, optimizer, loader, cfg, device, run.start_step, save, validate, logger,
                           should_stop=stop, dist_info=info)
         if not info.is_main:
             return out

@@ -3,6 +3,7 @@
 A checkpoint is a folder ``OUT/checkpoints/step_00001000/`` holding
 - ``model.safetensors``: every weight (student, teacher, head), safe to load from anyone;
 - ``state.pt``: optimiser, step and RNG states, loaded with ``weights_only=True`` so it cannot run code;
+  absent from a weights-only checkpoint (a conversion), which `resume` starts at step 0 with a fresh optimiser;
 - ``config.yaml``: the resolved config, so the checkpoint loads with nothing else;
 - ``manifest.json``: format version and the size and SHA-256 of each file; it is written last, so a folder
   without a matching manifest is an incomplete or damaged checkpoint and is passed over.
@@ -46,9 +47,10 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(out: str | Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any],
+def save_checkpoint(out: str | Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any] | None,
                     config: Config, keep_last: int = 2, extra_files: dict[str, bytes] | None = None) -> Path:
     """Write checkpoint `step` atomically under `out/checkpoints`, then prune all but the newest `keep_last`.
+    `state` None writes a weights-only checkpoint (no ``state.pt``).
 
     `extra_files` (name -> content) are written beside the others and covered by the manifest, e.g. the
     `head.safetensors` of a classifier converted from Hugging Face."""
@@ -59,11 +61,12 @@ def save_checkpoint(out: str | Path, step: int, weights: dict[str, torch.Tensor]
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "model.safetensors"))
-    torch.save(state, tmp / "state.pt")
+    if state is not None:
+        torch.save(state, tmp / "state.pt")
     save_config(config, tmp / "config.yaml")
     for name, content in (extra_files or {}).items():
         (tmp / name).write_bytes(content)
-    names = (*FILES, *(extra_files or {}))
+    names = (*(f for f in FILES if state is not None or f != "state.pt"), *(extra_files or {}))
     manifest = {"format_version": FORMAT_VERSION, "step": step,
                 "files": {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in names}}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -145,11 +148,12 @@ def load_config(path: str | Path) -> Config:
 
 
 def load_checkpoint(path: str | Path, with_state: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any], Config]:
-    """(weights, training state, config) of a checkpoint or run folder. Nothing in it can run code."""
+    """(weights, training state, config) of a checkpoint or run folder. Nothing in it can run code. The state
+    is empty for a weights-only checkpoint."""
     path = resolve_checkpoint(path)
     weights = load_file(str(path / "model.safetensors"))
     state = {}
-    if with_state:
+    if with_state and (path / "state.pt").is_file():
         try:  # weights_only: a pickle that would build arbitrary objects (run code) is refused
             state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:

@@ -172,9 +172,12 @@ def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tupl
     return weights, optim
 
 
-def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, weights: dict, optim: dict) -> None:
-    """Inverse of :func:`full_state`; every process passes the full checkpoint and keeps its shard."""
+def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, weights: dict,
+                    optim: dict | None) -> None:
+    """Inverse of :func:`full_state`; every process passes the full checkpoint and keeps its shard. `optim`
+    None (a weights-only checkpoint) leaves the optimiser fresh."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     set_model_state_dict(model, weights, options=_options(strict=True))
-    set_optimizer_state_dict(model, optimizer, optim, options=_options())
+    if optim is not None:
+        set_optimizer_state_dict(model, optimizer, optim, options=_options())

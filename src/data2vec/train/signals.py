@@ -11,9 +11,9 @@ from typing import Iterator
 
 import torch
 
+from data2vec.errors import Preempted
 from data2vec.train.distributed import DistInfo, any_process
 from data2vec.train.logging import MetricsLogger
-from data2vec.train.loop import Preempted
 
 log = logging.getLogger("data2vec")
 

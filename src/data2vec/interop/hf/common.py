@@ -195,15 +195,14 @@ def warn_dropped(names: set[str]) -> None:
 def write_checkpoint(cfg: Config, encoder_state: dict[str, Tensor], out: Path, extra: dict[str, bytes],
                      teacher_state: dict[str, Tensor] | None = None,
                      model_state: dict[str, Tensor] | None = None) -> Path:
-    """A checkpoint `data2vec.load` and `resume` accept: student and teacher both the converted encoder, a
-    freshly initialised regression head, a fresh optimiser, step 0. A converted file that holds more (fairseq's:
+    """A weights-only checkpoint (step 0, no training state) that `data2vec.load` reads and `resume` continues
+    with a fresh optimiser: student and teacher both the converted encoder, a freshly initialised regression
+    head. A converted file that holds more (fairseq's:
     an EMA teacher, the regression head, a v2 decoder) gives the teacher's encoder tensors as `teacher_state`
     (what it lacks is the student's) and other tensors of the full model (``head.*``, ``decoder.*``) as
     `model_state`."""
     from data2vec.model import Data2Vec
     from data2vec.train.checkpoint import save_checkpoint
-    from data2vec.train.loop import rng_state
-    from data2vec.train.optim import build_optimizer
 
     with torch.random.fork_rng(devices=[]):  # the same file every time, and the caller's RNG untouched
         torch.manual_seed(cfg.train.seed)
@@ -230,19 +229,9 @@ def write_checkpoint(cfg: Config, encoder_state: dict[str, Tensor], out: Path, e
         if set(model_state) - set(full):
             raise RuntimeError(f"conversion mapped model tensors {sorted(set(model_state) - set(full))}")
         model.load_state_dict({**full, **model_state})
-    optimizer = build_optimizer(model.trainable_parameters(), cfg.train)
-    train_state = {"step": 0, "optimizer": {"state": {}, "param_groups": _param_groups(model, optimizer)},
-                   "rng": rng_state(), "world_size": 1}
-    path = save_checkpoint(out, 0, model.state_dict(), train_state, cfg, extra_files=extra)
+    path = save_checkpoint(out, 0, model.state_dict(), None, cfg, extra_files=extra)
     save_config(cfg, out / "config.yaml")
     return path
-
-
-def _param_groups(model, optimizer) -> list[dict]:
-    """Optimiser groups keyed by parameter name, as `train.distributed.full_state` writes them."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    return [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[id(p)] for p in g["params"]]}
-            for g in optimizer.param_groups]
 
 
 def write_hf_folder(out: Path, hf: dict, tensors: dict[str, Tensor], files: dict[str, dict | str | bytes]) -> None:
