@@ -96,7 +96,6 @@ def test_alibi_is_for_sequences():
     ("image-tiny", ["model.dim=18", "model.heads=2", "image.pos_embed=sincos"], "model.dim"),
     ("audio-tiny", ["audio.conv_dim=[8,8]"], "audio.conv_dim"),
     ("audio-tiny", ["model.dim=32", "model.heads=4", "audio.pos_conv_groups=5"], "audio.pos_conv_groups"),
-    ("text-tiny", ["text.block_size=200", "text.max_positions=130"], "text.block_size"),
 ])
 def test_sizes_the_modules_need_are_checked_when_the_config_is_built(recipe, overrides, key):
     """Mistakes that used to surface as a ValueError at the first forward stop the build with one line."""

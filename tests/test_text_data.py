@@ -216,3 +216,12 @@ def test_word_order_probe_swaps_one_adjacent_pair_and_keeps_the_words():
         else:
             assert label == "shifted" and len(diff) == 2 and diff[1] == diff[0] + 1
             assert 0 < diff[0] and diff[1] < len(words) - 1
+
+
+def test_blocks_longer_than_the_models_positions_are_refused_before_any_data_is_read():
+    from data2vec.config import build_config
+    from data2vec.data.text_source import pretrain_text_dataset
+
+    cfg = build_config("text-tiny", ["text.block_size=200", "data.path=/nonexistent"])  # 128 positions
+    with pytest.raises(Data2VecError, match="text.block_size=200 .* raise text.max_positions to 202"):
+        pretrain_text_dataset(cfg)

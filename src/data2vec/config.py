@@ -343,12 +343,14 @@ def check_architecture(cfg: Config) -> None:
         _check(a.pos_conv_layers == 0 or (a.pos_conv_groups >= 1 and m.dim % a.pos_conv_groups == 0),
                "audio.pos_conv_groups",
                a.pos_conv_groups, f"must divide model.dim={m.dim}; set it to a divisor of model.dim")
-    elif cfg.modality == "text":
-        t = cfg.text
-        usable = t.max_positions - t.pad_id - 1  # RoBERTa's positions start at pad_id + 1
-        _check(t.block_size <= usable, "text.block_size", t.block_size,
-               f"must be at most text.max_positions - text.pad_id - 1 = {usable} (positions start at pad_id + 1); "
-               f"lower it or raise text.max_positions to {t.block_size + t.pad_id + 1}")
+
+
+def check_ema_scope(cfg: Config) -> None:
+    """`objective.ema_scope` "layers" and "context" split the speech front-end; other modalities have no split."""
+    scope = cfg.objective.ema_scope
+    if scope not in ("all", "encoder") and cfg.modality != "audio":
+        raise Data2VecError(f"objective.ema_scope={scope} splits the speech front-end as fairseq does; a "
+                            f"{cfg.modality} model takes ema_scope=all or ema_scope=encoder")
 
 
 def check_pretraining(cfg: Config) -> None:
@@ -357,9 +359,7 @@ def check_pretraining(cfg: Config) -> None:
     obj, m = cfg.objective, cfg.model
     _check(1 <= obj.top_k <= m.depth, "objective.top_k", obj.top_k,
            f"must be between 1 and model.depth={m.depth} (the teacher averages its top K blocks); lower it")
-    if obj.ema_scope not in ("all", "encoder") and cfg.modality != "audio":
-        raise Data2VecError(f"objective.ema_scope={obj.ema_scope} splits the speech front-end as fairseq does; "
-                            f"a {cfg.modality} model takes ema_scope=all or ema_scope=encoder")
+    check_ema_scope(cfg)
     if obj.version == 2:
         _check(cfg.modality != "image" or cfg.image.rel_pos_bias == "none", "image.rel_pos_bias",
                cfg.image.rel_pos_bias, "cannot follow data2vec 2.0's dropped masked tokens; set image.rel_pos_bias="

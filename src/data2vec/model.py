@@ -15,7 +15,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from data2vec.config import Config, check_pretraining
+from data2vec.config import Config, check_ema_scope
 from data2vec.ema import ema_update
 from data2vec.losses import regression_loss
 from data2vec.nn.audio import AudioFrontend
@@ -95,7 +95,7 @@ class Data2Vec(nn.Module):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
-        check_pretraining(cfg)  # one line naming the key, before anything is built
+        check_ema_scope(cfg)  # the rest of config.check_pretraining runs where pretraining starts
         self.cfg = cfg
         self.student = Data2VecEncoder(cfg)
         self.teacher = copy.deepcopy(self.student)

@@ -38,6 +38,12 @@ def text_tokenizer(cfg: Config) -> tuple[object, dict[str, int]]:
 
 
 def pretrain_text_dataset(cfg: Config) -> TextBlockDataset:
+    t = cfg.text
+    usable = t.max_positions - t.pad_id - 1  # RoBERTa's positions start at pad_id + 1
+    if t.block_size > usable:
+        raise Data2VecError(f"text.block_size={t.block_size} is more than the model's {usable} positions "
+                            f"(text.max_positions - text.pad_id - 1); lower it or raise text.max_positions to "
+                            f"{t.block_size + t.pad_id + 1}")
     folder, tokenizer, ids = text_source(cfg)
     m = cfg.masking
     return TextBlockDataset(TokenShards(folder), cfg.text.block_size, cfg.train.seed, m.token_prob, m.token_random,
