@@ -129,7 +129,7 @@ def _encoder(model: dict, mod: dict, modality: str, dropped: list[str]) -> dict:
     where they differ, the others are listed as not carried."""
     prenet = int(mod["prenet_depth"])
     others = {"model.post_mlp_drop": model["post_mlp_drop"]}
-    if modality == "audio" or prenet:  # BlockEncoder's dropout after the LayerNorm (images: none of ours)
+    if modality != "text":  # BlockEncoder's dropout after the LayerNorm, prenet or not (images: none of ours)
         others[f"model.modalities.{modality}.prenet_dropout"] = mod["prenet_dropout"]
     if modality == "text":  # the dropout after the embeddings' LayerNorm
         others["model.modalities.text.dropout"] = mod["dropout"]
