@@ -15,7 +15,6 @@ transformers = pytest.importorskip("transformers")
 
 import data2vec  # noqa: E402
 from data2vec.config import build_config  # noqa: E402
-from data2vec.errors import Data2VecError  # noqa: E402
 from data2vec.interop.hf import from_hf, to_hf  # noqa: E402
 from data2vec.model import Data2Vec  # noqa: E402
 from data2vec.nn.heads import HEAD_FILE, CTCHead, LinearClassifier, SentenceClassifier, head_file  # noqa: E402

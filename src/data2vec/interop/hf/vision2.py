@@ -16,7 +16,6 @@ from torch import Tensor
 
 from data2vec.config import Config, build_config
 from data2vec.interop.hf.common import (
-    BASE_PREFIX,
     VISION2,
     cannot_export,
     encoder_fields,
