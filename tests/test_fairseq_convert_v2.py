@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,9 @@ from safetensors.torch import load_file
 
 import data2vec
 from data2vec.config import build_config
+from data2vec.ctc import BLANK
 from data2vec.errors import Data2VecError
 from data2vec.finetune.classifier import Classifier, load_pretrained
-from data2vec.finetune.ctc import BLANK
 from data2vec.finetune.setup import resolve_config
 from data2vec.interop.fairseq import v2, v2_config
 from data2vec.interop.fairseq.common import train_overrides
@@ -40,21 +41,18 @@ def fixture(name: str) -> tuple[dict[str, torch.Tensor], dict]:
     return load_file(str(FIXTURES / f"{name}.safetensors")), json.loads((FIXTURES / f"{name}.json").read_text())
 
 
-_runs: dict[str, Path] = {}
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """Each fixture converted once per module by `data2vec.from_fairseq` (the conversion itself is what every
-    test below checks)."""
+def runs(tmp_path_factory) -> Callable[[str], Path]:
+    """name -> its run folder, each fixture converted once per module by `data2vec.from_fairseq` (the conversion
+    itself is what every test below checks)."""
     root = tmp_path_factory.mktemp("converted")
+    done: dict[str, Path] = {}
 
     def get(name: str) -> Path:
-        if name not in _runs:
-            out = root / name
-            data2vec.from_fairseq(str(FIXTURES / f"{name}.pt"), str(out))
-            _runs[name] = out
-        return _runs[name]
+        if name not in done:
+            done[name] = root / name
+            data2vec.from_fairseq(str(FIXTURES / f"{name}.pt"), str(done[name]))
+        return done[name]
 
     return get
 
