@@ -223,7 +223,7 @@ def make_batches(cfg, batch: int, n: int, seed: int) -> list[dict]:
                                                        random_prob=m.token_random, keep_prob=m.token_keep)
                 b.update(student_inputs=corrupted, mask=chosen)
         else:
-            from data2vec.nn.audio import conv_output_length
+            from data2vec.frames import conv_output_length
 
             a = cfg.audio
             samples = a.max_sample_size

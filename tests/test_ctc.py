@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from data2vec.finetune.ctc import (char_vocabulary, ctc_loss, decode, encode, error_rates, greedy_decode,
-                                   letters_to_words)
+from data2vec.ctc import char_vocabulary, ctc_loss, decode, encode, error_rates, greedy_decode, letters_to_words
 
 
 def test_ctc_loss_sums_the_probability_of_every_alignment():

@@ -34,8 +34,8 @@ from data2vec.data.dataset import StepDataset
 from data2vec.data.sampler import LengthBucketSampler
 from data2vec.data.seeding import sample_generator
 from data2vec.errors import Data2VecError
+from data2vec.frames import conv_output_length, receptive_field
 from data2vec.masking import centred_span_mask, equal_counts, span_mask
-from data2vec.nn.audio import conv_output_length, receptive_field
 
 log = logging.getLogger("data2vec")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")

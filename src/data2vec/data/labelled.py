@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from data2vec.config import Config
+from data2vec.ctc import char_vocabulary, encode, letters_to_words, normalize_transcript
 from data2vec.data.audio import AudioDataset, AudioFiles, _min_samples, resolve_audio_files
 from data2vec.data.builtin import resolve_image_source
 from data2vec.data.builtin_text import builtin_labelled_file
@@ -33,7 +34,6 @@ from data2vec.data.subset import balanced_subset
 from data2vec.data.text import TextClassificationSet
 from data2vec.data.text_source import text_tokenizer
 from data2vec.errors import Data2VecError
-from data2vec.finetune.ctc import char_vocabulary, encode, letters_to_words, normalize_transcript
 
 __all__ = ["SPLITS", "TextClassificationSet", "TextRow", "TranscribedAudio", "audio_transcripts",
            "image_source_path", "labelled_set", "read_text_rows", "sort_labels", "text_file", "text_tokenizer"]

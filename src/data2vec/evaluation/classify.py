@@ -8,6 +8,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
+from data2vec.ctc import decode, error_rates, greedy_decode
 from data2vec.evaluation.metrics import classification_metrics
 from data2vec.train.device import autocast
 
@@ -63,8 +64,6 @@ def evaluate_classifier(model: nn.Module, batches: Iterable[dict], device: torch
 def transcribe(model: nn.Module, batches: Iterable[dict], device: torch.device, vocab: list[str],
                precision: str = "fp32") -> tuple[list[str], list[str]]:
     """(greedy CTC transcripts, reference transcripts) of every utterance in `batches`."""
-    from data2vec.finetune.ctc import decode, greedy_decode
-
     was_training = model.training
     model.eval()
     hyps, refs = [], []
@@ -84,7 +83,5 @@ def transcribe(model: nn.Module, batches: Iterable[dict], device: torch.device, 
 def evaluate_ctc(model: nn.Module, batches: Iterable[dict], device: torch.device, vocab: list[str],
                  precision: str = "fp32") -> dict[str, float]:
     """Corpus WER and CER of greedy transcripts, plus the utterance count."""
-    from data2vec.finetune.ctc import error_rates
-
     hyps, refs = transcribe(model, batches, device, vocab, precision)
     return {**error_rates(hyps, refs), "samples": len(refs)}

@@ -17,36 +17,16 @@ here a real frame's output is the same however the batch is padded. Without padd
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Sequence, TypeVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data2vec.config import AudioConfig, EncoderConfig
+from data2vec.frames import Length, conv_output_length, receptive_field
 from data2vec.nn.frontend import Frontend
 from data2vec.nn.linear import cpu_kernel, linear
-
-Length = TypeVar("Length", int, Tensor)
-
-
-def conv_output_length(length: Length, kernels: Sequence[int], strides: Sequence[int]) -> Length:
-    """Frames that `length` samples give: ``floor((L - k) / s) + 1`` per unpadded convolution, 0 when shorter
-    than the receptive field. Works on an int or an int tensor of lengths `[B]`."""
-    for k, s in zip(kernels, strides):
-        length = (length - k) // s + 1
-    if isinstance(length, Tensor):
-        return length.clamp(min=0)
-    return max(length, 0)
-
-
-def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
-    """Samples one frame sees, which is also the shortest input that gives a frame (400 for wav2vec 2.0)."""
-    field, jump = 1, 1
-    for k, s in zip(kernels, strides):
-        field += (k - 1) * jump
-        jump *= s
-    return field
 
 
 class WindowConv1d(nn.Conv1d):

@@ -208,7 +208,7 @@ def _first_clone(mask: torch.Tensor) -> torch.Tensor:
 def audio_examples(cfg: Config, png: Path, count: int = 6) -> str:
     """Draw `count` training waveforms as the pretraining loader makes them, masked spans shaded."""
     from data2vec.data.build import pretrain_dataset
-    from data2vec.nn.audio import receptive_field
+    from data2vec.frames import receptive_field
 
     dataset = pretrain_dataset(cfg)
     picks = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int)

@@ -150,7 +150,7 @@ def ctc_labels(dictionary: Path | None, n: int) -> list[str]:
     count`` line each, after fairseq's four specials) with fairseq's blank ``<s>`` (index 0) as our blank.
     fairseq checkpoints do not hold the dictionary; without one, a head of 32 outputs gets LibriSpeech's letter
     dictionary (what every released data2vec CTC fine-tune used), with a warning."""
-    from data2vec.finetune.ctc import BLANK
+    from data2vec.ctc import BLANK
 
     specials = [BLANK, "<pad>", "</s>", "<unk>"]
     if dictionary is None:
