@@ -140,6 +140,29 @@ def test_pretraining_resumes_from_the_run_folder(tmp_path):
     assert 0 < moved < 1e-3
 
 
+def test_classifier_labels(tmp_path):
+    """fairseq's file has no class names: 1000 outputs are ImageNet-1k's sorted class folders (fairseq read
+    ImageNet with torchvision's ImageFolder), a --dict file names them one per line, else LABEL_i."""
+    assert load_head(_convert(tmp_path)).labels == [f"LABEL_{i}" for i in range(5)]
+    names = tmp_path / "classes.txt"
+    names.write_text("cat\ndog\nfox\nowl\nyak\n")
+    assert load_head(_convert(tmp_path, dictionary=names)).labels == ["cat", "dog", "fox", "owl", "yak"]
+    ckpt = read_checkpoint(FIXTURES / "v2_image_ft.pt")
+    ckpt["model"]["head.weight"] = torch.zeros(1000, 8)
+    ckpt["model"]["head.bias"] = torch.zeros(1000)
+    labels = load_head(_convert(tmp_path, ckpt)).labels
+    assert len(set(labels)) == 1000 and labels == sorted(labels) and labels[:2] == ["n01440764", "n01443537"]
+    with pytest.raises(Data2VecError, match="names 3 classes"):
+        names.write_text("a\nb\nc\n")
+        _convert(tmp_path, dictionary=names)
+
+
+def _convert(tmp_path: Path, ckpt: dict | None = None, dictionary: Path | None = None) -> Path:
+    out = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+    v2.convert(ckpt or read_checkpoint(FIXTURES / "v2_image_ft.pt"), out, dictionary)
+    return out
+
+
 def test_cli_converts_and_records_what_it_did_not_carry(tmp_path, capsys):
     """`data2vec convert --from-fairseq` on a CTC fine-tune: fairseq's fine-tuning masks (SpecAugment) are
     training only, so they are listed in fairseq.json (and warned about), and the head's letters are

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from data2vec.config import Config
+from data2vec.errors import Data2VecError
 from data2vec.interop.fairseq import v2_config
 from data2vec.interop.fairseq import weights as fm
 from data2vec.interop.fairseq.common import (
@@ -94,7 +95,7 @@ def convert(ckpt: dict, out: Path, dictionary: Path | None = None) -> Path:
     extra = {f"decoder.{k}": v for k, v in fm.v2_decoder(fm.sub(enc, "decoder."), ours.model.dim, False).items()}
     head, placed = None, [*student.values(), *(teacher or {}).values(), *extra.values()]
     if name == IMAGE_CLASSIFIER:
-        head, pool = _image_head(cfg["model"], state, ours)
+        head, pool = _image_head(cfg["model"], state, ours, dictionary)
         student.update(pool)
         placed += [*pool.values(), state["head.weight"], state["head.bias"]]
     elif name == CTC:
@@ -216,7 +217,8 @@ def _classifier_model(ft: dict, dropped: list[str]) -> tuple[dict, dict]:
     return model, args.get("task") or {}
 
 
-def _image_head(ft: dict, state: dict[str, Tensor], cfg: Config) -> tuple[LinearClassifier, dict[str, Tensor]]:
+def _image_head(ft: dict, state: dict[str, Tensor], cfg: Config, dictionary: Path | None
+                ) -> tuple[LinearClassifier, dict[str, Tensor]]:
     """fairseq's `head` (Linear on the pooled features) and `fc_norm` (LayerNorm, eps 1e-6, on them): our
     linear head and the image front-end's pooling norm."""
     cfg.image.pool = "cls" if ft["prediction_mode"] == "CLS_TOKEN" else "mean"
@@ -225,7 +227,7 @@ def _image_head(ft: dict, state: dict[str, Tensor], cfg: Config) -> tuple[Linear
         raise unsupported("model.use_fc_norm", True, f"is a LayerNorm of eps 1e-6 after pooling, and ours takes "
                           f"model.norm_eps ({cfg.model.norm_eps})")
     w, b = state["head.weight"], state["head.bias"]
-    head = LinearClassifier(cfg.model.dim, w.shape[0], 0.0)
+    head = LinearClassifier(cfg.model.dim, w.shape[0], 0.0, class_labels(w.shape[0], dictionary))
     head.load_state_dict({"fc.weight": w, "fc.bias": b})
     f = cfg.finetune
     f.task, f.head, f.pool, f.metric = "classify", "linear", cfg.image.pool, "accuracy"
@@ -236,6 +238,27 @@ def _image_head(ft: dict, state: dict[str, Tensor], cfg: Config) -> tuple[Linear
     pool = {"frontend.pool_norm.weight": state["fc_norm.weight"], "frontend.pool_norm.bias": state["fc_norm.bias"]} \
         if cfg.image.pool_norm else {}
     return head, pool
+
+
+IMAGENET_CLASSES = Path(__file__).with_name("imagenet_classes.txt")
+
+
+def class_labels(n: int, dictionary: Path | None) -> list[str]:
+    """Names of a classifier's `n` classes, which fairseq's file does not hold: one per line of `dictionary`
+    (``--dict``), else, for 1000 classes, ImageNet-1k's class folders in the order fairseq's ImageFolder read
+    them (so `data2vec evaluate` matches an ImageNet folder's classes), else ``LABEL_i``."""
+    if dictionary is not None:
+        if not dictionary.is_file():
+            raise Data2VecError(f"--dict '{dictionary}' is not a file; for an image classifier give a file with "
+                                "one class name per line, in the order of the classifier's outputs")
+        names = [line.strip() for line in dictionary.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if len(names) != n:
+            raise Data2VecError(f"--dict '{dictionary}' names {len(names)} classes but the classifier has {n}")
+        return names
+    if n == 1000:
+        log.info("labelling the classifier's 1000 outputs with ImageNet-1k's class folders (WordNet ids, sorted)")
+        return [line for line in IMAGENET_CLASSES.read_text().split("\n") if line and not line.startswith("#")]
+    return [f"LABEL_{i}" for i in range(n)]
 
 
 # ----------------------------------------------------------------------------------------------- speech CTC
