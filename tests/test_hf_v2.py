@@ -217,3 +217,22 @@ def test_meta_v2_checkpoint_exports_with_fairseqs_outputs(tmp_path, name):
             out = hf(padded, attention_mask=padded.ne(1).long()).last_hidden_state
             keep = padded.ne(1)
             torch.testing.assert_close(out[keep], tensors["out.features_padded"][keep], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["v2_image_ft", "v2_audio_ctc"])
+def test_model_code_folders_convert_back_without_our_config_key(tmp_path, name):
+    """A `data2vec2-vision` / `data2vec2-audio` folder whose config.json lost our `data2vec` key (edited, or
+    re-saved by `save_pretrained`) still converts back, from its own keys alone, to the same model; the v2
+    recipe's decoder is fitted to the model's width, so the run folder can continue pretraining."""
+    data2vec.from_fairseq(FIXTURES / f"{name}.pt", tmp_path / "run")
+    to_hf(tmp_path / "run", tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    del config["data2vec"]
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    back = from_hf(tmp_path / "hf", tmp_path / "back")
+    original, converted = data2vec.load(tmp_path / "run"), data2vec.load(back)
+    assert converted.cfg.objective.version == 2 and converted.cfg.model.dim == 8
+    inputs = load_file(str(FIXTURES / f"{name}.safetensors"))["in.source"]
+    with torch.no_grad():
+        assert torch.equal(original(inputs).last_hidden_state, converted(inputs).last_hidden_state)
+    Data2Vec(converted.cfg)  # the decoder builds at this width

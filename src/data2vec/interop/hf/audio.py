@@ -16,6 +16,7 @@ from data2vec.interop.hf.common import (
     BASE_PREFIX,
     cannot_export,
     encoder_fields,
+    fit_decoder,
     labels,
     layer_pairs,
     log,
@@ -73,7 +74,8 @@ def config_from_hf(hf: dict, weights: dict[str, Tensor], folder: Path) -> Config
     groups = int(get("num_conv_pos_embedding_groups"))
     if groups < 1 or fields["dim"] % groups:
         raise unsupported("num_conv_pos_embedding_groups", groups, f"does not divide hidden_size={fields['dim']}")
-    cfg = build_config("audio-base")
+    v2 = hf.get("model_type") == AUDIO2  # our export of a data2vec 2.0 model with ALiBi (Data2VecAudio has none)
+    cfg = build_config("audio-base-v2" if v2 else "audio-base")
     for key, value in fields.items():
         setattr(cfg.model, key, value)
     m, a = cfg.model, cfg.audio
@@ -81,7 +83,9 @@ def config_from_hf(hf: dict, weights: dict[str, Tensor], folder: Path) -> Config
     activation_dropout = float(get("activation_dropout"))
     m.activation_dropout = None if activation_dropout == m.dropout else activation_dropout
     m.layer_drop = 0.0  # HF's layerdrop is not converted (below)
-    m.alibi = hf.get("model_type") == AUDIO2  # our export of a model with ALiBi (Data2VecAudio has none)
+    m.alibi = v2
+    if v2:
+        fit_decoder(cfg)
     a.conv_dim, a.conv_kernel = [int(d) for d in dims], [int(k) for k in kernels]
     a.conv_stride = [int(s) for s in strides]
     a.conv_bias = bool(get("conv_bias"))

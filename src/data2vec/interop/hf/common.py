@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import pickle
 import re
 from pathlib import Path
@@ -106,6 +107,14 @@ def encoder_fields(hf: dict, defaults: dict) -> dict:
     return {"dim": dim, "depth": int(get("num_hidden_layers")), "heads": heads, "mlp_ratio": hidden / dim,
             "norm_eps": float(get("layer_norm_eps")), "dropout": float(get("hidden_dropout_prob")),
             "attn_dropout": float(get("attention_probs_dropout_prob"))}
+
+
+def fit_decoder(cfg: Config) -> None:
+    """The v2 recipe's decoder made to fit a model of another width (for continued pretraining of a converted
+    model): no wider than the model, its groups dividing both widths."""
+    obj = cfg.objective
+    obj.decoder_dim = min(obj.decoder_dim, cfg.model.dim)
+    obj.decoder_groups = math.gcd(obj.decoder_groups, obj.decoder_dim, cfg.model.dim)
 
 
 def labels(hf: dict, n: int) -> list[str]:

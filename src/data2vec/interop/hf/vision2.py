@@ -19,6 +19,7 @@ from data2vec.interop.hf.common import (
     VISION2,
     cannot_export,
     encoder_fields,
+    fit_decoder,
     labels,
     layer_pairs,
     log,
@@ -139,6 +140,7 @@ def config_from_hf(hf: dict, weights: dict[str, Tensor], folder: Path) -> Config
         raise unsupported("image_size", img.image_size, f"is not a multiple of patch_size={img.patch_size}")
     img.cls_token, img.embed_norm = bool(get("use_cls_token")), bool(get("use_embed_norm"))
     img.pool, img.pool_norm, img.rel_pos_bias = str(get("pooling")), bool(get("use_pool_norm")), "none"
+    fit_decoder(cfg)
     kind = get("position_embeddings")
     if kind not in ("fixed", "learned", "none"):
         raise unsupported("position_embeddings", kind, "is not one of fixed, learned, none")
