@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", action="store_true", help="--to-hf: export the EMA teacher instead of the student")
     p.add_argument("--dict", metavar="PATH", help="--from-fairseq: what the file does not hold: text models, the "
                                                   "folder with fairseq's dict.txt, encoder.json and vocab.bpe; CTC "
-                                                  "fine-tunes, their dict.ltr.txt (default: LibriSpeech's letters)")
+                                                  "fine-tunes, their dict.ltr.txt (default: LibriSpeech's letters); "
+                                                  "image classifiers, their class names (a file, one per line)")
 
     p = sub.add_parser("finetune", help="fine-tune a pretrained checkpoint: a classifier, or CTC speech recognition")
     p.add_argument("recipe", help="fine-tuning recipe (image-tiny-ft, text-tiny-ft, audio-tiny-ctc, ...) or YAML path")

@@ -20,7 +20,8 @@ def from_fairseq(checkpoint: str | Path, out: str | Path, dictionary: str | Path
 
     `dictionary` is what the file does not hold: for text models the folder with fairseq's ``dict.txt`` and
     GPT-2's ``encoder.json`` / ``vocab.bpe`` (the tokenizer); for CTC fine-tunes the letter dictionary
-    ``dict.ltr.txt`` (LibriSpeech's when left out and the head has its 32 outputs)."""
+    ``dict.ltr.txt`` (LibriSpeech's when left out and the head has its 32 outputs); for an image classifier the
+    class names (a file, one per line)."""
     from data2vec.interop.fairseq import v1
     from data2vec.interop.fairseq.reader import read_checkpoint
 
