@@ -72,8 +72,8 @@ def from_fairseq(checkpoint: str, out: str, dictionary: str | None = None):
     """Convert a fairseq data2vec checkpoint (v1 speech, its CTC fine-tunes, v1 text, data2vec 2.0) into a data2vec
     run folder `out`; returns the checkpoint path. Needs no fairseq and runs no code from the file; `dictionary`:
     the folder with fairseq's dict.txt / GPT-2 BPE files (text), a dict.ltr.txt (CTC) or an image classifier's
-    class names, one per line (see :mod:`data2vec.interop.fairseq`). `checkpoint` may be a URL or released name (docs/checkpoints.md),
-    downloaded once with the dictionary it needs."""
+    class names, one per line (see :mod:`data2vec.interop.fairseq`). `checkpoint` may be a URL or released name
+    (docs/checkpoints.md), downloaded once with the dictionary it needs."""
     from data2vec.interop.fairseq import from_fairseq as convert
     from data2vec.interop.hub import fairseq_dictionary, fairseq_file
 
