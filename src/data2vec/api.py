@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from data2vec.checkpoint import load_checkpoint
 from data2vec.model import Data2VecEncoder
-from data2vec.train.checkpoint import load_checkpoint
 
 
 def load(checkpoint: str | Path, which: str = "student") -> Data2VecEncoder:

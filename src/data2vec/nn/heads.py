@@ -79,7 +79,7 @@ def load_head(checkpoint: str | Path) -> LinearClassifier | SentenceClassifier |
     """The classifier stored with a checkpoint (or run folder), in eval mode; None when it has none."""
     from safetensors import safe_open
 
-    from data2vec.train.checkpoint import resolve_checkpoint
+    from data2vec.checkpoint import resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint) / HEAD_FILE
     if not path.is_file():

@@ -25,7 +25,7 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "vali
     """Score the checkpoint's classifier on `split` of `data` (default: the run's validation set); writes
     `eval.json` beside the checkpoint (or into `out`) and returns the metrics."""
     from data2vec.api import load
-    from data2vec.train.checkpoint import resolve_checkpoint
+    from data2vec.checkpoint import resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     head = load_head(path)

@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 from torch.utils.data import DataLoader
 
+from data2vec.checkpoint import load_checkpoint, load_config, resolve_checkpoint, save_checkpoint
 from data2vec.config import Config
 from data2vec.data.build import step_loader
 from data2vec.data.image import collate_images
@@ -31,7 +32,6 @@ from data2vec.finetune.loop import finetune_loop
 from data2vec.finetune.setup import resolve_config, tokenizer_json
 from data2vec.model import Data2VecEncoder
 from data2vec.nn.heads import HEAD_FILE, head_file, load_head
-from data2vec.train.checkpoint import load_checkpoint, load_config, resolve_checkpoint, save_checkpoint
 from data2vec.train.harness import checkpoint_saver, continue_randomness, open_run, running, started
 from data2vec.train.optim import layer_decay_groups
 

@@ -17,7 +17,7 @@ __all__ = ["probe", "probe_encoder", "extract_features", "linear_probe", "knn_pr
 def probe(checkpoint: str | Path, data: str | None = None, out: str | Path | None = None) -> dict[str, float]:
     """Probe a checkpoint; writes `probe.json` beside it (or into `out`) and returns the accuracies."""
     from data2vec.api import load
-    from data2vec.train.checkpoint import resolve_checkpoint
+    from data2vec.checkpoint import resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     encoder = load(path)

@@ -142,7 +142,7 @@ def probe_section(run_dir: Path, out: Path) -> str:
 
 
 def embedding_section(run_dir: Path, out: Path) -> str:
-    from data2vec.train.checkpoint import resolve_checkpoint
+    from data2vec.checkpoint import resolve_checkpoint
 
     try:
         checkpoint = resolve_checkpoint(run_dir)

@@ -26,9 +26,9 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from data2vec.checkpoint import load_checkpoint, save_checkpoint
 from data2vec.config import Config, save_config
 from data2vec.nn.linear import decided_cpu_matmul, restore_cpu_matmul
-from data2vec.train.checkpoint import load_checkpoint, save_checkpoint
 from data2vec.train.device import resolve_device
 from data2vec.train.distributed import DistInfo, barrier, full_state, init_distributed, local_device
 from data2vec.train.logging import MetricsLogger, setup_logging

@@ -26,9 +26,9 @@ from typing import Callable, Iterator
 
 import yaml
 
+from data2vec.checkpoint import latest_checkpoint, list_checkpoints
 from data2vec.config import Config, config_from_yaml_text, flatten, to_dict
 from data2vec.errors import Data2VecError
-from data2vec.train.checkpoint import latest_checkpoint, list_checkpoints
 
 log = logging.getLogger("data2vec")
 LOCK = "run.lock"
