@@ -16,6 +16,7 @@ class _Steps:
 
     start_step: int
     max_steps: int | None
+    steps_per_epoch: int  # steps that see every sample once (the loop counts skipped batches per epoch)
 
     def batch_at(self, step: int) -> list[tuple[int, int]]:
         raise NotImplementedError
