@@ -17,12 +17,10 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-from torch.utils.data import DataLoader
 
 from data2vec.checkpoint import load_checkpoint, load_config, resolve_checkpoint, save_checkpoint
 from data2vec.config import Config
-from data2vec.data.build import step_loader
-from data2vec.data.image import collate_images
+from data2vec.data.build import eval_loader, step_loader
 from data2vec.data.labelled import labelled_set
 from data2vec.data.text import checked_tokenizer
 from data2vec.errors import Data2VecError
@@ -179,13 +177,3 @@ def _resolve(cfg: Config, source: Config, source_dir: Path) -> Config:
     if resolved.modality == "text":
         resolved.text.tokenizer = str((Path(cfg.out) / "tokenizer.json").resolve())
     return resolved
-
-
-def eval_loader(dataset, batch_size: int) -> DataLoader:
-    """Evaluation batches in order (speech: by length, under a budget of padded samples). The loader has its
-    own generator, so starting it leaves the global RNG, which dropout draws from, untouched."""
-    collate = getattr(dataset, "collate", collate_images)
-    if hasattr(dataset, "eval_batches"):
-        return DataLoader(dataset, batch_sampler=dataset.eval_batches(batch_size), collate_fn=collate,
-                          generator=torch.Generator())
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator())
