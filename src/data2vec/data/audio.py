@@ -90,7 +90,8 @@ def _report(files: AudioFiles, total: int) -> AudioFiles:
     return files
 
 
-def _min_samples(cfg: Config, train: bool) -> int:
+def min_audio_samples(cfg: Config, train: bool) -> int:
+    """The shortest usable file: the front-end's receptive field, and for training ``audio.min_sample_size``."""
     field_ = receptive_field(cfg.audio.conv_kernel, cfg.audio.conv_stride)
     return max(field_, cfg.audio.min_sample_size) if train else field_
 
@@ -370,7 +371,7 @@ class AudioCollate:
 
 
 def pretrain_audio_dataset(cfg: Config) -> AudioDataset:
-    files = resolve_audio_files(cfg.data.path, "train", _min_samples(cfg, True), cfg.audio.sample_rate,
+    files = resolve_audio_files(cfg.data.path, "train", min_audio_samples(cfg, True), cfg.audio.sample_rate,
                                 cfg.data.strict)
     return AudioDataset(files, cfg, train=True, crop_to_shortest=cfg.data.crop_to_shortest)  # not fine-tuning
 

@@ -24,7 +24,7 @@ import torch
 
 from data2vec.config import Config
 from data2vec.ctc import char_vocabulary, encode, letters_to_words, normalize_transcript
-from data2vec.data.audio import AudioDataset, AudioFiles, _min_samples, resolve_audio_files
+from data2vec.data.audio import AudioDataset, AudioFiles, min_audio_samples, resolve_audio_files
 from data2vec.data.builtin import resolve_image_source
 from data2vec.data.builtin_text import builtin_labelled_file
 from data2vec.data.dataset import StepDataset
@@ -212,7 +212,7 @@ def _audio_set(cfg: Config, split: str, classes: list[str] | None, path: str | N
         if not where.startswith("builtin:") and not ((root / "train").is_dir() or (root / "train.tsv").is_file()):
             raise Data2VecError(f"data.path '{where}' has no train/ and test/ (or train.tsv and valid.tsv), so there "
                                 "is no validation split; set data.eval_path=... to labelled validation audio")
-    files = resolve_audio_files(where, "train" if split == "train" else "test", _min_samples(cfg, augment),
+    files = resolve_audio_files(where, "train" if split == "train" else "test", min_audio_samples(cfg, augment),
                                 cfg.audio.sample_rate, cfg.data.strict, option)
     if task == "ctc":
         texts = audio_transcripts(files)
