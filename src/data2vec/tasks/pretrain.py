@@ -49,5 +49,5 @@ def pretrain(cfg: Config, progress: bool = True) -> Path:
         save = checkpoint_saver(run, model, optimizer, scaler=scaler)
         with running(run, progress) as (logger, stop):
             train(model, optimizer, loader, cfg, device, run.start_step, save, logger, scaler, step_model, info,
-                  should_stop=stop, steps_per_epoch=getattr(loader.batch_sampler, "steps_per_epoch", None))
+                  should_stop=stop, steps_per_epoch=loader.batch_sampler.steps_per_epoch)
     return run.out
