@@ -149,3 +149,11 @@ def test_the_probe_prefers_test_files_and_fine_tuning_dev_files(tmp_path):
     assert text_file(str(tmp_path), "test") == tmp_path / "test.tsv"
     (tmp_path / "test.tsv").unlink()
     assert text_file(str(tmp_path), "test") == tmp_path / "dev.tsv"
+
+
+def test_the_probe_reads_every_training_example_fine_tuning_a_subset():
+    from data2vec.data.build import eval_dataset
+
+    cfg = build_config("image-tiny-ft", ["image.image_size=8", "image.patch_size=4", "finetune.train_examples=20"])
+    assert len(labelled_set(cfg, "train")) == 20
+    assert len(eval_dataset(cfg, "train")) == 1347 and len(eval_dataset(cfg, "test")) == 450

@@ -94,12 +94,12 @@ def pretrain_loader(cfg: Config, start_step: int = 0, rank: int = 0, world_size:
 
 def eval_dataset(cfg: Config, split: str, path: str | None = None, option: str | None = None,
                  classes: list[str] | None = None) -> StepDataset:
-    """The probe's labelled `split` ("train" or "test"), un-augmented: :func:`labelled_set` (classification)
-    of `path`, else ``data.eval_path``, else ``data.path`` for both splits, since a probe's config is its
-    pretraining run's, whose ``data.path`` may be unlabelled. `option` is how the user gives `path`
+    """The probe's labelled `split` ("train" or "test"), un-augmented and whole: :func:`labelled_set`
+    (classification) of `path`, else ``data.eval_path``, else ``data.path`` for both splits, since a probe's
+    config is its pretraining run's, whose ``data.path`` may be unlabelled. `option` is how the user gives `path`
     (``--data PATH`` for the probe command), named in the fix of an error; None names the config keys."""
     where = path or cfg.data.eval_path or cfg.data.path
-    return labelled_set(cfg, split, classes=classes, path=where, option=option, task="classify")
+    return labelled_set(cfg, split, classes=classes, path=where, option=option, task="classify", subset=False)
 
 
 def eval_loader(dataset: StepDataset, batch_size: int = 256, num_workers: int = 0) -> DataLoader:

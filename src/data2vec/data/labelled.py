@@ -131,10 +131,9 @@ def image_source_path(cfg: Config, split: str, path: str | None = None) -> tuple
     return root, "test"
 
 
-def _train_subset(cfg: Config, split: str, labels: list | None, total: int, where: str) -> list[int] | None:
-    """Indices of the `finetune.train_examples` training examples to use (None: all of them)."""
-    count = cfg.finetune.train_examples
-    if split != "train" or count == 0:
+def _subset(count: int, cfg: Config, labels: list | None, total: int, where: str) -> list[int] | None:
+    """Indices of the `count` training examples to use (``finetune.train_examples``; 0: all of them)."""
+    if not count:
         return None
     keep = balanced_subset(labels, total, count, cfg.train.seed, where)
     log.info("training on %d of the %d labelled examples of '%s' (finetune.train_examples, seed %d)", len(keep),
@@ -143,31 +142,33 @@ def _train_subset(cfg: Config, split: str, labels: list | None, total: int, wher
 
 
 def labelled_set(cfg: Config, split: str, classes: list[str] | None = None, path: str | None = None,
-                 augment: bool = False, tokenizer=None, option: str | None = None, task: str | None = None
-                 ) -> StepDataset:
+                 augment: bool = False, tokenizer=None, option: str | None = None, task: str | None = None,
+                 subset: bool = True) -> StepDataset:
     """The labelled `split` (see SPLITS) for `cfg`'s modality and `task` (default ``finetune.task``): what
     probing, fine-tuning and evaluation read. `path` defaults to ``data.path`` for training and to
     ``data.eval_path`` (else the held-out part of ``data.path``) otherwise. `classes` (the training split's
     classes, or for CTC its character vocabulary) numbers the labels; None reads them from this split.
     `augment`: the training transform (image crops, speech crops and masks). Text is read with `tokenizer`
     ((tokenizer, special ids)), default :func:`text_tokenizer`. `option` is how the user gave `path`
-    (``--data PATH``), named in an error's fix. The set has `classes`, `collate` and its batches
-    (:class:`StepDataset`)."""
+    (``--data PATH``), named in an error's fix. `subset`: train on ``finetune.train_examples`` of the
+    training split (fine-tuning); the probe uses all of them. The set has `classes`, `collate` and its
+    batches (:class:`StepDataset`)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    examples = cfg.finetune.train_examples if subset and split == "train" else 0
     task = task or cfg.finetune.task
     if task == "ctc" and cfg.modality != "audio":
         raise Data2VecError(f"finetune.task=ctc is speech recognition; this is a {cfg.modality} model, use "
                             "finetune.task=classify")
     if cfg.modality == "text":
-        return _text_set(cfg, split, classes, path, tokenizer, option)
+        return _text_set(cfg, split, classes, path, tokenizer, option, examples)
     if cfg.modality == "audio":
-        return _audio_set(cfg, split, classes, path, augment, task, option)
-    return _image_set(cfg, split, classes, path, augment, option)
+        return _audio_set(cfg, split, classes, path, augment, task, option, examples)
+    return _image_set(cfg, split, classes, path, augment, option, examples)
 
 
-def _text_set(cfg: Config, split: str, classes: list[str] | None, path: str | None, tokenizer, option: str | None
-              ) -> TextClassificationSet:
+def _text_set(cfg: Config, split: str, classes: list[str] | None, path: str | None, tokenizer, option: str | None,
+              examples: int) -> TextClassificationSet:
     where = path or (cfg.data.path if split == "train" else cfg.data.eval_path)
     file = text_file(where, split, given=True, option=option) if where else text_file(cfg.data.path, split)
     ft = cfg.finetune
@@ -178,7 +179,7 @@ def _text_set(cfg: Config, split: str, classes: list[str] | None, path: str | No
                     "class i", file, classes[0])  # e.g. a Hugging Face head labelled LABEL_0, LABEL_1
         rows = [TextRow(r.text, r.pair, classes[int(r.label)], r.line) for r in rows]
     classes = classes or sort_labels({r.label for r in rows})
-    keep = _train_subset(cfg, split, [r.label for r in rows], len(rows), str(file))
+    keep = _subset(examples, cfg, [r.label for r in rows], len(rows), str(file))
     if keep is not None:
         rows = [rows[i] for i in keep]
     tok, ids = tokenizer if tokenizer is not None else text_tokenizer(cfg)
@@ -186,11 +187,11 @@ def _text_set(cfg: Config, split: str, classes: list[str] | None, path: str | No
 
 
 def _image_set(cfg: Config, split: str, classes: list[str] | None, path: str | None, augment: bool,
-               option: str | None) -> ImageDataset:
+               option: str | None, examples: int) -> ImageDataset:
     where, which = image_source_path(cfg, split, path)
     source = resolve_image_source(where, which, cfg.data.strict, option)
     relabelled = _Relabelled(source, classes or list(source.classes), where)
-    relabelled.keep_only(_train_subset(cfg, split, relabelled.labels, len(relabelled), where))
+    relabelled.keep_only(_subset(examples, cfg, relabelled.labels, len(relabelled), where))
     if augment:
         transform = ImageTransform(size=cfg.image.image_size, train=True, scale=(cfg.data.crop_scale_min, 1.0),
                                    hflip=cfg.data.hflip)
@@ -204,7 +205,7 @@ def _image_set(cfg: Config, split: str, classes: list[str] | None, path: str | N
 # ----------------------------------------------------------------------------------------------- speech
 
 def _audio_set(cfg: Config, split: str, classes: list[str] | None, path: str | None, augment: bool, task: str,
-               option: str | None) -> StepDataset:
+               option: str | None, examples: int) -> StepDataset:
     where = path or (cfg.data.path if split == "train" else cfg.data.eval_path)
     if where is None:
         where = cfg.data.path
@@ -217,7 +218,7 @@ def _audio_set(cfg: Config, split: str, classes: list[str] | None, path: str | N
     if task == "ctc":
         texts = audio_transcripts(files)
         vocab = classes or char_vocabulary(texts)  # of all transcripts, so a subset misses no character
-        keep = _train_subset(cfg, split, None, len(files), files.where)
+        keep = _subset(examples, cfg, None, len(files), files.where)
         if keep is not None:
             _keep_files(files, keep)
             texts = [texts[i] for i in keep]
@@ -233,7 +234,7 @@ def _audio_set(cfg: Config, split: str, classes: list[str] | None, path: str | N
         raise Data2VecError(f"'{files.where}' has classes the training data lacks ({', '.join(map(str, unknown[:5]))})"
                             "; use the same classes in every split")
     files.labels, files.classes = [lookup[n] for n in names], classes
-    keep = _train_subset(cfg, split, files.labels, len(files), files.where)
+    keep = _subset(examples, cfg, files.labels, len(files), files.where)
     if keep is not None:
         _keep_files(files, keep)
     dataset = AudioDataset(files, cfg, train=augment)
