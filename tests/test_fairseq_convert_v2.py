@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 import data2vec
+from data2vec.checkpoint import load_checkpoint
 from data2vec.config import build_config
 from data2vec.ctc import BLANK
 from data2vec.errors import Data2VecError
@@ -29,7 +30,6 @@ from data2vec.interop.fairseq.common import train_overrides
 from data2vec.interop.fairseq.reader import read_checkpoint
 from data2vec.model import Data2Vec, Data2VecEncoder
 from data2vec.nn.heads import load_head
-from data2vec.train.checkpoint import load_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "fairseq_ckpt"
 ATOL = 1e-5
