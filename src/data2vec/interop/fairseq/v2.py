@@ -165,7 +165,9 @@ def _check_all_placed(state: dict[str, Any], ema: Any, placed: list[Tensor]) -> 
                   and not k.endswith(NOT_NEEDED) and not (k.startswith("_ema.") and "decoder." in k))
     if left:
         shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
-        raise unsupported("model", f"{len(left)} tensors", f"holds tensors data2vec has no place for ({shown})")
+        raise Data2VecError(f"cannot convert: the fairseq checkpoint holds {len(left)} tensor(s) data2vec's model has "
+                            f"no place for ({shown}), a layout this converter does not know; docs/checkpoints.md "
+                            "lists what converts")
 
 
 def _tokenizer(cfg: Config, out: Path, dictionary: Path | None) -> dict[str, bytes]:
