@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimi
 
 from data2vec.checkpoint import load_checkpoint, load_config, resolve_checkpoint, save_checkpoint
 from data2vec.config import Config
-from data2vec.data.build import eval_loader, step_loader
+from data2vec.data.build import eval_loader
 from data2vec.data.labelled import labelled_set
 from data2vec.data.text import checked_tokenizer
 from data2vec.errors import Data2VecError
@@ -88,7 +88,7 @@ def finetune(cfg: Config, progress: bool = True) -> Path:
     if cfg.finetune.metric == "top5" and len(classes) <= 5:
         raise Data2VecError(f"finetune.metric=top5 needs more than five classes, the data has {len(classes)}; use "
                             "accuracy, f1 or mcc")
-    loader = step_loader(train_set, cfg, run.start_step, info.rank, info.world_size)  # pretraining's, workers capped
+    loader = run.loader(train_set)  # pretraining's, workers capped
     valid_loader = eval_loader(valid_set, cfg.finetune.eval_batch_size)
 
     torch.manual_seed(cfg.train.seed)

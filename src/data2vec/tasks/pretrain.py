@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from data2vec.config import Config, check_pretraining
-from data2vec.data.build import pretrain_loader
+from data2vec.data.build import pretrain_dataset
 from data2vec.model import Data2Vec
 from data2vec.train.distributed import load_full_state, wrap_model
 from data2vec.train.harness import checkpoint_saver, continue_randomness, open_run, running, started
@@ -25,8 +25,7 @@ def pretrain(cfg: Config, progress: bool = True) -> Path:
     run = open_run(cfg)
     info, device = run.info, run.device
     # Data first: a bad data path fails in a second, before a large model is built.
-    loader = pretrain_loader(cfg, run.start_step, rank=info.rank, world_size=info.world_size,
-                             pin_memory=device.type == "cuda")
+    loader = run.loader(pretrain_dataset(cfg), pin_memory=device.type == "cuda")
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every process
     model = Data2Vec(cfg).to(device)
     model.student.encoder.grad_checkpoint = cfg.train.grad_checkpoint

@@ -1,7 +1,7 @@
 """The run harness: what every training command (pretrain, finetune) does around its loop, written once.
 
     run = open_run(cfg)                          # device, process group, start point, checkpoint resumed from
-    loader = ...(cfg, run.start_step, ...)       # the task's data, positioned at the start step
+    loader = run.loader(dataset)                 # the task's data, positioned at the start step
     model, optimizer = ...                       # the task's model, then its resumed state
     continue_randomness(run)                     # RNG of the checkpoint, then each process its own stream
     with started(run) as todo:                   # claim the run folder (first write), logging, config.yaml
@@ -25,9 +25,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from torch.utils.data import DataLoader
 
 from data2vec.checkpoint import load_checkpoint, save_checkpoint
 from data2vec.config import Config, save_config
+from data2vec.data.build import step_loader
+from data2vec.data.dataset import StepDataset
 from data2vec.nn.linear import decided_cpu_matmul, restore_cpu_matmul
 from data2vec.train.device import resolve_device
 from data2vec.train.distributed import DistInfo, barrier, full_state, init_distributed, local_device
@@ -74,6 +77,11 @@ class Run:
     @property
     def start_step(self) -> int:
         return self.state.get("step", 0)
+
+    def loader(self, dataset: StepDataset, pin_memory: bool = False) -> DataLoader:
+        """This process's share of each step's batch of `dataset`, from the start step on: a resumed run sees
+        the batches the uninterrupted one would have (:func:`data2vec.data.build.step_loader`)."""
+        return step_loader(dataset, self.cfg, self.start_step, self.info.rank, self.info.world_size, pin_memory)
 
     @property
     def same_world(self) -> bool:
