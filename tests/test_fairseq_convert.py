@@ -268,3 +268,26 @@ def test_conv_feature_layers_spec_is_read_without_eval():
     assert conv_layers(released, "k") == [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
     with pytest.raises(Data2VecError, match=r"k=\"__import__"):
         conv_layers("__import__('os').system('true')", "k")
+
+
+def test_converted_ctc_transcribes_in_transformers_pipeline_as_ours(converted, tmp_path):
+    """fairseq's CTC blank (<s>, index 0) is the exported tokenizer's pad token, which transformers' CTC
+    decoding drops; fairseq's other specials (never a fine-tuning target) print alike on both sides, so the
+    `automatic-speech-recognition` pipeline's transcripts are our greedy ones."""
+    transformers = pytest.importorskip("transformers")
+    import data2vec
+    from data2vec.ctc import decode, greedy_decode
+    from data2vec.data.audio import normalize_wave
+    from data2vec.interop.hf import to_hf
+    from data2vec.nn.heads import load_head
+
+    folder = to_hf(converted["v1_audio_ctc"], tmp_path / "hf")
+    assert json.loads((folder / "tokenizer_config.json").read_text())["pad_token"] == "<blank>"
+    asr = transformers.pipeline("automatic-speech-recognition", model=str(folder))
+    encoder, head = data2vec.load(converted["v1_audio_ctc"]), load_head(converted["v1_audio_ctc"])
+    t = outputs("v1_audio_ctc")
+    for wave, n in zip(t["in.source"], (~t["in.padding_mask"]).sum(1).tolist()):
+        wave = normalize_wave(wave[:n])  # what our data pipeline feeds; the pipeline's own norm keeps it
+        with torch.no_grad():
+            ours = decode(greedy_decode(head(encoder(wave[None]).last_hidden_state, None))[0], head.labels)
+        assert asr(wave.numpy())["text"] == ours and len(ours) > 10
