@@ -291,3 +291,24 @@ def test_converted_ctc_transcribes_in_transformers_pipeline_as_ours(converted, t
         with torch.no_grad():
             ours = decode(greedy_decode(head(encoder(wave[None]).last_hidden_state, None))[0], head.labels)
         assert asr(wave.numpy())["text"] == ours and len(ours) > 10
+
+
+def test_numbered_fairseq_enums_read_as_their_names(tmp_path, monkeypatch):
+    """A DictConfig holding data2vec 2.0's `Modality.IMAGE` pickles it as (class, 2); the reader gives "IMAGE",
+    what fairseq's enum_to_str writes, and a string-valued enum its value."""
+    import enum
+    import sys
+    import types
+
+    module = types.ModuleType("examples.data2vec.data.modality")
+    Modality = enum.Enum("Modality", ["AUDIO", "IMAGE", "TEXT"], module=module.__name__)
+    Choice = enum.Enum("Choices", {"layer_norm": "layer_norm"}, module=module.__name__)
+    module.Modality, module.Choices = Modality, Choice
+    names = ["examples", "examples.data2vec", "examples.data2vec.data"]
+    for name in names:  # pickle imports the module (and its parents) to check it holds the class
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    torch.save({"model": {}, "cfg": {"model": {"m": Modality.IMAGE, "c": Choice.layer_norm}}}, tmp_path / "e.pt")
+    for name in [*names, module.__name__]:  # the reader never imports them
+        monkeypatch.delitem(sys.modules, name)
+    assert read_checkpoint(tmp_path / "e.pt")["cfg"]["model"] == {"m": "IMAGE", "c": "layer_norm"}

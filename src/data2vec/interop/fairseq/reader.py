@@ -13,8 +13,9 @@ Here every global the pickle names goes through one allow-list (:func:`_resolve_
   the global, before anything is called.
 
 :func:`read_checkpoint` then turns the stand-ins into plain data: a ``DictConfig`` becomes a dict, a ``ListConfig``
-a list, an omegaconf node its value, a ``Namespace`` or dataclass its fields, an enum member its value; and
-``${a.b}`` interpolations are resolved against the config's root, as omegaconf would.
+a list, an omegaconf node its value, a ``Namespace`` or dataclass its fields, an enum member its value (its name
+where the enum numbers its members, :data:`AUTO_ENUMS`, as omegaconf's ``enum_to_str`` writes it); and ``${a.b}``
+interpolations are resolved against the config's root, as omegaconf would.
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ class _Record:
 
 
 _RECORD_CLASSES: dict[tuple[str, str], type[_Record]] = {}
+# fairseq's enums whose values are `auto()` numbers: a pickled member holds only (class, number), so its name comes
+# from here (member i is number i + 1); the other enums (fairseq's ChoiceEnum) have their names as values
+AUTO_ENUMS = {
+    ("data2vec.data.modality", "Modality"): ("AUDIO", "IMAGE", "TEXT"),
+    ("data2vec.models.mae_image_classification", "PredictionMode"): ("MEAN_POOLING", "CLS_TOKEN", "LIN_SOFTMAX"),
+}
 
 
 def _record_class(module: str, name: str) -> type[_Record]:
@@ -199,7 +206,12 @@ def _record_to_plain(rec: _Record) -> Any:
     if rec.module.startswith("omegaconf") and "_val" in fields:  # AnyNode, StringNode, EnumNode, ...
         return to_plain(fields["_val"])
     if len(rec.args) == 1 and not fields:  # an enum member: Enum(value)
-        return to_plain(rec.args[0])
+        value = rec.args[0]
+        for (module, name), members in AUTO_ENUMS.items():
+            if rec.name == name and rec.module.endswith(module) and isinstance(value, int) \
+                    and 1 <= value <= len(members):
+                return members[value - 1]
+        return to_plain(value)
     if fields:  # argparse.Namespace, a dataclass: its fields
         return {k: to_plain(v) for k, v in fields.items() if not k.startswith("_")}
     if rec.args:
