@@ -287,13 +287,23 @@ def v2_audio() -> None:
     mask = torch.from_numpy(compute_mask_indices((2 * mf.CLONES, 59), None, 0.5, 5, min_masks=1,
                                                  require_same_masks=True, seed=71, epoch=1,
                                                  indices=torch.arange(2 * mf.CLONES)))
+    padded, padding = padded_clips(source)
     tensors = {"in.source": source, **fairseq_features(model, source, "AUDIO"),
+               "in.padded": padded, "in.padding_mask": padding,
+               **{f"{k}_padded": v for k, v in fairseq_features(model, padded, "AUDIO", padding).items()},
                **pretraining_loss(model, "AUDIO", source, mask)}
     save_outputs("v2_audio", tensors, {"kind": "audio pretrained", "noise_seed": mf.NOISE_SEED,
                                        "file": "fairseq Trainer.state_dict of Data2VecMultiModel (AUDIO)"})
 
 
-LETTERS = ["|", "E", "T", "A", "O", "N", "I", "H", "S", "R", "D", "L", "U", "M", "W", "C", "F", "G", "Y", "P", "B", "V", "K", "'", "X", "J", "Q", "Z"]  # LibriSpeech's dict.ltr.txt order
+def padded_clips(source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`source` with its later clips cut short (1000 and 760 samples, zeros after), and the padding mask."""
+    lengths = torch.tensor([source.shape[1], 1000, 760][:source.shape[0]])
+    padding = torch.arange(source.shape[1])[None] >= lengths[:, None]
+    return source.masked_fill(padding, 0.0), padding
+
+
+LETTERS = list("|ETAONIHSRDLUMWCFGYPBVK'XJQZ")  # LibriSpeech's dict.ltr.txt order
 
 
 def v2_audio_ctc() -> None:
@@ -328,11 +338,12 @@ def v2_audio_ctc() -> None:
     model.eval()
     cfg.model.w2v_path = "/checkpoint/data2vec2/base_libri.pt"  # where it was read from: no local path in the file
     save_checkpoint(OUT / "v2_audio_ctc.pt", cfg, model)
-    source = clips(74, (1200, 1200, 1200))
+    source, padding = padded_clips(clips(74, (1200, 1200, 1200)))  # a padded batch, as fine-tuning batches are
     with torch.no_grad():
-        out = model(source=source, padding_mask=None)
+        out = model(source=source, padding_mask=padding)
     logits = out["encoder_out"].transpose(0, 1)  # T x B x V -> B x T x V
-    save_outputs("v2_audio_ctc", {"in.source": source, "out.logits": logits},
+    save_outputs("v2_audio_ctc", {"in.source": source, "in.padding_mask": padding, "out.logits": logits,
+                                  "out.padding_mask": out["padding_mask"]},
                  {"kind": "audio ctc", "labels": [d[i] for i in range(len(d))],
                   "file": "fairseq Trainer.state_dict of Wav2VecCtc (data2vec_multi encoder)"})
 

@@ -103,8 +103,10 @@ class AudioConfig:
     pos_conv_kernel: int = 19
     pos_conv_groups: int = 16
     # padded frames zeroed before every positional conv layer (a real frame's output does not depend on the
-    # padding) or once, before the first (HF Data2VecAudio / fairseq: what converted models use)
-    pos_conv_zero_padding: Literal["every_layer", "once"] = "every_layer"
+    # padding), once, before the first (HF Data2VecAudio / fairseq v1: what models converted from them use), or
+    # "none": not at all, so the padding's features reach the convs (fairseq's data2vec 2.0 speech encoder: what
+    # models converted from it use)
+    pos_conv_zero_padding: Literal["every_layer", "once", "none"] = "every_layer"
     feature_dropout: float = 0.0  # after the projection to model width (HF feat_proj_dropout)
     normalize: bool = True  # zero mean, unit variance per utterance (the reference recipe's `normalize: true`)
     max_sample_size: int = 320000  # random crop for pretraining (20 s); evaluation keeps the centre

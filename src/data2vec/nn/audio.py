@@ -11,7 +11,8 @@ One deliberate difference, for padded batches only: padded frames are zeroed aga
 conv layer, not only before the first. Hugging Face and fairseq zero them once, so with several layers a
 frame near the end of an utterance sees a little of the padding and changes with the amount of padding;
 here a real frame's output is the same however the batch is padded. Without padding both agree exactly;
-``audio.pos_conv_zero_padding: once`` (what models converted from Hugging Face get) zeroes once, as they do.
+``audio.pos_conv_zero_padding: once`` (what models converted from Hugging Face get) zeroes once, as they do;
+``none`` (models converted from fairseq's data2vec 2.0) zeroes nothing, as that encoder does.
 """
 
 from __future__ import annotations
@@ -161,6 +162,7 @@ class AudioFrontend(Frontend):
         self.masked_spec_embed = nn.Parameter(torch.zeros(enc.dim))
         self.pos_conv_embed = PositionalConv(enc.dim, cfg.pos_conv_layers, cfg.pos_conv_kernel, cfg.pos_conv_groups,
                                              zero_every_layer=cfg.pos_conv_zero_padding == "every_layer")
+        self.zero_padding = cfg.pos_conv_zero_padding != "none"
         self.layer_norm = nn.LayerNorm(enc.dim, eps=enc.norm_eps)
         self.dropout = nn.Dropout(enc.dropout)
         self._init_weights()
@@ -234,6 +236,8 @@ class AudioFrontend(Frontend):
         """
         if mask is not None:
             x = torch.where(mask.unsqueeze(-1), self.masked_spec_embed.to(x.dtype), x)
+        if not self.zero_padding:  # fairseq v2: the padding's features reach the positional convs
+            padding = None
         if padding is not None:
             x = x.masked_fill(padding.unsqueeze(-1), 0.0)
         if len(self.pos_conv_embed.layers):

@@ -235,7 +235,8 @@ def _audio(model: dict, mod: dict, task: dict, sizes: dict[str, int]) -> dict:
     out = {"conv_dim": [c[0] for c in convs], "conv_kernel": [c[1] for c in convs],
            "conv_stride": [c[2] for c in convs], "conv_bias": False, "pos_conv_layers": depth,
            "pos_conv_kernel": max(3, int(mod["conv_pos_width"]) // depth) if depth else 3,
-           "pos_conv_groups": int(mod["conv_pos_groups"]), "feature_dropout": 0.0}
+           "pos_conv_groups": int(mod["conv_pos_groups"]), "feature_dropout": 0.0,
+           "pos_conv_zero_padding": "none"}  # fairseq v2 does not zero padded frames before its positional convs
     if "normalize" in task:
         out["normalize"] = bool(task["normalize"])
     if "sample_rate" in task:
