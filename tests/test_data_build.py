@@ -63,3 +63,17 @@ def test_finetune_caps_its_workers_too(monkeypatch, caplog, tmp_path):
                  progress=False)
     assert capped_warnings(caplog) == ["data.num_workers=8 but this process may use 1 CPU(s): starting 1 loader "
                                        "worker(s); set data.num_workers=1 to silence this"]
+
+
+def test_an_evaluation_loader_leaves_the_global_random_stream_alone():
+    # Validation during fine-tuning and the probe start evaluation loaders; if starting one drew its seed from
+    # the global RNG, the dropout draws after it (and so a resumed run) would differ.
+    import torch
+
+    from data2vec.data.build import eval_dataset, eval_loader
+
+    cfg = build_config("image-tiny", TINY)
+    loader = eval_loader(eval_dataset(cfg, "valid", "builtin:digits"), batch_size=64)
+    before = torch.get_rng_state()
+    next(iter(loader))
+    assert torch.equal(torch.get_rng_state(), before)
