@@ -34,13 +34,13 @@ import torch
 import torch.nn.functional as F
 from sklearn.utils.extmath import randomized_svd
 
+from data2vec.checkpoint import save_checkpoint
 from data2vec.config import build_config
 from data2vec.data.build import eval_dataset, pretrain_loader
 from data2vec.data.text import TokenShards
 from data2vec.data.text_source import text_source
 from data2vec.evaluation.probe import knn_probe, linear_probe, probe_encoder
 from data2vec.model import Data2VecEncoder
-from data2vec.train.checkpoint import save_checkpoint
 from data2vec.train.optim import build_optimizer, lr_at, set_lr
 
 

@@ -311,7 +311,7 @@ def _convert_once(out: Path, convert) -> Path:
     """Run `convert` into `out` unless a complete conversion is there. A converted run folder records its own
     absolute path (config `out`, a text tokenizer), so it is written in place, under a lock, and an incomplete
     one (a conversion that was stopped) is removed first."""
-    from data2vec.train.checkpoint import latest_checkpoint
+    from data2vec.checkpoint import latest_checkpoint
 
     if out.is_dir() and latest_checkpoint(out) is not None:
         return out

@@ -58,7 +58,7 @@ def from_hf(folder: str | Path, out: str | Path) -> Path:
     folder's
     ``config.yaml`` continues pretraining with ``data2vec pretrain OUT/config.yaml resume=auto``."""
     from data2vec.nn.heads import HEAD_FILE, head_file
-    from data2vec.train.checkpoint import list_checkpoints
+    from data2vec.checkpoint import list_checkpoints
 
     folder, out = Path(folder), Path(out)
     if list_checkpoints(out):
@@ -121,7 +121,7 @@ def to_hf(checkpoint: str | Path, out: str | Path, which: str = "student") -> Pa
     which `AutoModel.from_pretrained(out)` loads. Speech also gets the feature extractor's
     ``preprocessor_config.json``."""
     from data2vec.nn.heads import load_head
-    from data2vec.train.checkpoint import load_checkpoint, resolve_checkpoint
+    from data2vec.checkpoint import load_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     weights, _, cfg = load_checkpoint(path, with_state=False)

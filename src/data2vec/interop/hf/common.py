@@ -211,7 +211,7 @@ def write_checkpoint(cfg: Config, encoder_state: dict[str, Tensor], out: Path, e
     (what it lacks is the student's) and other tensors of the full model (``head.*``, ``decoder.*``) as
     `model_state`."""
     from data2vec.model import Data2Vec
-    from data2vec.train.checkpoint import save_checkpoint
+    from data2vec.checkpoint import save_checkpoint
 
     with torch.random.fork_rng(devices=[]):  # the same file every time, and the caller's RNG untouched
         torch.manual_seed(cfg.train.seed)
