@@ -180,6 +180,9 @@ def test_cli_converts_and_records_what_it_did_not_carry(tmp_path, capsys):
     assert any(item.startswith("model.apply_mask=True") for item in record["not_carried"])
     assert any("mask_channel_prob=0.1" in item for item in record["not_carried"])
     assert record["cfg"]["model"]["w2v_args"]["model"]["_name"] == "data2vec_multi"
+    # fairseq's frozen feature encoder (feature_grad_mult 0, written into w2v_args) is carried, not listed
+    assert not any("local_grad_mult" in item for item in record["not_carried"])
+    assert load_checkpoint(tmp_path / "run", with_state=False)[2].finetune.freeze_frontend_steps == -1
 
 
 # fairseq's config/v2 files -> the recipes of ours that cite them (their keys must agree with what conversion reads)

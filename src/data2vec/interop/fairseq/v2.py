@@ -293,7 +293,11 @@ def _ctc_model(ft: dict, dropped: list[str]) -> tuple[dict, dict]:
     frozen feature encoder) into it when it loaded the pretrained model."""
     _ctc_settings().check(ft, dropped)
     args = ft["w2v_args"]
-    return args["model"], args.get("task") or {}
+    model = copy.deepcopy(args["model"])
+    audio = model["modalities"]["audio"]
+    if float(ft.get("feature_grad_mult", 1.0)) == 0.0 and float(audio.get("local_grad_mult", 1.0)) == 0.0:
+        audio["local_grad_mult"] = 1.0  # fairseq's frozen feature encoder: finetune.freeze_frontend_steps=-1
+    return model, args.get("task") or {}
 
 
 def _ctc_head(ft: dict, state: dict[str, Tensor], cfg: Config, dictionary: Path | None) -> CTCHead:
