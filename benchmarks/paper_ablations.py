@@ -103,9 +103,13 @@ def key(p: dict, seed: int) -> str:
     return f"{p['recipe']}|{kind}|{' '.join(p['overrides'])}|seed={seed}"
 
 
+def run_folder(p: dict, seed: int, runs: Path) -> Path:
+    return runs / f"{p['recipe']}-{hashlib.sha1(key(p, seed).encode()).hexdigest()[:10]}"
+
+
 def run_child(p: dict, seed: int, runs: Path) -> dict:
     """Pretrain and probe one point in a child process with one thread; returns its record."""
-    folder = runs / f"{p['recipe']}-{hashlib.sha1(key(p, seed).encode()).hexdigest()[:10]}"
+    folder = run_folder(p, seed, runs)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -163,35 +167,52 @@ def load_results(out: Path) -> dict[str, dict]:
     return {r["key"]: r for r in json.loads(path.read_text())} if path.exists() else {}
 
 
-def save_results(out: Path, results: dict[str, dict]) -> None:
+def add_result(out: Path, record: dict) -> None:
+    """Add one record to results.json under a lock (two sweeps may share the file), written atomically."""
+    import fcntl
+
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(sorted(results.values(), key=lambda r: r["key"]), indent=1))
-    tmp.replace(out / "results.json")
+    with open(out / "results.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = load_results(out)
+        results[record["key"]] = record
+        tmp = out / "results.json.tmp"
+        tmp.write_text(json.dumps(sorted(results.values(), key=lambda r: r["key"]), indent=1))
+        tmp.replace(out / "results.json")
 
 
 def sweep(names: list[str], seeds: list[int], out: Path, runs: Path) -> None:
-    """Phase 1 of every claim asked for, seed by seed, then phase 2; skips runs already in results.json."""
+    """Phase 1 of every claim asked for, seed by seed in the order given, then phase 2. A run already in
+    results.json, or claimed by another sweep (a `.claim` file beside its run folder), is skipped, so two
+    sweeps (`--seeds 0 1 2` and `--seeds 2 1 0`) can share the work."""
     table = claims()
-    results = load_results(out)
-    queue = [(p, seed) for phase in ("1", "2") for seed in seeds for name in names for _, p in table[name][phase]]
-    todo, seen = [], set()
-    for p, seed in queue:
-        k = key(p, seed)
-        if k not in results and k not in seen:
-            seen.add(k)
-            todo.append((p, seed))
-    print(f"{len(todo)} runs to do ({len(results)} already in {out / 'results.json'})", flush=True)
-    for i, (p, seed) in enumerate(todo, 1):
+    queue, seen = [], set()
+    for phase in ("1", "2"):
+        for seed in seeds:
+            for name in names:
+                for _, p in table[name][phase]:
+                    if key(p, seed) not in seen:
+                        seen.add(key(p, seed))
+                        queue.append((p, seed))
+    print(f"{len(queue)} runs in this sweep ({len(load_results(out))} records in {out / 'results.json'})", flush=True)
+    runs.mkdir(parents=True, exist_ok=True)
+    for i, (p, seed) in enumerate(queue, 1):
+        claim = run_folder(p, seed, runs).with_suffix(".claim")
+        if key(p, seed) in load_results(out):
+            continue
+        try:
+            os.close(os.open(claim, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            continue
         try:
             record = run_child(p, seed, runs)
         except RuntimeError as err:
-            print(f"[{i}/{len(todo)}] {err}", flush=True)
+            print(f"[{i}/{len(queue)}] {err}", flush=True)
             continue
-        results = load_results(out)  # another process may have added runs meanwhile
-        results[record["key"]] = record
-        save_results(out, results)
-        print(f"[{i}/{len(todo)}] {record['key']}: linear {record['linear']:.3f} kNN {record['knn']:.3f} "
+        finally:
+            claim.unlink()
+        add_result(out, record)
+        print(f"[{i}/{len(queue)}] {record['key']}: linear {record['linear']:.3f} kNN {record['knn']:.3f} "
               f"({record['cpu_s']:.0f} CPU s)", flush=True)
 
 
@@ -203,21 +224,44 @@ def stats(results: dict[str, dict], p: dict, seeds: list[int], field: str) -> tu
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, len(values)
 
 
+def reference(name: str, label: str) -> str:
+    """The row a row of claim `name` is compared with: the recipe's own setting (the baseline)."""
+    m = label.split()[0]
+    return {"topk": f"{m} K={base_k(m)}" if m in NAMES else "", "tap": "ffn", "context": f"{m} all",
+            "norm": f"{m} on", "clones": "M=4"}[name]
+
+
+def order(name: str, label: str) -> tuple:
+    """Rows by modality, then by the swept value (K, window with "all" last, clones), random weights last."""
+    parts = label.split()
+    value = parts[-1].split("=")[-1]
+    rank = {"all": 10**6, "random": 10**7, "on": 0, "off": 1, "ffn": 0, "block": 1, "attn": 2, "v1": -1}
+    return (parts[0] if len(parts) > 1 else "", rank[value] if value in rank else int(value))
+
+
 def summary(name: str, results: dict[str, dict], seeds: list[int]) -> str:
-    """A markdown table of one claim: mean +- sd over seeds of each probe, CPU time and final target variance."""
-    rows = [f"| {name} point | linear probe | kNN (k=20) | seeds | CPU s per run | final target var |",
-            "|---|---|---|---|---|---|"]
-    table = claims()[name]
-    for label, p in table["1"] + table["2"]:
+    """A markdown table of one claim: mean +- sd over seeds of each probe, the paired difference of the linear
+    probe to the baseline row (same seeds: same initial weights and data), CPU time and final target variance."""
+    header = f"| {name} | linear probe | kNN (k=20) | linear - baseline, paired | seeds | CPU s per run | final target var |"
+    rows = [header, "|---|---|---|---|---|---|---|"]
+    table = dict(claims()[name]["1"] + claims()[name]["2"])
+    for label in sorted(table, key=lambda lab: order(name, lab)):
+        p = table[label]
         lin, lin_sd, n = stats(results, p, seeds, "linear")
         if n == 0:
-            rows.append(f"| {label} | not run | | 0 | | |")
+            rows.append(f"| {label} | not run | | | 0 | | |")
             continue
         knn, knn_sd, _ = stats(results, p, seeds, "knn")
+        ref = table.get(reference(name, label))
+        diffs = [results[key(p, s)]["linear"] - results[key(ref, s)]["linear"] for s in seeds
+                 if ref is not None and ref is not p and key(p, s) in results and key(ref, s) in results]
+        diff = (f"{np.mean(diffs):+.3f} ± {np.std(diffs, ddof=1) if len(diffs) > 1 else 0:.3f} "
+                f"({sum(d > 0 for d in diffs)}/{len(diffs)} above)") if diffs and not p["random"] else ""
         cpu = stats(results, p, seeds, "cpu_s")[0]
         var = "" if p["random"] else f"{stats(results, p, seeds, 'final_target_var')[0]:.3g}"
-        rows.append(f"| {label} | {lin:.3f} ± {lin_sd:.3f} | {knn:.3f} ± {knn_sd:.3f} | {n} | {cpu:.0f} | {var} |")
-    total = sum(results[key(p, s)]["cpu_s"] for p in {key(p, 0): p for _, p in table["1"] + table["2"]}.values()
+        rows.append(f"| {label} | {lin:.3f} ± {lin_sd:.3f} | {knn:.3f} ± {knn_sd:.3f} | {diff} | {n} | {cpu:.0f} | "
+                    f"{var} |")
+    total = sum(results[key(p, s)]["cpu_s"] for p in {key(p, 0): p for p in table.values()}.values()
                 for s in seeds if key(p, s) in results)
     rows.append(f"\nCPU time of the runs in this table: {total / 60:.1f} min (a run shared with another claim "
                 "counts in both).")
