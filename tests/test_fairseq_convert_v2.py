@@ -23,8 +23,8 @@ from data2vec.checkpoint import load_checkpoint
 from data2vec.config import build_config
 from data2vec.ctc import BLANK
 from data2vec.errors import Data2VecError
-from data2vec.finetune.classifier import Classifier, load_pretrained
-from data2vec.finetune.setup import resolve_config
+from data2vec.finetuning.classifier import Classifier, load_pretrained
+from data2vec.finetuning.setup import resolve_config
 from data2vec.interop.fairseq import v2, v2_config
 from data2vec.interop.fairseq.common import train_overrides
 from data2vec.interop.fairseq.reader import read_checkpoint

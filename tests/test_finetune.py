@@ -286,7 +286,7 @@ def test_spoken_word_classification_and_task_metric_mismatch(speech, tmp_path, c
 
 def test_audio_data_keys_come_from_the_fine_tuning_run_even_at_their_defaults():
     from data2vec.config import AudioConfig, build_config
-    from data2vec.finetune.setup import resolve_config
+    from data2vec.finetuning.setup import resolve_config
 
     source = build_config("audio-base", [])  # pretrained on files of at least 2 s
     assert source.audio.min_sample_size == 32000
@@ -312,7 +312,7 @@ def test_labelled_folder_of_only_unreadable_files_stops_with_a_reason(pretrained
 
 def test_finetune_layer_drop_overrides_the_checkpoints():
     from data2vec.config import build_config
-    from data2vec.finetune.setup import resolve_config
+    from data2vec.finetuning.setup import resolve_config
 
     source = build_config("audio-tiny", ["model.layer_drop=0.2"])
     assert resolve_config(build_config("audio-tiny-ctc", []), source, "x").model.layer_drop == 0.2

@@ -19,7 +19,7 @@ from data2vec.data.audio import normalize_wave  # noqa: E402
 from data2vec.data.image import ImageTransform  # noqa: E402
 from data2vec.data.labelled_text import TextRow  # noqa: E402
 from data2vec.data.text import TextClassificationSet, checked_tokenizer  # noqa: E402
-from data2vec.finetune.classifier import Classifier  # noqa: E402
+from data2vec.finetuning.classifier import Classifier  # noqa: E402
 from data2vec.interop.hf import from_hf, to_hf  # noqa: E402
 from data2vec.model import Data2Vec  # noqa: E402
 from data2vec.nn.heads import HEAD_FILE, CTCHead, LinearClassifier, head_file, load_head  # noqa: E402

@@ -11,16 +11,16 @@ PACKAGE = SRC / "data2vec"
 
 # (importer, what it must not import): a module name or a package prefix
 FORBIDDEN = [
-    ("data2vec.nn", ("data2vec.train", "data2vec.tasks", "data2vec.finetune", "data2vec.evaluation",
+    ("data2vec.nn", ("data2vec.train", "data2vec.tasks", "data2vec.finetuning", "data2vec.evaluation",
                      "data2vec.interop", "data2vec.data", "data2vec.model", "data2vec.cli")),
-    ("data2vec.data", ("data2vec.model", "data2vec.nn", "data2vec.finetune", "data2vec.train", "data2vec.tasks",
+    ("data2vec.data", ("data2vec.model", "data2vec.nn", "data2vec.finetuning", "data2vec.train", "data2vec.tasks",
                        "data2vec.evaluation", "data2vec.interop", "data2vec.cli")),
     ("data2vec.interop", ("data2vec.train.loop", "data2vec.train.optim", "data2vec.train.step",
                           "data2vec.train.harness", "data2vec.tasks", "data2vec.cli")),
-    ("data2vec.evaluation", ("data2vec.finetune", "data2vec.tasks", "data2vec.train.loop", "data2vec.cli")),
-    ("data2vec.train", ("data2vec.tasks", "data2vec.finetune", "data2vec.evaluation", "data2vec.interop",
+    ("data2vec.evaluation", ("data2vec.finetuning", "data2vec.tasks", "data2vec.train.loop", "data2vec.cli")),
+    ("data2vec.train", ("data2vec.tasks", "data2vec.finetuning", "data2vec.evaluation", "data2vec.interop",
                         "data2vec.cli")),
-    ("data2vec.finetune", ("data2vec.tasks", "data2vec.train.loop", "data2vec.interop", "data2vec.cli")),
+    ("data2vec.finetuning", ("data2vec.tasks", "data2vec.train.loop", "data2vec.interop", "data2vec.cli")),
     ("data2vec.cli", ("data2vec.train.loop",)),
 ]
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from data2vec.finetune.mixing import cutmix_box, mix_batch, smooth_one_hot
+from data2vec.finetuning.mixing import cutmix_box, mix_batch, smooth_one_hot
 
 
 def test_smoothed_targets_put_the_rest_on_the_label():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from data2vec.config import build_config
-from data2vec.finetune.classifier import Classifier, new_head
+from data2vec.finetuning.classifier import Classifier, new_head
 from data2vec.model import Data2VecEncoder
 from data2vec.train.optim import layer_decay_groups, layer_id, set_lr
 

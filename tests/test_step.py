@@ -7,8 +7,8 @@ import torch
 
 from data2vec.config import build_config
 from data2vec.errors import Data2VecError
-from data2vec.finetune.classifier import Classifier, new_head
-from data2vec.finetune.loop import finetune_loop
+from data2vec.finetuning.classifier import Classifier, new_head
+from data2vec.finetuning.loop import finetune_loop
 from data2vec.model import Data2VecEncoder
 from data2vec.train.distributed import DistInfo
 from data2vec.train.step import Faults, LogWindow, skip_empty, split, to_device

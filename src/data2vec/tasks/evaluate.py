@@ -15,7 +15,7 @@ from data2vec.data.build import eval_loader
 from data2vec.data.labelled import labelled_set
 from data2vec.errors import Data2VecError
 from data2vec.evaluation.classify import evaluate_classifier, evaluate_ctc
-from data2vec.finetune.classifier import Classifier
+from data2vec.finetuning.classifier import Classifier
 from data2vec.nn.heads import load_head
 from data2vec.train.device import resolve_device
 

@@ -25,9 +25,9 @@ from data2vec.data.labelled import labelled_set
 from data2vec.data.text import checked_tokenizer
 from data2vec.errors import Data2VecError
 from data2vec.evaluation.classify import better, evaluate_classifier, evaluate_ctc
-from data2vec.finetune.classifier import Classifier, load_pretrained, new_head
-from data2vec.finetune.loop import finetune_loop
-from data2vec.finetune.setup import resolve_config, tokenizer_json
+from data2vec.finetuning.classifier import Classifier, load_pretrained, new_head
+from data2vec.finetuning.loop import finetune_loop
+from data2vec.finetuning.setup import resolve_config, tokenizer_json
 from data2vec.model import Data2VecEncoder
 from data2vec.nn.heads import HEAD_FILE, head_file, load_head
 from data2vec.train.harness import checkpoint_saver, continue_randomness, open_run, running, started

@@ -54,7 +54,7 @@ def tokenizer_files(cfg: Config, checkpoint: Path) -> dict[str, dict | str]:
     from tokenizers import Tokenizer
 
     from data2vec.data.text import checked_tokenizer
-    from data2vec.finetune.setup import tokenizer_json
+    from data2vec.finetuning.setup import tokenizer_json
 
     try:
         text = tokenizer_json("", cfg, checkpoint)

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from data2vec.config import Config
 from data2vec.ctc import ctc_loss
 from data2vec.data.seeding import keyed_generator
-from data2vec.finetune.classifier import Classifier, apply_freezing
-from data2vec.finetune.mixing import mix_batch, smooth_one_hot
+from data2vec.finetuning.classifier import Classifier, apply_freezing
+from data2vec.finetuning.mixing import mix_batch, smooth_one_hot
 from data2vec.train.device import autocast
 from data2vec.train.distributed import DistInfo, average_gradients
 from data2vec.train.logging import MetricsLogger
