@@ -153,10 +153,12 @@ def test_reader_reads_namespace_args_and_torchs_legacy_format(tmp_path):
     and conversion asks for a file with a hydra config."""
     import argparse
 
-    torch.save({"model": {"w": torch.ones(2)}, "cfg": None, "args": argparse.Namespace(arch="roberta", lr=[1e-4])},
-               tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    args = argparse.Namespace(arch="roberta", lr=[1e-4], _name="roberta")
+    torch.save({"model": {"w": torch.ones(2)}, "cfg": None, "args": args}, tmp_path / "old.pt",
+               _use_new_zipfile_serialization=False)
     ckpt = read_checkpoint(tmp_path / "old.pt")
-    assert ckpt["args"] == {"arch": "roberta", "lr": [1e-4]} and torch.equal(ckpt["model"]["w"], torch.ones(2))
+    assert ckpt["args"] == {"arch": "roberta", "lr": [1e-4], "_name": "roberta"}
+    assert torch.equal(ckpt["model"]["w"], torch.ones(2))
     with pytest.raises(Data2VecError, match="no hydra config"):
         from_fairseq(tmp_path / "old.pt", tmp_path / "run")
 

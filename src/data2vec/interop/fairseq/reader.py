@@ -212,8 +212,8 @@ def _record_to_plain(rec: _Record) -> Any:
                     and 1 <= value <= len(members):
                 return members[value - 1]
         return to_plain(value)
-    if fields:  # argparse.Namespace, a dataclass: its fields
-        return {k: to_plain(v) for k, v in fields.items() if not k.startswith("_")}
+    if fields:  # argparse.Namespace, a dataclass: its fields (fairseq's `_name` included)
+        return {k: to_plain(v) for k, v in fields.items()}
     if rec.args:
         return [to_plain(v) for v in rec.args]
     return rec.qualname()  # a bare class (typing.Any, an enum type): its name
