@@ -88,8 +88,8 @@ def test_v1_speech_ctc_logits_match_fairseq(converted):
 
 def test_v1_text_tokenizer_and_features_match_fairseq(converted):
     import data2vec
+    from data2vec.checkpoint import load_checkpoint
     from data2vec.data.text import batch_tokens, checked_tokenizer
-    from data2vec.train.checkpoint import load_checkpoint
 
     t, meta = outputs("v1_text"), json.loads((FIXTURES / "v1_text.json").read_text())
     _, _, cfg = load_checkpoint(converted["v1_text"], with_state=False)
@@ -112,7 +112,7 @@ def test_converted_text_embeds_from_the_cli(converted, tmp_path):
 
 
 def test_converted_config_is_the_files(converted):
-    from data2vec.train.checkpoint import load_checkpoint
+    from data2vec.checkpoint import load_checkpoint
 
     _, _, audio = load_checkpoint(converted["v1_audio"], with_state=False)
     assert (audio.model.dim, audio.model.depth, audio.model.layer_drop) == (8, 3, 0.05)
@@ -209,10 +209,10 @@ def test_cli_converts_and_the_run_resumes_one_step(tmp_path):
     """`data2vec convert --from-fairseq`, then pretraining continues from the converted step 0: one step."""
     import soundfile as sf
 
+    from data2vec.checkpoint import load_checkpoint
     from data2vec.cli import main
     from data2vec.config import build_config
     from data2vec.tasks.pretrain import pretrain
-    from data2vec.train.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     assert main(["convert", "--from-fairseq", str(FIXTURES / "v1_audio.pt"), "--out", str(run)]) == 0
