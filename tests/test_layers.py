@@ -22,6 +22,11 @@ FORBIDDEN = [
                         "data2vec.cli")),
     ("data2vec.finetuning", ("data2vec.tasks", "data2vec.train.loop", "data2vec.interop", "data2vec.cli")),
     ("data2vec.cli", ("data2vec.train.loop",)),
+    ("data2vec.tasks", ("data2vec.interop", "data2vec.cli")),
+] + [  # the objective: modules and data below it, nothing that runs or converts it
+    (objective, ("data2vec.train", "data2vec.tasks", "data2vec.finetuning", "data2vec.evaluation",
+                 "data2vec.interop", "data2vec.cli"))
+    for objective in ("data2vec.model", "data2vec.masking", "data2vec.targets", "data2vec.losses", "data2vec.ema")
 ]
 
 
