@@ -268,6 +268,38 @@ def summary(name: str, results: dict[str, dict], seeds: list[int]) -> str:
     return "\n".join(rows)
 
 
+def at_init() -> str:
+    """How much K and the teacher's window change the targets of a freshly initialised teacher: the cosine
+    between whole-target tensors (one batch of built-in inputs' shapes, random values), per modality."""
+    import torch
+
+    from data2vec.config import build_config
+    from data2vec.model import Data2Vec
+    from data2vec.tasks.demo import RECIPES
+
+    torch.manual_seed(0)
+    inputs = {"image": torch.randn(8, 3, 32, 32), "audio": torch.randn(8, 16000), "text": torch.randint(5, 8000, (8, 128))}
+    rows = ["| recipe | K=1 against K=2, 3, 4 | whole input against w=1, w=4 |", "|---|---|---|"]
+    for m, x in inputs.items():
+        model = Data2Vec(build_config(RECIPES[m])).eval()
+        k0 = base_k(m)
+        one, full = _targets(model, x, 1, 0), _targets(model, x, k0, 0)
+        rows.append(f"| {RECIPES[m]} | {', '.join(_cos(one, _targets(model, x, k, 0)) for k in (2, 3, 4))} | "
+                    f"{', '.join(_cos(full, _targets(model, x, k0, w)) for w in (1, 4))} |")
+    return "\n".join(rows)
+
+
+def _targets(model, x, top_k: int, window: int):
+    model.cfg.objective.top_k, model.cfg.objective.teacher_window = top_k, window
+    return model.targets(x).flatten()
+
+
+def _cos(a, b) -> str:
+    import torch
+
+    return f"{float(torch.nn.functional.cosine_similarity(a, b, dim=0)):.4f}"
+
+
 def _figure(panels: int):
     from matplotlib.figure import Figure
 
@@ -352,10 +384,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT, help="results.json, tables and plots (default docs/ablations)")
     parser.add_argument("--runs", type=Path, default=RUNS, help="run folders (default runs/paper-ablations)")
     parser.add_argument("--plot-only", action="store_true", help="tables and plots from results.json; no runs")
+    parser.add_argument("--at-init", action="store_true",
+                        help="print how much K and the teacher window change an untrained teacher's targets")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process of one run
     args = parser.parse_args()
     if args.one:
         return one(args.one)
+    if args.at_init:
+        return print(at_init())
     if args.claim is None:
         parser.error("name a claim or all")
     names = ["topk", "tap", "context", "norm", "clones"] if args.claim == "all" else [args.claim]
