@@ -206,13 +206,19 @@ def export(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dict[str, 
     folder (``Data2Vec2AudioModel`` / ``...ForCTC`` / ``...ForSequenceClassification``, model type
     ``data2vec2-audio``), which `transformers` loads with ``trust_remote_code=True``."""
     hf, tensors, files = _export_data2vec_audio(cfg, ours, head)
+    a = cfg.audio
     if not cfg.model.alibi:
+        if a.pos_conv_zero_padding == "none":
+            log.warning("audio.pos_conv_zero_padding=none: Data2VecAudio zeroes padded frames before its positional "
+                        "convs; outputs are identical without padding, but on a padded batch frames near the end of "
+                        "the shorter utterances differ (from_hf of the export restores the setting)")
         return hf, tensors, files
     from data2vec.interop.hf_code import code_files
 
     classes = [arch.replace("Data2VecAudio", "Data2Vec2Audio") for arch in hf["architectures"]]
     module = Path(ALIBI_CODE).stem
-    hf.update(model_type=AUDIO2, architectures=classes, auto_map={
+    hf.update(model_type=AUDIO2, architectures=classes, zero_padding_before_pos_conv=a.pos_conv_zero_padding != "none",
+              auto_map={
         "AutoConfig": f"{module}.Data2Vec2AudioConfig", "AutoModel": f"{module}.Data2Vec2AudioModel",
         "AutoModelForCTC": f"{module}.Data2Vec2AudioForCTC",
         "AutoModelForAudioClassification": f"{module}.Data2Vec2AudioForSequenceClassification"})

@@ -29,6 +29,12 @@ class Data2Vec2AudioConfig(Data2VecAudioConfig):
 
     model_type = "data2vec2-audio"
 
+    def __init__(self, zero_padding_before_pos_conv: bool = True, **kwargs):
+        # Data2VecAudio zeroes padded frames before its positional convs; Meta's data2vec 2.0 speech encoder
+        # does not (they reach the convs as the feature encoder left them), so exports of it set False
+        self.zero_padding_before_pos_conv = zero_padding_before_pos_conv
+        super().__init__(**kwargs)
+
 
 def alibi_slopes(heads: int) -> list[float]:
     """For n heads, n a power of two, 2^(-8/n), 2^(-16/n), ...; otherwise those of the largest power of two
@@ -51,7 +57,7 @@ class Data2Vec2AudioEncoder(Data2VecAudioEncoder):
         self.alibi_slopes = alibi_slopes(config.num_attention_heads)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
-        if attention_mask is not None:  # padded frames zeroed before the positional convs, as Data2VecAudio
+        if attention_mask is not None and getattr(self.config, "zero_padding_before_pos_conv", True):
             hidden_states = hidden_states.masked_fill(~attention_mask.bool()[..., None], 0.0)
         T = hidden_states.shape[1]
         positions = torch.arange(T, device=hidden_states.device)
