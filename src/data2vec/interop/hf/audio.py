@@ -90,7 +90,8 @@ def config_from_hf(hf: dict, weights: dict[str, Tensor], folder: Path) -> Config
     a.conv_stride = [int(s) for s in strides]
     a.conv_bias = bool(get("conv_bias"))
     a.pos_conv_layers, a.pos_conv_kernel, a.pos_conv_groups = layers, int(get("conv_pos_kernel_size")), groups
-    a.pos_conv_zero_padding = "once"  # as HF: padded frames zeroed before the first positional conv only
+    # as HF: padded frames zeroed before the first positional conv only; our data2vec2-audio code can skip it
+    a.pos_conv_zero_padding = "once" if hf.get("zero_padding_before_pos_conv", True) else "none"
     a.feature_dropout = float(get("feat_proj_dropout"))
     if float(get("layerdrop")) > 0:
         log.info("layerdrop=%s is not converted (a training setting: set model.layer_drop or finetune.layer_drop)",
