@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import data2vec
+from data2vec.checkpoint import resolve_checkpoint
 from data2vec.cli import main
 from data2vec.config import build_config
 from data2vec.nn.heads import load_head
@@ -65,6 +66,17 @@ def test_evaluate_reports_the_best_checkpoints_metrics(finetuned, tmp_path, caps
     assert "accuracy" in out and "top5" in out and json.loads((tmp_path / "eval.json").read_text())["samples"] == 1347
 
 
+def test_evaluate_data_errors_name_the_option_the_user_gave(finetuned, tmp_path, capsys):
+    missing = tmp_path / "nope"
+    for given, fix in ((["--data", str(missing)], "set --data PATH to"), ([f"data={missing}"], "set data=PATH to")):
+        assert main(["evaluate", str(finetuned / "best"), *given]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"'{missing}'" in err and fix in err, err
+        assert "data.path" not in err and "data.eval_path" not in err, err  # keys the command cannot set
+    assert main(["evaluate", str(finetuned / "best"), "--data", str(missing), f"data={missing}"]) == 2
+    assert "give the data once" in capsys.readouterr().err
+
+
 def test_hugging_face_round_trip_keeps_the_classifier(finetuned, tmp_path):
     from data2vec.interop.hf import from_hf, to_hf
 
@@ -98,7 +110,7 @@ def test_frozen_parts_receive_no_updates_while_frozen(pretrained, tmp_path):
     run = finetune(ft(pretrained, tmp_path / "run", "train.max_steps=5", "train.save_every=1", "train.keep_last=9",
                       "finetune.eval_every=0", "finetune.freeze_encoder_steps=2", "finetune.freeze_frontend_steps=4",
                       "train.weight_decay=0.5", "train.lr=1e-2"), progress=False)
-    start = {k: v for k, v in load_file(str(data2vec.train.checkpoint.resolve_checkpoint(pretrained)
+    start = {k: v for k, v in load_file(str(resolve_checkpoint(pretrained)
                                             / "model.safetensors")).items() if k.startswith("student.")}
 
     def at(step):
@@ -187,11 +199,21 @@ def test_text_pairs_fine_tune_and_evaluate_with_the_stored_tokenizer(text_run, t
                                                  "finetune.head=sentence"]), progress=False)
     best = json.loads((run / "results.json").read_text())["best"]
     assert {"accuracy", "f1", "mcc"} <= set(best) and "top5" not in best
-    ckpt = data2vec.train.checkpoint.resolve_checkpoint(run / "best")
+    ckpt = resolve_checkpoint(run / "best")
     assert (ckpt / "tokenizer.json").is_file() and load_head(ckpt).kind == "sentence"
     assert evaluate(run / "best", out=tmp_path)["mcc"] == pytest.approx(best["mcc"], abs=1e-6)
     assert main(["evaluate", str(run / "best"), f"data={glue / 'train.tsv'}", "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["samples"] == 32
+    assert main(["evaluate", str(run / "best"), "--data", str(glue), "--out", str(tmp_path)]) == 0  # dev.tsv
+    assert json.loads((tmp_path / "eval.json").read_text())["samples"] == 8
+    (tmp_path / "empty").mkdir()
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "best"), "--data", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "has no dev.tsv" in err and "(--data FILE)" in err and "data.eval_path" not in err, err
+    assert main(["evaluate", str(run / "best"), f"data={tmp_path / 'nope.tsv'}"]) == 2
+    err = capsys.readouterr().err
+    assert "'" + str(tmp_path / "nope.tsv") + "' does not exist; set data=PATH" in err and "data.path" not in err, err
     from data2vec.interop.hf import to_hf
 
     to_hf(run / "best", tmp_path / "hf")  # RoBERTa's head: Data2VecTextForSequenceClassification

@@ -104,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint folder or run folder (RUN/best: the best validation checkpoint)")
     p.add_argument("overrides", nargs="*", help="data=PATH (labelled data; default: the run's validation set), "
                                                 "split=valid|train")
+    p.add_argument("--data", default=None, help="labelled data, as data=PATH (the probe's spelling)")
     p.add_argument("--out", default=None, help="folder for eval.json (default: the checkpoint folder)")
 
     p = sub.add_parser("recipes", help="list the recipes that ship with the package")
@@ -191,15 +192,18 @@ def run(args: argparse.Namespace) -> int:
         from data2vec.interop.hub import resolve
         from data2vec.tasks.evaluate import evaluate
 
-        options = {"data": None, "split": "valid"}
+        options = {"data": args.data, "split": "valid"}
         for item in args.overrides:
             key, sep, value = item.partition("=")
             if not sep or key not in options:
                 raise Data2VecError(f"evaluate takes data=PATH and split=valid|train, not '{item}'")
+            if key == "data" and args.data is not None:
+                raise Data2VecError(f"give the data once: --data {args.data} or {item}, not both")
             options[key] = value
         if options["split"] not in ("valid", "train"):
             raise Data2VecError(f"split={options['split']}: use split=valid or split=train")
-        result = evaluate(resolve(args.checkpoint), options["data"], options["split"], args.out)
+        option = "--data PATH" if args.data is not None else "data=PATH"
+        result = evaluate(resolve(args.checkpoint), options["data"], options["split"], args.out, option=option)
         shown = "  ".join(f"{k} {result[k]:.4f}" for k in ("accuracy", "top5", "f1", "mcc", "wer", "cer")
                           if k in result)
         print(f"{result['samples']} samples of {result['data']} ({result['split']}): {shown}")

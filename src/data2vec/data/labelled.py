@@ -28,7 +28,7 @@ from data2vec.data.audio import AudioDataset, AudioFiles, min_audio_samples, res
 from data2vec.data.builtin import resolve_image_source
 from data2vec.data.builtin_text import builtin_labelled_file
 from data2vec.data.dataset import StepDataset
-from data2vec.data.image import ImageDataset, ImageSource, ImageTransform
+from data2vec.data.image import ImageDataset, ImageSource, ImageTransform, eval_image_transform
 from data2vec.data.labelled_text import TextRow, read_text_rows, sort_labels
 from data2vec.data.subset import balanced_subset
 from data2vec.data.text import TextClassificationSet
@@ -51,7 +51,7 @@ def text_file(path: str, split: str, given: bool = False, option: str | None = N
     """The file of `split` (see SPLITS) of a text set: `builtin:NAME`, a folder holding train.tsv and dev.tsv
     or test.tsv (or valid / val; .csv and .jsonl too), or a file: itself when `given` for this split (or for
     training), else the sibling whose name has dev / valid / test in place of train. `option` is how the user
-    gave `path` (``--data PATH``), named in an error's fix; None: the config keys."""
+    gives the data (``--data PATH``, ``data=PATH``), named in an error's fix; None: the config keys."""
     if path.startswith("builtin:"):
         return builtin_labelled_file(path.split(":", 1)[1], "train" if split == "train" else "test")
     root = Path(path)
@@ -61,10 +61,13 @@ def text_file(path: str, split: str, given: bool = False, option: str | None = N
             for suffix in TEXT_SUFFIXES:
                 if (root / f"{name}{suffix}").is_file():
                     return root / f"{name}{suffix}"
-        fix = (f"set {option} to a labelled text file or a folder holding train.tsv and test.tsv" if option else
+        fix = (f"give the file itself ({option.replace('PATH', 'FILE')})" if option else
                f"give the file itself ({'data.path' if split == 'train' else 'data.eval_path'}=...)")
         raise Data2VecError(f"folder '{root}' has no {names[0]}.tsv / .csv / .jsonl for the {split} split; add one "
                             f"(label<TAB>text lines, or TSV / CSV / JSON lines with a header) or {fix}")
+    if option and not root.exists():
+        raise Data2VecError(f"labelled text file '{root}' does not exist; set {option} to a .tsv, .csv or .jsonl file "
+                            "of sentences and labels, or a folder holding train.tsv and dev.tsv")
     if split == "train" or given or not root.exists():
         return root  # read_text_rows names a missing file
     if "train" in root.name:
@@ -72,8 +75,8 @@ def text_file(path: str, split: str, given: bool = False, option: str | None = N
             sibling = root.with_name(root.name.replace("train", name))
             if sibling.is_file():
                 return sibling
-    raise Data2VecError(f"no validation file for '{root}'; set data.eval_path=... to a labelled file (or put "
-                        "train.tsv and dev.tsv in one folder and give the folder)")
+    raise Data2VecError(f"no validation file for '{root}'; set {option or 'data.eval_path=...'} to a labelled file "
+                        "(or put train.tsv and dev.tsv in one folder and give the folder)")
 
 
 # ----------------------------------------------------------------------------------------------- images
@@ -117,8 +120,9 @@ class _Relabelled:
         return self.source.name(self.indices[i])
 
 
-def image_source_path(cfg: Config, split: str, path: str | None = None) -> tuple[str, str]:
-    """(path, split of resolve_image_source) of a labelled image split."""
+def image_source_path(cfg: Config, split: str, path: str | None = None, option: str | None = None
+                      ) -> tuple[str, str]:
+    """(path, split of resolve_image_source) of a labelled image split; `option` as in :func:`text_file`."""
     if split == "train":
         return path or cfg.data.path, "train"
     path = path or cfg.data.eval_path
@@ -127,7 +131,8 @@ def image_source_path(cfg: Config, split: str, path: str | None = None) -> tuple
     root = cfg.data.path
     if not root.startswith("builtin:") and not (Path(root) / "train").is_dir():
         raise Data2VecError(f"data.path '{root}' has no train/ and val/ (or test/) sub-folders, so there is no "
-                            "validation split; set data.eval_path=... to a folder of labelled validation images")
+                            f"validation split; set {option or 'data.eval_path=...'} to a folder of labelled "
+                            "validation images")
     return root, "test"
 
 
@@ -170,7 +175,8 @@ def labelled_set(cfg: Config, split: str, classes: list[str] | None = None, path
 def _text_set(cfg: Config, split: str, classes: list[str] | None, path: str | None, tokenizer, option: str | None,
               examples: int) -> TextClassificationSet:
     where = path or (cfg.data.path if split == "train" else cfg.data.eval_path)
-    file = text_file(where, split, given=True, option=option) if where else text_file(cfg.data.path, split)
+    file = text_file(where, split, given=True, option=option) if where else text_file(cfg.data.path, split,
+                                                                                       option=option)
     ft = cfg.finetune
     rows = read_text_rows(file, ft.text_column, ft.pair_column, ft.label_column)
     if classes and not {r.label for r in rows} & set(classes) and all(
@@ -188,7 +194,7 @@ def _text_set(cfg: Config, split: str, classes: list[str] | None, path: str | No
 
 def _image_set(cfg: Config, split: str, classes: list[str] | None, path: str | None, augment: bool,
                option: str | None, examples: int) -> ImageDataset:
-    where, which = image_source_path(cfg, split, path)
+    where, which = image_source_path(cfg, split, path, option)
     source = resolve_image_source(where, which, cfg.data.strict, option)
     relabelled = _Relabelled(source, classes or list(source.classes), where)
     relabelled.keep_only(_subset(examples, cfg, relabelled.labels, len(relabelled), where))
@@ -196,7 +202,7 @@ def _image_set(cfg: Config, split: str, classes: list[str] | None, path: str | N
         transform = ImageTransform(size=cfg.image.image_size, train=True, scale=(cfg.data.crop_scale_min, 1.0),
                                    hflip=cfg.data.hflip)
     else:
-        transform = ImageTransform(size=cfg.image.image_size, train=False)
+        transform = eval_image_transform(cfg)
     dataset = ImageDataset(relabelled, transform, seed=cfg.train.seed, strict=cfg.data.strict)
     dataset.classes = relabelled.classes
     return dataset
@@ -212,7 +218,8 @@ def _audio_set(cfg: Config, split: str, classes: list[str] | None, path: str | N
         root = Path(where)
         if not where.startswith("builtin:") and not ((root / "train").is_dir() or (root / "train.tsv").is_file()):
             raise Data2VecError(f"data.path '{where}' has no train/ and test/ (or train.tsv and valid.tsv), so there "
-                                "is no validation split; set data.eval_path=... to labelled validation audio")
+                                f"is no validation split; set {option or 'data.eval_path=...'} to labelled "
+                                "validation audio")
     files = resolve_audio_files(where, "train" if split == "train" else "test", min_audio_samples(cfg, augment),
                                 cfg.audio.sample_rate, cfg.data.strict, option)
     if task == "ctc":

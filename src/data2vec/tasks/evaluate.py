@@ -1,4 +1,4 @@
-"""`data2vec evaluate CHECKPOINT [data=PATH]`: the metrics of a fine-tuned model on labelled data.
+"""`data2vec evaluate CHECKPOINT [data=PATH | --data PATH]`: the metrics of a fine-tuned model on labelled data.
 
 Works on any checkpoint with a head (``head.safetensors``): one written by `data2vec finetune`, or a
 fine-tuned Hugging Face model converted with `data2vec convert --from-hf`. Classifiers report accuracy, F1,
@@ -21,9 +21,10 @@ from data2vec.train.device import resolve_device
 
 
 def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "valid", out: str | Path | None = None,
-             batch_size: int = 128, device: str = "auto") -> dict[str, float]:
+             batch_size: int = 128, device: str = "auto", option: str = "data=PATH") -> dict[str, float]:
     """Score the checkpoint's classifier on `split` of `data` (default: the run's validation set); writes
-    `eval.json` beside the checkpoint (or into `out`) and returns the metrics."""
+    `eval.json` beside the checkpoint (or into `out`) and returns the metrics. `option` is how the user gives
+    `data`, named in the fix of a data error: the checkpoint's own ``data.*`` keys cannot be set here."""
     from data2vec.api import load
     from data2vec.checkpoint import resolve_checkpoint
 
@@ -38,7 +39,7 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "vali
         cfg.text.tokenizer = str(path / "tokenizer.json")
     if head.kind == "ctc":
         cfg.finetune.task = "ctc"
-    dataset = labelled_set(cfg, split, classes=head.labels, path=data)
+    dataset = labelled_set(cfg, split, classes=head.labels, path=data, option=option)
     dev = resolve_device(device)
     model = Classifier(encoder, head).to(dev)
     loader = eval_loader(dataset, batch_size)
@@ -46,9 +47,11 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "vali
         metrics = evaluate_ctc(model, loader, dev, head.labels)
     else:
         metrics = evaluate_classifier(model, loader, dev)
+    where = data or (cfg.data.path if split == "train" else cfg.data.eval_path or cfg.data.path)
     if metrics["samples"] == 0:
-        raise Data2VecError(f"no readable labelled samples in '{data or cfg.data.eval_path or cfg.data.path}'")
-    result = {"checkpoint": str(path), "data": data or cfg.data.eval_path or cfg.data.path, "split": split, **metrics}
+        raise Data2VecError(f"no readable labelled samples in '{where}'; check its files, or set {option} to "
+                            "other labelled data")
+    result = {"checkpoint": str(path), "data": where, "split": split, **metrics}
     target = Path(out) if out else path
     target.mkdir(parents=True, exist_ok=True)
     (target / "eval.json").write_text(json.dumps(result, indent=1))
