@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
+from data2vec.cli import main
 from data2vec.data.text import (SPECIAL_TOKENS, LabelledTextDataset, TextBlockDataset, TokenShards, binarize,
                                 document_blocks, load_tokenizer, make_collate, special_ids, token_dtype,
                                 train_tokenizer)
@@ -113,6 +114,22 @@ def test_bad_utf8_empty_files_and_empty_lines_are_counted(tok_dir, tmp_path):
     assert meta["documents"] == 2 and meta["lines"] == 3
     on_disk = json.loads((tmp_path / "bin" / "meta.json").read_text())
     assert on_disk["bad_utf8_lines"] == 1
+
+
+def test_binarize_on_input_without_text_is_a_one_line_error_before_writing(tok_dir, tmp_path, capsys):
+    (tmp_path / "blank.txt").write_text("\n   \n\n")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    argv = ["text", "binarize", str(tmp_path / "blank.txt"), str(tmp_path / "empty.txt"), "--tokenizer",
+            str(tok_dir), "--out", str(tmp_path / "bin"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "blank.txt" in err and "holds no text" in err, err
+    assert not (tmp_path / "bin").exists()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "shard_00000.bin").write_bytes(b"kept")  # an earlier corpus is left as it was
+    with pytest.raises(Data2VecError, match="holds no text"):
+        binarize([tmp_path / "blank.txt"], tok_dir, tmp_path / "old", progress=False)
+    assert [p.name for p in (tmp_path / "old").iterdir()] == ["shard_00000.bin"]
 
 
 def test_binarize_missing_input_is_a_user_error(tok_dir, tmp_path):

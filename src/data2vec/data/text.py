@@ -12,6 +12,7 @@ boundary, wrapped in ``<s> ... </s>``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -137,17 +138,39 @@ def _text_files(inputs: list[str | Path]) -> list[Path]:
 def binarize(inputs: list[str | Path], tokenizer_path: str | Path, out: str | Path, shard_tokens: int = 2**26,
              progress: bool = True) -> dict:
     """Tokenise text files into memory-mapped shards (see the module docstring); streamed, never the whole
-    corpus in memory. Returns the counts also written to ``meta.json``."""
+    corpus in memory. Returns the counts also written to ``meta.json``. Input without a token is an error
+    before `out` is touched, rather than an empty corpus that only pretraining would reject."""
+    from tqdm import tqdm
+
     tokenizer = load_tokenizer(tokenizer_path)
     files = _text_files(inputs)
     vocab = tokenizer.get_vocab_size()
     dtype = token_dtype(vocab)
+    counts = {"files": len(files), "documents": 0, "lines": 0, "tokens": 0, "bad_utf8_lines": 0, "empty_lines": 0,
+              "empty_files": 0}
+    bar = tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, desc="binarize",
+               disable=not progress)
+
+    def encoded() -> Iterator[np.ndarray]:
+        """The token ids of each document that has any."""
+        for doc in _documents(files, counts):
+            ids = np.fromiter((i for enc in tokenizer.encode_batch(doc, add_special_tokens=False) for i in enc.ids),
+                              dtype=np.int64)
+            counts["lines"] += len(doc)
+            bar.update(sum(len(line.encode("utf-8", errors="replace")) + 1 for line in doc))
+            if len(ids):
+                yield ids
+
+    documents = encoded()
+    first = next(documents, None)
+    if first is None:
+        bar.close()
+        raise Data2VecError(f"binarize input {', '.join(map(str, inputs))} holds no text (only empty lines or empty "
+                            "files); give UTF-8 text files, documents separated by empty lines")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("shard_*.bin"):
         old.unlink()
-    counts = {"files": len(files), "documents": 0, "lines": 0, "tokens": 0, "bad_utf8_lines": 0, "empty_lines": 0,
-              "empty_files": 0}
     shard_sizes: list[int] = []
     offsets = [0]
     buffer: list[np.ndarray] = []
@@ -162,17 +185,7 @@ def binarize(inputs: list[str | Path], tokenizer_path: str | Path, out: str | Pa
             shard_sizes.append(len(piece))
         buffer, buffered = [data] if len(data) else [], len(data)
 
-    from tqdm import tqdm
-
-    bar = tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, desc="binarize",
-               disable=not progress)
-    for doc in _documents(files, counts):
-        encoded = tokenizer.encode_batch(doc, add_special_tokens=False)
-        ids = np.fromiter((i for enc in encoded for i in enc.ids), dtype=np.int64)
-        counts["lines"] += len(doc)
-        bar.update(sum(len(line.encode("utf-8", errors="replace")) + 1 for line in doc))
-        if len(ids) == 0:
-            continue
+    for ids in itertools.chain([first], documents):
         buffer.append(ids.astype(dtype))
         buffered += len(ids)
         offsets.append(offsets[-1] + len(ids))
