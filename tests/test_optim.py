@@ -1,4 +1,5 @@
-"""Layer-wise learning-rate decay: each parameter's rate against the formula lr x decay^(depth + 1 - layer)."""
+"""Layer-wise learning-rate decay: each parameter's rate against the formula lr x decay^(depth + 1 - layer); the
+learning-rate schedules against Meta's (data2vec_vision's cosine, fairseq's tri-stage) re-written in float64."""
 
 import pytest
 import torch
@@ -166,3 +167,87 @@ def test_beit_warmup_is_data2vec_visions_schedule(recipe, epochs, per_epoch, war
     assert max(abs(o - want[s]) for o, s in zip(ours, steps)) < 1e-15
     tc.warmup = "linear"  # this library's warm-up starts at lr / W: off by one step from Meta's
     assert lr_at(0, tc) == pytest.approx(tc.lr / tc.warmup_steps) and lr_at(0, tc) != want[0]
+
+
+class _FairseqTriStage:
+    """fairseq's `TriStageLRSchedule` (fairseq/optim/lr_scheduler/tri_stage_lr_scheduler.py) with `phase_ratio`,
+    re-written here in float64 with its own stage logic: `step_update(n)` is the rate fairseq's trainer sets
+    after n updates, i.e. the rate of the update with 0-based index n."""
+
+    def __init__(self, lr, max_update, phase_ratio, init_lr_scale, final_lr_scale):
+        import math
+
+        self.peak, self.init, self.final = lr, init_lr_scale * lr, final_lr_scale * lr
+        self.w, self.h, self.d = (int(max_update * r) for r in phase_ratio)
+        self.rate = (self.peak - self.init) / self.w if self.w else 0.0
+        self.factor = -math.log(final_lr_scale) / self.d
+
+    def step_update(self, n):
+        import math
+
+        if n < self.w:
+            return self.init + self.rate * n
+        if n < self.w + self.h:
+            return self.peak
+        if n <= self.w + self.h + self.d:
+            return self.peak * math.exp(-self.factor * (n - self.w - self.h))
+        return self.final
+
+
+@pytest.mark.parametrize("recipe,overrides", [
+    ("audio-base", []),  # data2vec v1 speech pretraining: 400k updates, [0.03, 0.9, 0.07], scales 0.01
+    ("audio-base-ctc", []),  # wav2vec 2.0 base_10h: 20k updates, [0.1, 0.4, 0.5], final scale 0.05
+    ("audio-tiny", ["train.schedule=tri_stage", "train.max_steps=7", "train.phase_ratio=[0.1,0.4,0.5]"]),  # 0, 2, 3
+    ("audio-tiny", ["train.schedule=tri_stage", "train.max_steps=50", "train.phase_ratio=[0.3,0.3,0.4]",
+                    "train.init_lr_scale=0.0", "train.final_lr_scale=0.2", "train.lr=1e-3"]),
+])
+def test_tri_stage_is_fairseqs_schedule(recipe, overrides):
+    from data2vec.train.optim import lr_at, tri_stage_steps
+
+    tc = build_config(recipe, overrides).train
+    assert tc.schedule == "tri_stage"
+    ref = _FairseqTriStage(tc.lr, tc.max_steps, tc.phase_ratio, tc.init_lr_scale, tc.final_lr_scale)
+    assert tri_stage_steps(tc) == (ref.w, ref.h, ref.d)
+    edges = [0, ref.w, ref.w + ref.h, ref.w + ref.h + ref.d, tc.max_steps]
+    steps = sorted({s + k for s in edges for k in (-2, -1, 0, 1, 2) if 0 <= s + k < tc.max_steps + 3}
+                   | set(range(0, tc.max_steps, max(tc.max_steps // 400, 1))))
+    for s in steps:
+        assert lr_at(s, tc) == ref.step_update(s), s  # fairseq's order of operations: equal bit for bit
+    # the shape itself, from the recipe's numbers: start, peak held, end of decay, then constant
+    assert lr_at(0, tc) == pytest.approx(tc.init_lr_scale * tc.lr if ref.w else tc.lr, rel=1e-12)
+    if ref.h:
+        assert lr_at(ref.w + ref.h - 1, tc) == tc.lr
+    assert lr_at(tc.max_steps + 5, tc) == pytest.approx(tc.final_lr_scale * tc.lr, rel=1e-12)
+
+
+def test_tri_stage_recipes_follow_meta_and_tiny_recipes_keep_cosine():
+    from data2vec.config import recipe_names
+
+    want = {"audio-base": ([0.03, 0.9, 0.07], 0.01, 0.01), "audio-large": ([0.03, 0.9, 0.07], 0.01, 0.01),
+            "audio-base-ctc": ([0.1, 0.4, 0.5], 0.01, 0.05)}
+    for name in recipe_names():
+        tc = build_config(name).train
+        if name in want:
+            assert (tc.schedule, (tc.phase_ratio, tc.init_lr_scale, tc.final_lr_scale)) == ("tri_stage", want[name])
+        else:  # image / text recipes, data2vec 2.0 speech (fairseq's cosine) and the measured tiny recipes
+            assert tc.schedule == "cosine", name
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["train.schedule=tri_stage"], "train.phase_ratio"),  # no phase ratio given
+    (["train.schedule=tri_stage", "train.phase_ratio=[0.1,0.4,0.4]"], "train.phase_ratio"),  # sums to 0.9
+    (["train.schedule=tri_stage", "train.phase_ratio=[0.5,0.5]"], "train.phase_ratio"),
+    (["train.schedule=tri_stage", "train.phase_ratio=[1.2,0.3,-0.5]"], "train.phase_ratio"),
+    (["train.schedule=tri_stage", "train.phase_ratio=[0.1,0.4,0.5]", "train.final_lr_scale=0"],
+     "train.final_lr_scale"),
+    (["train.schedule=tri_stage", "train.phase_ratio=[0.1,0.4,0.5]", "train.init_lr_scale=-1"],
+     "train.init_lr_scale"),
+    (["train.schedule=step"], "train.schedule"),
+])
+def test_bad_tri_stage_settings_are_one_line_config_errors(overrides, key):
+    from data2vec.errors import Data2VecError
+
+    with pytest.raises(Data2VecError, match=f"'{key}'") as err:
+        build_config("audio-tiny", overrides)
+    assert "\n" not in str(err.value)
+    build_config("audio-tiny", ["train.phase_ratio=[0.5,0.5]"])  # unused by the cosine schedule: not checked

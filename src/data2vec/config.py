@@ -8,6 +8,7 @@ value is checked against the dataclass fields, so a typo fails loudly instead of
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -190,6 +191,8 @@ class ObjectiveConfig:
     def __post_init__(self) -> None:
         _check(self.teacher_window >= 0, "objective.teacher_window", self.teacher_window,
                "must be >= 0 (0: the teacher sees the whole input)")
+        _check(self.head_layers >= 1, "objective.head_layers", self.head_layers,
+               "must be at least 1 (1: a linear regression head; the text reference uses 2)")
         _check(self.decoder_proj_layers >= 1, "objective.decoder_proj_layers", self.decoder_proj_layers,
                "must be at least 1")
         _check(0.0 <= self.decoder_input_dropout < 1.0, "objective.decoder_input_dropout",
@@ -207,6 +210,11 @@ class DataConfig:
     # images, pretraining: colour jitter strength of brightness, contrast and saturation, before the crop (Meta's
     # data2vec_vision: 0.4); 0 turns it off
     color_jitter: float = 0.0
+    # images, evaluation (probe, fine-tuning validation, evaluate, embed, the exported image processor): the shorter
+    # side to int(image.image_size / eval_crop_pct) (bicubic), then the centred image_size square. 1 keeps the whole
+    # shorter side; Meta's evaluation at 224 uses 224 / 256 = 0.875 (the shorter side to 256: data2vec_vision
+    # datasets.py, fairseq's mae_finetuning_image_dataset.py, timm's crop_pct)
+    eval_crop_pct: float = 1.0
     num_workers: int = 2
     strict: bool = False  # raise on an unreadable sample instead of skipping it
     # speech pretraining: crop every clip of a batch to the batch's shortest (a random window of each), so no
@@ -215,6 +223,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(self.color_jitter >= 0.0, "data.color_jitter", self.color_jitter, "must be >= 0 (0 turns it off)")
+        _check(0.0 < self.eval_crop_pct <= 1.0, "data.eval_crop_pct", self.eval_crop_pct,
+               "must be in (0, 1]: the share of the resized shorter side that the centre crop keeps (Meta: 0.875)")
 
 
 @dataclass
@@ -231,6 +241,17 @@ class TrainConfig:
     # where the linear warm-up starts: "linear" at lr / warmup_steps on the first update; "beit" at 0, reaching lr
     # on the last warm-up update (Meta's data2vec_vision utils.cosine_scheduler, start_warmup_value=0)
     warmup: Literal["linear", "beit"] = "linear"
+    # the learning-rate schedule (train/optim.py lr_at): "cosine": the warm-up above, then cosine decay to min_lr
+    # at max_steps; "tri_stage": fairseq's speech schedule (wav2vec 2.0, data2vec v1 speech), in three phases of
+    # max_steps given by phase_ratio: linear from init_lr_scale x lr to lr, lr held, exponential decay to
+    # final_lr_scale x lr, then constant (warmup_steps, warmup and min_lr do not apply)
+    schedule: Literal["cosine", "tri_stage"] = "cosine"
+    # tri_stage: fractions of max_steps for warm-up, hold and decay, summing to 1 (fairseq's phase_ratio; each
+    # phase lasts int(max_steps x fraction) updates); data2vec v1 speech pretraining [0.03, 0.9, 0.07], wav2vec 2.0
+    # / data2vec speech CTC fine-tuning [0.1, 0.4, 0.5]
+    phase_ratio: Optional[list[float]] = None
+    init_lr_scale: float = 0.01  # tri_stage: the warm-up starts at this times lr (fairseq's default)
+    final_lr_scale: float = 0.01  # tri_stage: the decay ends at this times lr (fairseq's default; CTC: 0.05)
     weight_decay: float = 0.05
     # which parameters weight decay spares besides 1-D ones (train/optim.py NO_DECAY_RULES): "tokens" also the
     # CLS / mask tokens, positions and relative position tables; "beit" only positions and the CLS token (Meta's
@@ -251,6 +272,18 @@ class TrainConfig:
     skip_nonfinite: bool = True  # skip (and count) an update whose loss or gradient is NaN / inf
     max_bad_steps: int = 10  # stop after this many skipped updates (non-finite or unreadable batch) in a row
     collapse_var: float = 0.01  # warn when target variance falls below this: std 0.1, the reference's stop (collapse)
+
+    def __post_init__(self) -> None:
+        if self.schedule != "tri_stage":
+            return
+        ratio = self.phase_ratio
+        _check(ratio is not None and len(ratio) == 3 and min(ratio) >= 0.0 and math.isclose(sum(ratio), 1.0),
+               "train.phase_ratio", ratio, "must be three fractions of train.max_steps (warm-up, hold, decay) "
+               "summing to 1 for train.schedule=tri_stage, e.g. [0.1, 0.4, 0.5]")
+        _check(self.init_lr_scale >= 0.0, "train.init_lr_scale", self.init_lr_scale,
+               "must be >= 0 (the warm-up starts at this times train.lr)")
+        _check(self.final_lr_scale > 0.0, "train.final_lr_scale", self.final_lr_scale,
+               "must be > 0 (the exponential decay ends at this times train.lr)")
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""AdamW with decoupled weight decay, layer-wise learning-rate decay for fine-tuning, and the cosine
-learning-rate schedule with linear warm-up."""
+"""AdamW with decoupled weight decay, layer-wise learning-rate decay for fine-tuning, and the learning-rate
+schedules (`train.schedule`): cosine with linear warm-up, and fairseq's tri-stage of its speech recipes."""
 
 from __future__ import annotations
 
@@ -105,10 +105,19 @@ def can_fuse(params: list[torch.Tensor]) -> bool:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of update `step` (0-based): linear warm-up to `lr` over `warmup_steps` updates, then cosine
-    decay to `min_lr` at `max_steps`. `train.warmup` says where the warm-up starts: "linear" at lr / W for the
-    first update (this library's), "beit" at 0, as Meta's data2vec_vision `utils.cosine_scheduler`
-    (``np.linspace(0, lr, W)``: lr x step / (W - 1), `lr` reached on the last warm-up update)."""
+    """Learning rate of update `step` (0-based), a function of the step alone (so a resumed run continues the
+    same curve): `train.schedule` "cosine" (:func:`cosine_lr`) or "tri_stage" (:func:`tri_stage_lr`). Pretraining
+    and fine-tuning both take their rate from here (train/step.py `schedule`)."""
+    if cfg.schedule == "tri_stage":
+        return tri_stage_lr(step, cfg)
+    return cosine_lr(step, cfg)
+
+
+def cosine_lr(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to `lr` over `warmup_steps` updates, then cosine decay to `min_lr` at `max_steps`.
+    `train.warmup` says where the warm-up starts: "linear" at lr / W for the first update (this library's),
+    "beit" at 0, as Meta's data2vec_vision `utils.cosine_scheduler` (``np.linspace(0, lr, W)``: lr x step / (W - 1),
+    `lr` reached on the last warm-up update)."""
     if step < cfg.warmup_steps:
         if cfg.warmup == "beit":
             return cfg.lr * step / (cfg.warmup_steps - 1) if cfg.warmup_steps > 1 else 0.0
@@ -116,6 +125,32 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     span = max(cfg.max_steps - cfg.warmup_steps, 1)
     progress = min((step - cfg.warmup_steps) / span, 1.0)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def tri_stage_steps(cfg: TrainConfig) -> tuple[int, int, int]:
+    """Updates of the warm-up, hold and decay phases: int(max_steps x fraction) each, as fairseq rounds them
+    (so they may sum to a little less than `max_steps`; the rest runs at the final rate)."""
+    warmup, hold, decay = (int(cfg.max_steps * r) for r in cfg.phase_ratio)
+    return warmup, hold, decay
+
+
+def tri_stage_lr(step: int, cfg: TrainConfig) -> float:
+    """fairseq's `tri_stage` schedule (wav2vec 2.0 and data2vec v1 speech; "SpecAugment", Park et al., 2019):
+    from `init_lr_scale` x lr rising linearly by the same amount each update (lr would be reached on the first
+    held update), lr held, then lr x final_lr_scale^(s / D) on update s = 0 .. D of the D decay updates and that
+    final rate after. fairseq sets the rate of update n to this function of n, the number of updates done before
+    it, which is our 0-based step; the arithmetic is in fairseq's order, so the rates are its bit for bit."""
+    warmup, hold, decay = tri_stage_steps(cfg)
+    start = cfg.init_lr_scale * cfg.lr
+    if step < warmup:
+        return start + (cfg.lr - start) / warmup * step  # fairseq's order of operations
+    step -= warmup
+    if step < hold:
+        return cfg.lr
+    step -= hold
+    if step <= decay and decay > 0:  # fairseq divides by D: its decay phase cannot be empty; ours ends at once
+        return cfg.lr * math.exp(math.log(cfg.final_lr_scale) / decay * step)  # final_lr_scale^(step / decay)
+    return cfg.final_lr_scale * cfg.lr
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -46,7 +46,7 @@ class Faults:
 
 
 def schedule(optimizer: torch.optim.Optimizer, step: int, cfg: Config) -> float:
-    """Set and return the learning rate of update `step` (warm-up, then the `train.schedule` decay)."""
+    """Set and return the learning rate of update `step` (`train.schedule`: cosine or tri_stage)."""
     lr = lr_at(step, cfg.train)
     set_lr(optimizer, lr)
     return lr
