@@ -17,6 +17,13 @@ def test_bad_config_key_exits_2_with_one_line(capsys):
     assert len(err.splitlines()) == 1 and "train.lrr" in err
 
 
+def test_bad_value_exits_2_when_the_config_is_built_before_a_run_folder(tmp_path, capsys):
+    assert main(["pretrain", "text-tiny", "objective.head_layers=0", f"out={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'objective.head_layers'" in err and "at least 1" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_data_path_exits_2(tmp_path, capsys):
     missing = tmp_path / "no-such-folder"
     assert main(["pretrain", "image-tiny", f"data.path={missing}", f"out={tmp_path / 'run'}"]) == 2

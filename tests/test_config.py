@@ -72,7 +72,8 @@ def test_malformed_override():
 
 @pytest.mark.parametrize("override,key", [("model.layer_drop=1.0", "model.layer_drop"),
                                           ("model.layer_drop=-0.1", "model.layer_drop"),
-                                          ("objective.teacher_window=-1", "objective.teacher_window")])
+                                          ("objective.teacher_window=-1", "objective.teacher_window"),
+                                          ("objective.head_layers=0", "objective.head_layers")])
 def test_out_of_range_values_name_the_key(override, key):
     with pytest.raises(Data2VecError, match=key.replace(".", r"\.")) as err:
         build_config("audio-tiny", [override])
