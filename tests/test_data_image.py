@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader
 
 from data2vec.data.builtin import digits_source, resolve_image_source
 from data2vec.data.image import (IMAGENET_MEAN, IMAGENET_STD, ArraySource, ImageDataset, ImageFolderSource,
-                                 ImageTransform, collate_images, random_resized_crop_box)
+                                 ImageTransform, collate_images, eval_image_transform, meta_eval_crop_pct,
+                                 random_resized_crop_box)
 from data2vec.data.sampler import StepBatchSampler
 from data2vec.data.seeding import sample_generator
 from data2vec.errors import Data2VecError
@@ -45,6 +46,62 @@ def test_eval_transform_normalises_exactly():
     for c in range(3):
         want = (51 / 255 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
         torch.testing.assert_close(x[c], torch.full((16, 16), want), atol=1e-6, rtol=0)
+
+
+# (size, crop_pct, image width x height, resized width x height, crop's left and top), worked out by hand:
+# the shorter side to int(size / crop_pct), the longer int(that * long / short), the offset floor((resized - size) / 2)
+EVAL_CROPS = [
+    (224, 0.875, (300, 300), (256, 256), (16, 16)),  # Meta's 224 / 256: a centred 87.5% of the shorter side
+    (224, 0.875, (500, 375), (341, 256), (58, 16)),  # 256 * 500 / 375 = 341.33
+    (224, 0.875, (375, 500), (256, 341), (16, 58)),
+    (224, 0.875, (343, 256), (343, 256), (59, 16)),  # (343 - 224) / 2 = 59.5: floored as transformers does
+    (224, 1.0, (500, 375), (298, 224), (37, 0)),     # 1: the whole shorter side (the default)
+    (32, 0.875, (50, 37), (48, 36), (8, 2)),         # int(32 / 0.875) = 36; 36 * 50 / 37 = 48.6
+    (32, 0.5, (20, 20), (64, 64), (16, 16)),         # upscaled, then half of each side kept
+]
+
+
+@pytest.mark.parametrize("size,crop_pct,shape,resized,corner", EVAL_CROPS)
+def test_eval_transform_resizes_to_size_over_crop_pct_and_crops_the_centre(size, crop_pct, shape, resized, corner):
+    """Against Pillow's bicubic resize and crop done by hand, normalised in float64."""
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (shape[1], shape[0], 3), dtype=np.uint8))
+    transform = ImageTransform(size=size, train=False, crop_pct=crop_pct)
+    assert transform.eval_resize == min(resized)
+    left, top = corner
+    pixels = np.asarray(img.resize(resized, Image.BICUBIC).crop((left, top, left + size, top + size)), np.float64)
+    want = (pixels / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    got = transform(img, torch.Generator())
+    assert got.shape == (3, size, size)
+    np.testing.assert_allclose(got.permute(1, 2, 0).numpy(), want, atol=2e-6, rtol=0)
+
+
+def test_eval_transform_follows_data_eval_crop_pct_and_recipes_follow_meta():
+    """Base and large recipes evaluate as Meta does at 224 (the shorter side to 256); tiny ones keep the whole
+    shorter side, as when their numbers were measured."""
+    from data2vec.config import build_config
+
+    for recipe in ("image-base", "image-large", "image-base-ft", "image-base-v2", "image-large-v2"):
+        transform = eval_image_transform(build_config(recipe))
+        assert (transform.size, transform.crop_pct, transform.eval_resize) == (224, 0.875, 256), recipe
+    for recipe in ("image-tiny", "image-tiny-ft", "image-tiny-v2"):
+        transform = eval_image_transform(build_config(recipe))
+        assert transform.crop_pct == 1.0 and transform.eval_resize == transform.size, recipe
+    cfg = build_config("image-tiny", ["data.eval_crop_pct=0.5"])
+    assert eval_image_transform(cfg).eval_resize == 2 * cfg.image.image_size
+
+
+@pytest.mark.parametrize("value", ["0", "-0.5", "1.01", "nan"])
+def test_eval_crop_pct_must_be_in_zero_one(value):
+    from data2vec.config import build_config
+
+    with pytest.raises(Data2VecError, match=r"data.eval_crop_pct' must be in \(0, 1\]"):
+        build_config("image-tiny", [f"data.eval_crop_pct={value}"])
+
+
+def test_meta_eval_crop_pct_is_224_over_256_up_to_its_size_limit():
+    """data2vec_vision (BEiT's build_transform): 224 / 256 below 384 pixels; fairseq's data2vec 2.0: up to 224."""
+    assert [meta_eval_crop_pct(s, v2=False) for s in (224, 383, 384)] == [0.875, 0.875, 1.0]
+    assert [meta_eval_crop_pct(s, v2=True) for s in (224, 225, 384)] == [0.875, 1.0, 1.0]
 
 
 def test_train_transform_is_a_function_of_the_generator():

@@ -162,6 +162,14 @@ def test_classifier_labels(tmp_path):
         _convert(tmp_path, dictionary=names)
 
 
+@pytest.mark.parametrize("name", ["v2_image", "v2_image_ft"])
+def test_converted_image_models_evaluate_with_fairseqs_crop(runs, name):
+    """fairseq evaluates images up to 224 pixels (mae_finetuning_image_dataset.py build_transform) with the
+    shorter side to int(size / (224 / 256)) and the centred square: the converted run's evaluation transform."""
+    _, _, cfg = load_checkpoint(runs(name), with_state=False)
+    assert cfg.image.image_size <= 224 and cfg.data.eval_crop_pct == 224 / 256
+
+
 def _convert(tmp_path: Path, ckpt: dict | None = None, dictionary: Path | None = None) -> Path:
     out = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
     v2.convert(ckpt or read_checkpoint(FIXTURES / "v2_image_ft.pt"), out, dictionary)

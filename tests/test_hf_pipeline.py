@@ -180,16 +180,22 @@ def _native(tmp_path, recipe: str, overrides: list[str], head):
                            extra_files={HEAD_FILE: head_file(head)})
 
 
-def test_image_classifier_export_gives_our_pixels_and_scores_in_the_pipeline(tmp_path, one_thread):
+@pytest.mark.parametrize("crop_pct", [1.0, 0.875])
+def test_image_classifier_export_gives_our_pixels_and_scores_in_the_pipeline(tmp_path, crop_pct, one_thread):
+    """1.0: the shorter side to 32 (image-tiny's default); 0.875: Meta's evaluation crop, the shorter side to
+    int(32 / 0.875) = 36 and the centred 32 x 32, with odd margins (64 x 40 -> 57 x 36, 33 x 100 -> 36 x 109)."""
     from PIL import Image
 
     head = LinearClassifier(32, 4, 0.0, ["cat", "dog", "eel", "fox"])
     randomise(head, seed=4)
-    path = _native(tmp_path, "image-tiny", IMAGE, head)
+    path = _native(tmp_path, "image-tiny", [*IMAGE, f"data.eval_crop_pct={crop_pct}"], head)
     out = to_hf(path, tmp_path / "hf")
+    processor = json.loads((out / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"shortest_edge": int(32 / crop_pct)}
+    assert processor["crop_size"] == {"height": 32, "width": 32} and processor["do_center_crop"]
     pipe = transformers.pipeline("image-classification", model=str(out), top_k=None)
     classifier = Classifier(data2vec.load(path), load_head(path)).eval()
-    transform = ImageTransform(size=32, train=False)
+    transform = ImageTransform(size=32, train=False, crop_pct=crop_pct)
     rng = np.random.default_rng(0)
     # at size, smaller (upscaled), landscape and portrait; 33 x 100: round() and int() of 32 * 100 / 33 differ
     for width, height, mode in [(32, 32, "RGB"), (20, 20, "RGB"), (50, 37, "RGB"), (37, 50, "L"), (64, 40, "RGBA"),
@@ -202,6 +208,29 @@ def test_image_classifier_export_gives_our_pixels_and_scores_in_the_pipeline(tmp
         with torch.no_grad():
             probs = classifier(ours[None]).softmax(-1)
         _assert_same_scores([pipe(image)], probs, head.labels)
+
+
+def test_from_hf_reads_the_evaluation_crop_back(tmp_path):
+    """Our export's crop comes back from the config it keeps (config.json's "data2vec" key), else from its image
+    processor (the shorter side it resizes to); a folder whose processor does no shorter-side resize and centre
+    crop (facebook/data2vec-vision-*-ft1k: a square resize, no crop), or that has none, gets Meta's 224 / 256."""
+    head = LinearClassifier(32, 2, 0.0, ["cat", "dog"])
+    for crop_pct in (0.875, 1.0):
+        out = to_hf(_native(tmp_path / str(crop_pct), "image-tiny", [*IMAGE, f"data.eval_crop_pct={crop_pct}"], head),
+                    tmp_path / f"hf-{crop_pct}")
+        assert data2vec.load(from_hf(out, tmp_path / f"back-{crop_pct}")).cfg.data.eval_crop_pct == crop_pct
+        config = json.loads((out / "config.json").read_text())
+        del config["data2vec"]
+        (out / "config.json").write_text(json.dumps(config))
+        cfg = data2vec.load(from_hf(out, tmp_path / f"bare-{crop_pct}")).cfg
+        assert ImageTransform(size=32, train=False, crop_pct=cfg.data.eval_crop_pct).eval_resize == int(32 / crop_pct)
+    released = {"do_center_crop": False, "do_normalize": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.5, 0.5, 0.5], "resample": 2, "size": 32, "crop_size": 32,
+                "feature_extractor_type": "BeitFeatureExtractor"}
+    (out / "preprocessor_config.json").write_text(json.dumps(released))
+    assert data2vec.load(from_hf(out, tmp_path / "released")).cfg.data.eval_crop_pct == 224 / 256
+    (out / "preprocessor_config.json").unlink()
+    assert data2vec.load(from_hf(out, tmp_path / "none")).cfg.data.eval_crop_pct == 224 / 256
 
 
 # ---------------------------------------------------------------------------------------------------- speech

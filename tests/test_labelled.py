@@ -157,3 +157,20 @@ def test_the_probe_reads_every_training_example_fine_tuning_a_subset():
     cfg = build_config("image-tiny-ft", ["image.image_size=8", "image.patch_size=4", "finetune.train_examples=20"])
     assert len(labelled_set(cfg, "train")) == 20
     assert len(eval_dataset(cfg, "train")) == 1347 and len(eval_dataset(cfg, "test")) == 450
+
+
+def test_image_validation_and_probe_sets_use_the_evaluation_crop(tmp_path):
+    """Fine-tuning's validation split and the probe's splits go through `data.eval_crop_pct`'s transform, the
+    training split through the random crop."""
+    from data2vec.data.image import eval_image_transform
+
+    for split, classes in (("train", ("cat", "dog")), ("val", ("cat", "dog"))):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.fromarray(np.zeros((12, 8, 3), np.uint8)).save(tmp_path / split / c / "0.png")
+    cfg = build_config("image-tiny-ft", ["image.image_size=8", "image.patch_size=4", f"data.path={tmp_path}",
+                                         "data.eval_crop_pct=0.5"])
+    train, valid = labelled_set(cfg, "train", augment=True), labelled_set(cfg, "valid")
+    assert train.transform.train and valid.transform == eval_image_transform(cfg)
+    assert valid.transform.eval_resize == 16 and valid[0]["image"].shape == (3, 8, 8)
+    assert eval_dataset(cfg, "train").transform == eval_image_transform(cfg)  # the probe's

@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 import torch
@@ -17,10 +17,17 @@ from data2vec.data.dataset import StepDataset
 from data2vec.data.seeding import sample_generator
 from data2vec.errors import Data2VecError
 
+if TYPE_CHECKING:
+    from data2vec.config import Config
+
 log = logging.getLogger("data2vec")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Meta's evaluation crop at 224 x 224: the shorter side to int(224 / (224 / 256)) = 256, then the centred 224
+# (data2vec_vision beit/datasets.py build_transform below 384 pixels; fairseq's data2vec 2.0
+# mae_finetuning_image_dataset.py build_transform up to 224; timm's default crop_pct 0.875)
+META_CROP_PCT = 224 / 256
 
 
 class ImageSource(Protocol):
@@ -99,6 +106,10 @@ class ImageTransform:
     """Colour jitter, random resized crop + flip for pretraining, resize + centre crop for evaluation; then
     normalise. The jitter comes first, on the whole image, as in Meta's data2vec_vision.
 
+    Evaluation resizes the shorter side to :attr:`eval_resize` = ``int(size / crop_pct)`` (bicubic) and keeps the
+    centred `size` x `size` square: `crop_pct` 1 keeps the whole shorter side, Meta's 224 / 256 a centred 87.5%
+    of it (``data.eval_crop_pct``).
+
     Returns float32 `[3, size, size]`. All randomness comes from the generator passed in, so a sample's view
     is a function of its generator's seed alone.
     """
@@ -109,8 +120,14 @@ class ImageTransform:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio (width / height) of the random crop
     hflip: float = 0.5  # probability of a horizontal flip (train only)
     jitter: float = 0.0  # colour jitter strength (train only): brightness, contrast, saturation (0 turns it off)
+    crop_pct: float = 1.0  # evaluation: the centred square's share of the resized shorter side
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def eval_resize(self) -> int:
+        """The shorter side before the evaluation crop: Meta's (and timm's) ``int(size / crop_pct)``."""
+        return int(self.size / self.crop_pct)
 
     def __call__(self, img: Image.Image, generator: torch.Generator) -> torch.Tensor:
         if img.mode != "RGB":
@@ -121,17 +138,31 @@ class ImageTransform:
             img = img.resize((self.size, self.size), Image.BICUBIC, box=box)
             if torch.rand(1, generator=generator).item() < self.hflip:
                 img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        else:  # shorter side to `size`, the longer one truncated (torchvision's and transformers' resize), then
-            w, h = img.size  # the centred square: an exported model's image processor computes the same pixels
-            long = int(self.size * max(w, h) / min(w, h))
-            img = img.resize((self.size, long) if w <= h else (long, self.size), Image.BICUBIC)
-            w, h = img.size
+        else:  # shorter side to `eval_resize`, the longer one truncated (torchvision's and transformers' resize),
+            w, h = img.size  # then the centred square: an exported model's image processor computes the same pixels
+            short = self.eval_resize
+            long = int(short * max(w, h) / min(w, h))
+            img = img.resize((short, long) if w <= h else (long, short), Image.BICUBIC)
+            w, h = img.size  # the offset is floored, as transformers' center_crop (torchvision rounds half to even)
             left, top = (w - self.size) // 2, (h - self.size) // 2
             img = img.crop((left, top, left + self.size, top + self.size))
         x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)  # [3, S, S] in 0..1
         mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
         return (x - mean) / std
+
+
+def eval_image_transform(cfg: Config) -> ImageTransform:
+    """The one evaluation transform of a run's images (probe, fine-tuning validation, evaluate, embed and the
+    exported image processor): resize to ``int(image.image_size / data.eval_crop_pct)``, centre crop."""
+    return ImageTransform(size=cfg.image.image_size, train=False, crop_pct=cfg.data.eval_crop_pct)
+
+
+def meta_eval_crop_pct(image_size: int, v2: bool) -> float:
+    """Meta's evaluation crop at `image_size`: 224 / 256 below 384 pixels in data2vec_vision (v1: BEiT's
+    ``build_transform`` when ``--crop_pct`` is not given), up to 224 in fairseq's data2vec 2.0
+    (``mae_finetuning_image_dataset.py``); 1 (the whole shorter side) above."""
+    return META_CROP_PCT if image_size < (225 if v2 else 384) else 1.0
 
 
 def _scan(root: Path, strict: bool) -> list[Path]:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from data2vec.data.image import ImageFolderSource, ImageTransform
+from data2vec.data.image import ImageFolderSource, eval_image_transform
 from data2vec.errors import Data2VecError
 
 
@@ -36,7 +36,7 @@ def embed(checkpoint: str | Path, inputs: list[str], out: str | Path = "embeddin
         return _embed_text(encoder, inputs, Path(out), batch_size)
     if encoder.cfg.modality == "audio":
         return _embed_audio(encoder, inputs, Path(out), batch_size)
-    transform = ImageTransform(size=encoder.cfg.image.image_size, train=False)
+    transform = eval_image_transform(encoder.cfg)
     paths = _collect(inputs)
     generator = torch.Generator().manual_seed(0)
     feats = []

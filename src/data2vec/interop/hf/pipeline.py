@@ -9,7 +9,8 @@ garbage. `--to-hf` therefore writes:
   and ``model_max_length`` = ``text.block_size`` (what our data code cuts to), so that ``AutoTokenizer`` gives
   our ids;
 - images: ``preprocessor_config.json`` for `BeitImageProcessor` with our evaluation transform (shorter side
-  to ``image.image_size``, bicubic, centre crop, ImageNet mean and std);
+  to ``int(image.image_size / data.eval_crop_pct)``, bicubic, centre crop, ImageNet mean and std), which
+  :func:`eval_crop_pct_from_processor` reads back from an HF folder;
 - a text classifier on the mean of the tokens (``finetune.head=linear``), which no `transformers` class
   computes: `Data2VecTextModel` with that head as model code in the folder
   (``data2vec/interop/hf_code/modeling_data2vec_text_mean.py``), loaded with ``trust_remote_code=True``.
@@ -19,7 +20,9 @@ Speech folders get their feature extractor and CTC tokenizer from :mod:`data2vec
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from pathlib import Path
 
 from torch import Tensor
@@ -113,14 +116,45 @@ def mean_pooled_classifier(hf: dict, tensors: dict[str, Tensor], head) -> tuple[
 
 def image_processor_config(cfg: Config) -> dict:
     """``preprocessor_config.json`` of a `BeitImageProcessor` doing our evaluation transform
-    (:class:`data2vec.data.image.ImageTransform` with ``train=False``): the shorter side to ``image_size``
-    (bicubic; the longer one ``int(size * long / short)``), the centred square, /255, ImageNet mean and std."""
-    from data2vec.data.image import ImageTransform
+    (:func:`data2vec.data.image.eval_image_transform`): the shorter side to ``int(image_size / eval_crop_pct)``
+    (bicubic; the longer one ``int(short * long / short_before)``), the centred ``image_size`` square, /255,
+    ImageNet mean and std."""
+    from data2vec.data.image import eval_image_transform
 
-    size = cfg.image.image_size
-    eval_transform = ImageTransform(size=size, train=False)
-    return {"image_processor_type": "BeitImageProcessor", "do_resize": True, "size": {"shortest_edge": size},
-            "resample": 3, "do_center_crop": True, "crop_size": {"height": size, "width": size},
-            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-            "image_mean": list(eval_transform.mean), "image_std": list(eval_transform.std),
+    transform = eval_image_transform(cfg)
+    size = transform.size
+    return {"image_processor_type": "BeitImageProcessor", "do_resize": True,
+            "size": {"shortest_edge": transform.eval_resize}, "resample": 3, "do_center_crop": True,
+            "crop_size": {"height": size, "width": size}, "do_rescale": True, "rescale_factor": 1 / 255,
+            "do_normalize": True, "image_mean": list(transform.mean), "image_std": list(transform.std),
             "do_reduce_labels": False, "do_convert_rgb": True}
+
+
+def eval_crop_pct_from_processor(folder: Path, image_size: int) -> float | None:
+    """The ``data.eval_crop_pct`` of an HF image folder's ``preprocessor_config.json`` when its processor does what
+    our evaluation transform does (the shorter side to S, then the centred `image_size` square, as our exports
+    write it): the largest value whose ``int(image_size / value)`` is S. None (and why, in the log) when there is
+    no such file or it asks for something else, such as a resize to a square without a centre crop (the
+    processor of the released ``facebook/data2vec-vision-*-ft1k``), which our transform does not compute."""
+    path = folder / "preprocessor_config.json"
+    if not path.is_file():
+        return None
+    try:
+        proc = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        log.warning("cannot read %s (%s); its crop settings are not used", path, err)
+        return None
+    size, crop = proc.get("size"), proc.get("crop_size")
+    short = size.get("shortest_edge") if isinstance(size, dict) else None
+    side = crop if isinstance(crop, int) else (crop.get("height") if isinstance(crop, dict) else None)
+    square = isinstance(crop, int) or (isinstance(crop, dict) and crop.get("width") == side)
+    if not (proc.get("do_resize", True) and proc.get("do_center_crop") and isinstance(short, int) and square
+            and side == image_size and short >= image_size):
+        log.info("%s does not resize the shorter side and centre-crop %d x %d (size %s, crop_size %s, "
+                 "do_center_crop %s), which is data2vec's evaluation transform; its crop is not used", path,
+                 image_size, image_size, size, crop, proc.get("do_center_crop"))
+        return None
+    pct = image_size / short
+    while int(image_size / pct) < short:  # image_size / short can round below what int() gives back as short
+        pct = math.nextafter(pct, 0.0)
+    return pct

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from data2vec.config import Config, build_config
+from data2vec.data.image import meta_eval_crop_pct
 from data2vec.interop.hf.common import (
     VISION,
     cannot_export,
@@ -22,6 +23,7 @@ from data2vec.interop.hf.common import (
     weights_from_hf,
     with_head,
 )
+from data2vec.interop.hf.pipeline import eval_crop_pct_from_processor
 
 # transformers' defaults (5.24) for the keys we read, for a config.json that leaves some out
 VISION_DEFAULTS = {
@@ -69,6 +71,9 @@ def config_from_hf(hf: dict, weights: dict[str, Tensor], folder: Path) -> Config
                         else "shared" if get("use_shared_relative_position_bias") else "none")
     img.pool = "mean" if mean else "cls"
     img.pool_norm = mean and "pooler.layernorm.weight" in weights  # only task models (and add_pooling_layer) have it
+    # the folder's own resize + centre crop when it has one, else Meta's (data2vec_vision's evaluation)
+    cfg.data.eval_crop_pct = (eval_crop_pct_from_processor(folder, img.image_size)
+                              or meta_eval_crop_pct(img.image_size, v2=False))
     return cfg
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from data2vec.config import Config, build_config
+from data2vec.data.image import meta_eval_crop_pct
 from data2vec.interop.hf.common import (
     VISION2,
     cannot_export,
@@ -28,6 +29,7 @@ from data2vec.interop.hf.common import (
     unsupported,
     with_head,
 )
+from data2vec.interop.hf.pipeline import eval_crop_pct_from_processor
 from data2vec.interop.hf_code import code_files
 
 CONFIG_FILE, MODEL_FILE = "configuration_data2vec2_vision.py", "modeling_data2vec2_vision.py"
@@ -141,6 +143,9 @@ def config_from_hf(hf: dict, weights: dict[str, Tensor], folder: Path) -> Config
     img.cls_token, img.embed_norm = bool(get("use_cls_token")), bool(get("use_embed_norm"))
     img.pool, img.pool_norm, img.rel_pos_bias = str(get("pooling")), bool(get("use_pool_norm")), "none"
     fit_decoder(cfg)
+    # the folder's own resize + centre crop when it has one, else Meta's (fairseq data2vec 2.0's evaluation)
+    cfg.data.eval_crop_pct = (eval_crop_pct_from_processor(folder, img.image_size)
+                              or meta_eval_crop_pct(img.image_size, v2=True))
     kind = get("position_embeddings")
     if kind not in ("fixed", "learned", "none"):
         raise unsupported("position_embeddings", kind, "is not one of fixed, learned, none")
