@@ -80,7 +80,6 @@ def main() -> None:
     model = Data2Vec(cfg).to(device).train()
     optimizer = build_optimizer(model.trainable_parameters(), cfg.train)
     step_model = torch.compile(model) if args.compile else model
-    n = (cfg.image.image_size // cfg.image.patch_size) ** 2
     images = torch.randn(args.batch, cfg.image.in_chans, cfg.image.image_size, cfg.image.image_size, device=device)
     g = torch.Generator().manual_seed(0)
     from data2vec.masking import block_mask
@@ -112,8 +111,8 @@ def main() -> None:
     achieved = step_flops(cfg, args.batch) * args.steps / elapsed
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"| device | recipe | batch | precision | samples/s | peak GiB | achieved TFLOP/s | matmul TFLOP/s | MFU |")
-    print(f"|---|---|---|---|---|---|---|---|---|")
+    print("| device | recipe | batch | precision | samples/s | peak GiB | achieved TFLOP/s | matmul TFLOP/s | MFU |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print(f"| {name} | {cfg.name} v1 | {args.batch} | {args.precision} | {args.batch * args.steps / elapsed:.1f} | "
           f"{peak:.2f} | {achieved / 1e12:.3f} | {rate / 1e12:.3f} | {achieved / rate:.1%} |")
 

@@ -112,8 +112,14 @@ def test_nan_batch_is_skipped_and_counted(tmp_path, caplog):
     torch.manual_seed(0)
     model = Data2Vec(cfg)
     optimizer = build_optimizer(model.trainable_parameters(), cfg.train)
-    teacher_before = None
     saved = []
+    weights = {}  # the loop asks for batch k after update k - 1 (optimiser and EMA) is done
+
+    def watched(batches):
+        for step, batch in enumerate(batches):
+            if step in (2, 4):  # before the NaN batches 2 and 3, and after their skipped updates
+                weights[step] = {k: v.clone() for k, v in model.state_dict().items()}
+            yield batch
 
     class Logger:
         records = []
@@ -126,9 +132,13 @@ def test_nan_batch_is_skipped_and_counted(tmp_path, caplog):
 
     logger = Logger()
     with caplog.at_level(logging.WARNING, logger="data2vec"):
-        train(model, optimizer, _nan_batches(cfg, {2, 3}), cfg, torch.device("cpu"), 0, saved.append, logger)
+        train(model, optimizer, watched(_nan_batches(cfg, {2, 3})), cfg, torch.device("cpu"), 0, saved.append,
+              logger)
     assert "non-finite" in caplog.text
     assert logger.records[-1]["nonfinite_skipped"] == 2
+    assert any(k.startswith("teacher.") for k in weights[2])  # no optimiser step and no EMA step was taken:
+    assert all(torch.equal(v, weights[4][k]) for k, v in weights[2].items())
+    assert {int(s["step"]) for s in optimizer.state.values()} == {4}  # 6 updates, 2 skipped
     assert all(np.isfinite(r["loss"]) for r in logger.records)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 

@@ -79,7 +79,6 @@ def test_image_subset_keeps_each_image_with_its_own_label(tmp_path):
 
 
 def test_speech_subset_keeps_transcripts_and_labels_with_their_files(tmp_path):
-    rng = np.random.default_rng(0)
     for word, hz in (("hi", 880.0), ("lo", 220.0)):
         for split in ("train", "test"):
             (tmp_path / split / word).mkdir(parents=True)

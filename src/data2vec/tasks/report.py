@@ -13,7 +13,7 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from data2vec.config import Config
 from data2vec.errors import Data2VecError
 from data2vec.tasks import plots
 from data2vec.train.run_folder import run_config
+
+if TYPE_CHECKING:  # torch is imported where a page needs it
+    import torch
 
 COLLAPSE_THRESHOLD = 0.01  # variance; the reference stops a run whose target *std* falls below 0.1
 TSNE_SAMPLES = 1000
