@@ -162,6 +162,7 @@ def test_the_probe_reads_every_training_example_fine_tuning_a_subset():
 def test_image_validation_and_probe_sets_use_the_evaluation_crop(tmp_path):
     """Fine-tuning's validation split and the probe's splits go through `data.eval_crop_pct`'s transform, the
     training split through the random crop."""
+    from data2vec.data.build import eval_dataset
     from data2vec.data.image import eval_image_transform
 
     for split, classes in (("train", ("cat", "dog")), ("val", ("cat", "dog"))):
