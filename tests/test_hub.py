@@ -83,7 +83,7 @@ def test_cli_probe_and_evaluate_hand_the_task_the_converted_run(caches, monkeypa
     _in_hub_cache(caches, "someone/tiny-d2v")
     seen = []
 
-    def fake(checkpoint, *args):
+    def fake(checkpoint, *args, **kwargs):
         seen.append(checkpoint)
         raise Data2VecError("stop here")
 
