@@ -124,6 +124,50 @@ def test_converted_config_is_the_files(converted):
     assert (text.masking.token_prob, text.masking.token_span, text.train.warmup_steps) == (0.35, 4, 100)
 
 
+def test_converted_speech_keeps_the_files_tri_stage_schedule(converted):
+    """The fixtures hold fairseq's whole TriStageLRScheduleConfig, as hydra writes it into a released file:
+    pretraining base_librispeech.yaml's phases (0.03, 0.9, 0.07); the CTC fine-tune's wav2vec 2.0 ones."""
+    from data2vec.checkpoint import load_checkpoint
+    from data2vec.train.optim import tri_stage_steps
+
+    sched = read_checkpoint(FIXTURES / "v1_audio.pt")["cfg"]["lr_scheduler"]
+    assert sched["_name"] == "tri_stage" and sched["phase_ratio"] == [0.03, 0.9, 0.07]
+    tc = load_checkpoint(converted["v1_audio"], with_state=False)[2].train
+    assert (tc.schedule, tc.phase_ratio, tc.init_lr_scale, tc.final_lr_scale) == ("tri_stage", [0.03, 0.9, 0.07],
+                                                                                  0.01, 0.01)
+    assert tri_stage_steps(tc) == (30, 900, 70)  # fairseq's int(1000 x ratio)
+    record = json.loads(next(converted["v1_audio"].rglob("fairseq.json")).read_text())
+    assert not any("lr_scheduler" in item for item in record["not_carried"])
+    assert load_checkpoint(converted["v1_text"], with_state=False)[2].train.schedule == "cosine"  # fairseq's cosine
+
+
+@pytest.mark.parametrize("sched,want", [
+    ({"_name": "tri_stage", "phase_ratio": [0.1, 0.4, 0.5], "final_lr_scale": 0.05},
+     ["train.schedule=tri_stage", "train.phase_ratio=[0.1, 0.4, 0.5]", "train.init_lr_scale=0.01",
+      "train.final_lr_scale=0.05"]),
+    ({"_name": "tri_stage", "phase_ratio": "(0.1, 0.4, 0.5)"},  # an argparse-era file
+     ["train.schedule=tri_stage", "train.phase_ratio=[0.1, 0.4, 0.5]", "train.init_lr_scale=0.01",
+      "train.final_lr_scale=0.01"]),
+    ({"_name": "tri_stage", "phase_ratio": None, "warmup_steps": 250, "hold_steps": 250, "decay_steps": 500},
+     ["train.schedule=tri_stage", "train.phase_ratio=[0.25, 0.25, 0.5]", "train.init_lr_scale=0.01",
+      "train.final_lr_scale=0.01"]),
+    ({"_name": "tri_stage", "phase_ratio": None, "warmup_steps": 100, "hold_steps": 0, "decay_steps": 50},
+     ["train.schedule=cosine"]),  # phases that do not fill max_update: not carried, listed
+    ({"_name": "cosine", "warmup_updates": 40}, ["train.schedule=cosine", "train.warmup_steps=40"]),
+])
+def test_fairseq_schedulers_map_onto_train_schedule(sched, want):
+    from data2vec.config import build_config
+    from data2vec.interop.fairseq.common import train_overrides
+
+    dropped: list[str] = []
+    out = train_overrides({"optimization": {"max_update": 1000}, "lr_scheduler": sched}, dropped)
+    assert out[1:] == want and out[0] == "train.max_steps=1000"
+    assert bool(dropped) == (want == ["train.schedule=cosine"] and sched["_name"] == "tri_stage")
+    tc = build_config("audio-base", out).train  # the overrides build a valid config
+    if tc.schedule == "tri_stage":
+        assert sum(tc.phase_ratio) == pytest.approx(1.0)
+
+
 class RunsCode:
     def __reduce__(self):
         return (os.system, (f"touch {MARKER}",))

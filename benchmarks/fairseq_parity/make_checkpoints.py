@@ -120,10 +120,18 @@ def audio_task_cfg():
                                   max_sample_size=320000, min_sample_size=32000)
 
 
-def training_sections() -> dict:
+def training_sections(phase_ratio: tuple[float, float, float] = (0.03, 0.9, 0.07), final_lr_scale: float = 0.01) -> dict:
+    """The run's optimisation sections; the scheduler is fairseq's `TriStageLRScheduleConfig` with every field, as
+    hydra writes it into a released file (default: data2vec's base_librispeech.yaml phases; wav2vec 2.0's CTC
+    fine-tuning: (0.1, 0.4, 0.5) to 0.05). Its max_update and lr interpolations resolve to `optimization`'s."""
+    from fairseq.optim.lr_scheduler.tri_stage_lr_scheduler import TriStageLRScheduleConfig
+    from omegaconf import OmegaConf
+
+    scheduler = OmegaConf.structured(TriStageLRScheduleConfig(_name="tri_stage", phase_ratio=list(phase_ratio),
+                                                              final_lr_scale=final_lr_scale))
     return {"optimization": {"max_update": 1000, "lr": [5e-4], "clip_norm": 0.0},
             "optimizer": {"_name": "adam", "adam_betas": "(0.9,0.98)", "adam_eps": 1e-6, "weight_decay": 0.01},
-            "lr_scheduler": {"_name": "tri_stage"}}
+            "lr_scheduler": scheduler}
 
 
 def v1_audio() -> None:
@@ -183,7 +191,7 @@ def v1_audio_ctc() -> None:
     mf.perturb(model, seed=31)
     model.eval()
     task = AudioFinetuningConfig(data="/data/ll10h", normalize=True, labels="ltr")
-    cfg = fairseq_config(ctc_cfg, "wav2vec_ctc", task, "audio_finetuning", **training_sections())
+    cfg = fairseq_config(ctc_cfg, "wav2vec_ctc", task, "audio_finetuning", **training_sections((0.1, 0.4, 0.5), 0.05))
     path = save_checkpoint_file("v1_audio_ctc", cfg, model, num_updates=20000)
 
     source, padding = audio_input()

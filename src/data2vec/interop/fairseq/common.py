@@ -105,11 +105,13 @@ def conv_layers(spec: str, key: str) -> list[tuple[int, int, int]]:
     return [tuple(t) for t in layers]
 
 
-def train_overrides(cfg: dict[str, Any]) -> list[str]:
-    """The optimiser settings of the file's `optimization` / `optimizer` sections that ours share (for resume);
-    the schedule's shape stays ours (warm-up then cosine). A `composite` optimizer (data2vec 2.0's recipes) keeps
-    the learning rate, Adam settings and warm-up of its parameters in its `default` group, where
-    `optimization.lr` is fairseq's unused default."""
+def train_overrides(cfg: dict[str, Any], dropped: list[str] | None = None) -> list[str]:
+    """The optimiser settings of the file's `optimization` / `optimizer` / `lr_scheduler` sections that ours share
+    (for resume): fairseq's `tri_stage` scheduler becomes ``train.schedule=tri_stage`` with its phases and scales
+    (:func:`_tri_stage`), any other our warm-up then cosine (``train.schedule=cosine``). A `composite` optimizer
+    (data2vec 2.0's recipes) keeps the learning rate, Adam settings and warm-up of its parameters in its
+    `default` group, where `optimization.lr` is fairseq's unused default. A schedule we cannot express goes to
+    `dropped` (as ``section.key=value: why``) where the caller keeps that list."""
     out = []
     opt, optim = _section(cfg, "optimization"), _section(cfg, "optimizer")
     sched = _section(cfg, "lr_scheduler")
@@ -134,8 +136,43 @@ def train_overrides(cfg: dict[str, Any]) -> list[str]:
         out.append(f"train.eps={float(optim['adam_eps'])!r}")
     if isinstance(optim.get("weight_decay"), (int, float)):
         out.append(f"train.weight_decay={float(optim['weight_decay'])!r}")
+    tri_stage = _tri_stage(sched, opt.get("max_update"), dropped) if sched.get("_name") == "tri_stage" else []
+    out += tri_stage or ["train.schedule=cosine"]
     if isinstance(sched.get("warmup_updates"), int) and sched["warmup_updates"] > 0:
         out.append(f"train.warmup_steps={sched['warmup_updates']}")
+    return out
+
+
+def _tri_stage(sched: dict[str, Any], max_update: Any, dropped: list[str] | None) -> list[str]:
+    """fairseq's `tri_stage` scheduler section as our ``train.schedule=tri_stage`` keys. fairseq gives the phases
+    as `phase_ratio` of `max_update` (every released speech config), or as `warmup_steps` / `hold_steps` /
+    `decay_steps` when that is null: those become ratios only where they fill `max_update` and the ratios give
+    back the same steps (fairseq's int(max_update x ratio)); otherwise the schedule is not carried ([])."""
+    ratio = sched.get("phase_ratio")
+    if isinstance(ratio, str):  # an argparse-era file: "(0.1, 0.4, 0.5)"
+        try:
+            ratio = list(ast.literal_eval(ratio))
+        except (ValueError, SyntaxError, TypeError):
+            ratio = None
+    total = sched.get("max_update") or max_update
+    if not ratio and isinstance(total, (int, float)) and total > 0:
+        steps = [sched.get(key) or 0 for key in ("warmup_steps", "hold_steps", "decay_steps")]
+        ratio = [s / total for s in steps]
+        if sum(steps) != total or [int(total * r) for r in ratio] != steps:
+            ratio = None
+    ok = (isinstance(ratio, (list, tuple)) and len(ratio) == 3
+          and all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in ratio))
+    if not ok:
+        if dropped is not None:
+            keys = {k: sched.get(k) for k in ("phase_ratio", "warmup_steps", "hold_steps", "decay_steps")}
+            dropped.append(f"lr_scheduler={keys!r}: tri_stage phases that do not split optimization.max_update "
+                           f"({max_update!r}); train.schedule stays cosine")
+        return []
+    out = ["train.schedule=tri_stage", f"train.phase_ratio=[{', '.join(repr(float(r)) for r in ratio)}]"]
+    for key in ("init_lr_scale", "final_lr_scale"):  # fairseq's defaults (0.01) where the file has none
+        value = sched.get(key, 0.01)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out.append(f"train.{key}={float(value)!r}")
     return out
 
 

@@ -275,7 +275,7 @@ def convert_audio(ckpt: dict[str, Any], out: Path) -> Path:
     depth = int(m.get("encoder_layers", 12))
     overrides += _objective_overrides(m, "model", depth) + [f"objective.ema_scope={_audio_ema_scope(m)}",
                                                             "objective.head_layers=1"]
-    overrides += train_overrides(cfg_in)
+    overrides += train_overrides(cfg_in, dropped)
     cfg = _config("audio-base", overrides, "fairseq-data2vec-audio")
     ema = state.get("_ema")
     whole = rf"{AUDIO_TENSORS}|final_proj\.(weight|bias)"
@@ -379,7 +379,7 @@ def convert_text(ckpt: dict[str, Any], out: Path, dictionary: Path | None) -> Pa
                       ("leave_unmasked_prob", "masking.token_keep"), ("mask_multiple_length", "masking.token_span")):
         if isinstance(task.get(key), (int, float)) and not isinstance(task.get(key), bool):
             overrides.append(f"{ours}={task[key]!r}")
-    overrides += train_overrides(cfg_in)
+    overrides += train_overrides(cfg_in, dropped)
     cfg = _config("text-base", overrides, "fairseq-data2vec-text")
     extra = {}
     if dictionary is not None:
