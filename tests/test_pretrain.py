@@ -51,6 +51,25 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert [r["loss"] for r in read_metrics(full)[4:]] == [r["loss"] for r in read_metrics(resumed)]
 
 
+def test_tri_stage_schedule_sets_each_updates_lr_and_resumes_exactly(tmp_path):
+    from data2vec.train.optim import lr_at
+
+    extra = ["train.max_steps=8", "train.save_every=4", "train.keep_last=5", "train.schedule=tri_stage",
+             "train.phase_ratio=[0.25,0.25,0.5]", "train.final_lr_scale=0.1"]
+    full = pretrain(tiny(tmp_path / "full", *extra), progress=False)
+    resumed = pretrain(tiny(tmp_path / "resumed", *extra, f"resume={full / 'checkpoints' / 'step_00000004'}"),
+                       progress=False)
+    tc = tiny(tmp_path / "x", *extra).train
+    lrs = [r["lr"] for r in read_metrics(full)]
+    assert lrs == pytest.approx([lr_at(s, tc) for s in range(8)], rel=1e-6)
+    assert lrs[0] == pytest.approx(0.01 * tc.lr) and lrs[-1] < lrs[3] == pytest.approx(tc.lr)  # warm-up, hold, decay
+    assert [r["lr"] for r in read_metrics(resumed)] == lrs[4:]
+    a = load_file(str(full / "checkpoints" / "step_00000008" / "model.safetensors"))
+    b = load_file(str(resumed / "checkpoints" / "step_00000008" / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
 def test_resume_is_exact_with_drop_path(tmp_path):
     # drop path draws from the global RNG, which the checkpoint restores; nothing else may draw from it
     extra = ["train.max_steps=6", "train.save_every=3", "train.keep_last=5", "model.drop_path=0.3"]
