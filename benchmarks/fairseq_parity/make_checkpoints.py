@@ -120,7 +120,8 @@ def audio_task_cfg():
                                   max_sample_size=320000, min_sample_size=32000)
 
 
-def training_sections(phase_ratio: tuple[float, float, float] = (0.03, 0.9, 0.07), final_lr_scale: float = 0.01) -> dict:
+def training_sections(phase_ratio: tuple[float, float, float] = (0.03, 0.9, 0.07),
+                      final_lr_scale: float = 0.01) -> dict:
     """The run's optimisation sections; the scheduler is fairseq's `TriStageLRScheduleConfig` with every field, as
     hydra writes it into a released file (default: data2vec's base_librispeech.yaml phases; wav2vec 2.0's CTC
     fine-tuning: (0.1, 0.4, 0.5) to 0.05). Its max_update and lr interpolations resolve to `optimization`'s."""
