@@ -106,7 +106,7 @@ def test_probe_of_a_text_run_without_labels_says_what_to_pass(tmp_path, capsys):
     assert main(["probe", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "train.tsv" in err and "--data" in err and "label<TAB>text" in err
-    assert "data.eval_path" not in err
+    assert "data.eval_path" not in err and "is a binarised pretraining corpus" in err, err
 
 
 def test_run_folder_is_printed_by_the_main_process_only(tmp_path, capsys, monkeypatch):

@@ -56,6 +56,11 @@ def text_file(path: str, split: str, given: bool = False, option: str | None = N
         return builtin_labelled_file(path.split(":", 1)[1], "train" if split == "train" else "test")
     root = Path(path)
     names = {"train": ("train",), "valid": VALID_NAMES, "test": TEST_NAMES}[split]
+    if root.is_dir() and (root / "meta.json").is_file() and (root / "docs.npy").is_file():
+        fix = f"set {option} to" if option else f"set {'data.path' if split == 'train' else 'data.eval_path'}=... to"
+        raise Data2VecError(f"'{root}' is a binarised pretraining corpus, not labelled text; {fix} labelled "
+                            "text: label<TAB>text lines (or TSV / CSV / JSON lines with a header) in a file, or a "
+                            "folder holding train.tsv and test.tsv")
     if root.is_dir():
         for name in names:
             for suffix in TEXT_SUFFIXES:
