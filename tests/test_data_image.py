@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from data2vec.data.builtin import digits_source, resolve_image_source
 from data2vec.data.image import (IMAGENET_MEAN, IMAGENET_STD, ArraySource, ImageDataset, ImageFolderSource,
                                  ImageTransform, collate_images, eval_image_transform, meta_eval_crop_pct,
-                                 random_resized_crop_box)
+                                 meta_normalization, random_resized_crop_box, train_image_transform)
 from data2vec.data.sampler import StepBatchSampler
 from data2vec.data.seeding import sample_generator
 from data2vec.errors import Data2VecError
@@ -102,6 +102,66 @@ def test_meta_eval_crop_pct_is_224_over_256_up_to_its_size_limit():
     """data2vec_vision (BEiT's build_transform): 224 / 256 below 384 pixels; fairseq's data2vec 2.0: up to 224."""
     assert [meta_eval_crop_pct(s, v2=False) for s in (224, 383, 384)] == [0.875, 0.875, 1.0]
     assert [meta_eval_crop_pct(s, v2=True) for s in (224, 225, 384)] == [0.875, 1.0, 1.0]
+
+
+# (mean, std) written out here, independently of the library's constants: torchvision's ImageNet statistics
+# (timm IMAGENET_DEFAULT_*) and timm's IMAGENET_INCEPTION_* (data2vec_vision without --imagenet_default_mean_and_std)
+NORMS = {"imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), "inception": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])}
+
+
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_training_and_evaluation_transforms_normalise_with_data_image_mean_and_std(norm):
+    """Pretraining's, fine-tuning's and the evaluation transform of a config all compute (pixel / 255 - mean) / std
+    with `data.image_mean` / `data.image_std`, against Pillow's resize (and crop) normalised by hand in float64.
+    The training views are made deterministic: the whole square image (scale 1, no flip), resized to size."""
+    from data2vec.config import build_config
+    from data2vec.data.build import pretrain_dataset
+
+    mean, std = NORMS[norm]
+    cfg = build_config("image-tiny", [f"data.image_mean={mean}", f"data.image_std={std}", "data.crop_scale_min=1.0",
+                                      "data.hflip=0", "data.eval_crop_pct=0.8", "image.image_size=16",
+                                      "image.patch_size=4"])
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    scale = lambda pixels: (np.asarray(pixels, np.float64) / 255 - np.array(mean)) / np.array(std)  # noqa: E731
+    want_eval = scale(img.resize((20, 20), Image.BICUBIC).crop((2, 2, 18, 18)))  # int(16 / 0.8) = 20, centred 16
+    want_train = scale(img.resize((16, 16), Image.BICUBIC))
+    transforms = {"eval": (eval_image_transform(cfg), want_eval), "finetune": (train_image_transform(cfg), want_train),
+                  "pretrain": (pretrain_dataset(cfg).transform, want_train)}
+    for name, (transform, want) in transforms.items():
+        assert (transform.mean, transform.std) == (tuple(mean), tuple(std)), name
+        got = transform(img, torch.Generator().manual_seed(0)).permute(1, 2, 0).numpy()
+        np.testing.assert_allclose(got, want, atol=2e-6, rtol=0, err_msg=name)
+
+
+def test_recipes_normalise_as_meta_s_commands():
+    """v1 pretraining (data2vec_vision's commands pass --imagenet_default_mean_and_std) and data2vec 2.0
+    (fairseq's datasets): ImageNet's statistics; v1 fine-tuning (its command omits the flag): 0.5 / 0.5; the tiny
+    recipes keep ImageNet's, with which their numbers were measured."""
+    from data2vec.config import build_config
+
+    for recipe in ("image-base", "image-large", "image-base-v2", "image-large-v2", "image-tiny", "image-tiny-ft",
+                   "image-tiny-v2"):
+        cfg = build_config(recipe)
+        assert (cfg.data.image_mean, cfg.data.image_std) == NORMS["imagenet"], recipe
+    cfg = build_config("image-base-ft")
+    assert (cfg.data.image_mean, cfg.data.image_std) == NORMS["inception"]
+    assert meta_normalization(v2=False, finetuned=True) == NORMS["inception"]
+    assert meta_normalization(v2=False, finetuned=False) == NORMS["imagenet"]
+    assert meta_normalization(v2=True, finetuned=True) == meta_normalization(v2=True, finetuned=False) == NORMS["imagenet"]
+
+
+@pytest.mark.parametrize("override,key", [("data.image_mean=[0.5,0.5]", "image_mean"),
+                                          ("data.image_mean=[nan,0.5,0.5]", "image_mean"),
+                                          ("data.image_std=[0.5,0,0.5]", "image_std"),
+                                          ("data.image_std=[0.5,0.5,-0.5]", "image_std"),
+                                          ("data.image_std=[0.5,0.5,0.5,0.5]", "image_std")])
+def test_image_mean_and_std_are_checked_when_the_config_is_built(override, key):
+    from data2vec.config import build_config
+
+    with pytest.raises(Data2VecError, match=rf"data.{key}' must be 3 finite numbers"):
+        build_config("image-tiny", [override])
+    with pytest.raises(Data2VecError, match=r"data.image_mean' must be a list"):
+        build_config("image-tiny", ["data.image_mean=0.5"])
 
 
 def test_train_transform_is_a_function_of_the_generator():

@@ -19,6 +19,14 @@ import yaml
 
 from data2vec.errors import Data2VecError
 
+# Per-channel (R, G, B) mean and standard deviation that image pixels in 0..1 are normalised with
+# (data.image_mean / data.image_std): timm's IMAGENET_DEFAULT_* (torchvision's ImageNet statistics) and
+# IMAGENET_INCEPTION_* (0.5 / 0.5, values in [-1, 1]; transformers' IMAGENET_STANDARD_*, BeitImageProcessor's default)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
 
 @dataclass
 class EncoderConfig:
@@ -215,6 +223,12 @@ class DataConfig:
     # shorter side; Meta's evaluation at 224 uses 224 / 256 = 0.875 (the shorter side to 256: data2vec_vision
     # datasets.py, fairseq's mae_finetuning_image_dataset.py, timm's crop_pct)
     eval_crop_pct: float = 1.0
+    # images, every transform (pretraining, fine-tuning, evaluation, the exported image processor): pixels in 0..1
+    # become (x - image_mean) / image_std per channel (R, G, B). ImageNet's statistics by default (Meta's v1
+    # pretraining command, fairseq's data2vec 2.0); Meta's v1 fine-tuning normalises with 0.5 / 0.5 (data2vec_vision
+    # without --imagenet_default_mean_and_std; image-base-ft)
+    image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     num_workers: int = 2
     strict: bool = False  # raise on an unreadable sample instead of skipping it
     # speech pretraining: crop every clip of a batch to the batch's shortest (a random window of each), so no
@@ -225,6 +239,12 @@ class DataConfig:
         _check(self.color_jitter >= 0.0, "data.color_jitter", self.color_jitter, "must be >= 0 (0 turns it off)")
         _check(0.0 < self.eval_crop_pct <= 1.0, "data.eval_crop_pct", self.eval_crop_pct,
                "must be in (0, 1]: the share of the resized shorter side that the centre crop keeps (Meta: 0.875)")
+        _check(len(self.image_mean) == 3 and all(map(math.isfinite, self.image_mean)), "data.image_mean",
+               self.image_mean, "must be 3 finite numbers, one per channel (R, G, B), such as ImageNet's "
+               f"{list(IMAGENET_MEAN)} or [0.5, 0.5, 0.5]")
+        _check(len(self.image_std) == 3 and all(math.isfinite(v) and v > 0 for v in self.image_std),
+               "data.image_std", self.image_std, "must be 3 finite numbers above 0, one per channel (R, G, B), "
+               f"such as ImageNet's {list(IMAGENET_STD)} or [0.5, 0.5, 0.5]")
 
 
 @dataclass

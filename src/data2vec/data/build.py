@@ -14,7 +14,7 @@ from data2vec.config import Config
 from data2vec.data.audio import pretrain_audio_dataset
 from data2vec.data.builtin import resolve_image_source
 from data2vec.data.dataset import StepDataset
-from data2vec.data.image import ImageDataset, ImageTransform
+from data2vec.data.image import ImageDataset, train_image_transform
 from data2vec.data.labelled import labelled_set
 from data2vec.data.text_source import pretrain_text_dataset
 from data2vec.masking import block_mask, inverse_block_mask
@@ -43,8 +43,7 @@ def pretrain_dataset(cfg: Config) -> StepDataset:
     if cfg.modality == "audio":
         return pretrain_audio_dataset(cfg)
     source = resolve_image_source(cfg.data.path, "train", cfg.data.strict)
-    transform = ImageTransform(size=cfg.image.image_size, train=True, scale=(cfg.data.crop_scale_min, 1.0),
-                               hflip=cfg.data.hflip, jitter=cfg.data.color_jitter)
+    transform = train_image_transform(cfg, jitter=cfg.data.color_jitter)
     return ImageDataset(source, transform, seed=cfg.train.seed, mask_fn=partial(_image_mask, cfg=cfg),
                         strict=cfg.data.strict)
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+from data2vec.config import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
 from data2vec.data.dataset import StepDataset
 from data2vec.data.seeding import sample_generator
 from data2vec.errors import Data2VecError
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("data2vec")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Meta's evaluation crop at 224 x 224: the shorter side to int(224 / (224 / 256)) = 256, then the centred 224
 # (data2vec_vision beit/datasets.py build_transform below 384 pixels; fairseq's data2vec 2.0
 # mae_finetuning_image_dataset.py build_transform up to 224; timm's default crop_pct 0.875)
@@ -104,7 +103,8 @@ def _blend_lut(base: int, factor: float) -> list[int]:
 @dataclass
 class ImageTransform:
     """Colour jitter, random resized crop + flip for pretraining, resize + centre crop for evaluation; then
-    normalise. The jitter comes first, on the whole image, as in Meta's data2vec_vision.
+    normalise with `mean` and `std` per channel (``data.image_mean`` / ``data.image_std``). The jitter comes first,
+    on the whole image, as in Meta's data2vec_vision.
 
     Evaluation resizes the shorter side to :attr:`eval_resize` = ``int(size / crop_pct)`` (bicubic) and keeps the
     centred `size` x `size` square: `crop_pct` 1 keeps the whole shorter side, Meta's 224 / 256 a centred 87.5%
@@ -152,10 +152,20 @@ class ImageTransform:
         return (x - mean) / std
 
 
+def train_image_transform(cfg: Config, jitter: float = 0.0) -> ImageTransform:
+    """The training transform of a run's images (pretraining passes ``data.color_jitter``, fine-tuning none):
+    random resized crop of ``data.crop_scale_min`` .. 1 of the area, flip, the run's normalisation."""
+    return ImageTransform(size=cfg.image.image_size, train=True, scale=(cfg.data.crop_scale_min, 1.0),
+                          hflip=cfg.data.hflip, jitter=jitter, mean=tuple(cfg.data.image_mean),
+                          std=tuple(cfg.data.image_std))
+
+
 def eval_image_transform(cfg: Config) -> ImageTransform:
     """The one evaluation transform of a run's images (probe, fine-tuning validation, evaluate, embed and the
-    exported image processor): resize to ``int(image.image_size / data.eval_crop_pct)``, centre crop."""
-    return ImageTransform(size=cfg.image.image_size, train=False, crop_pct=cfg.data.eval_crop_pct)
+    exported image processor): resize to ``int(image.image_size / data.eval_crop_pct)``, centre crop, the run's
+    normalisation."""
+    return ImageTransform(size=cfg.image.image_size, train=False, crop_pct=cfg.data.eval_crop_pct,
+                          mean=tuple(cfg.data.image_mean), std=tuple(cfg.data.image_std))
 
 
 def meta_eval_crop_pct(image_size: int, v2: bool) -> float:
@@ -163,6 +173,15 @@ def meta_eval_crop_pct(image_size: int, v2: bool) -> float:
     ``build_transform`` when ``--crop_pct`` is not given), up to 224 in fairseq's data2vec 2.0
     (``mae_finetuning_image_dataset.py``); 1 (the whole shorter side) above."""
     return META_CROP_PCT if image_size < (225 if v2 else 384) else 1.0
+
+
+def meta_normalization(v2: bool, finetuned: bool) -> tuple[list[float], list[float]]:
+    """Meta's (mean, std) for a model it released: data2vec 2.0 (fairseq's ``mae_image_dataset.py`` and
+    ``mae_finetuning_image_dataset.py``) and v1 pretraining (data2vec_vision's commands pass
+    ``--imagenet_default_mean_and_std``) use ImageNet's statistics; v1 fine-tuning (its ViT-B and ViT-L commands
+    omit that flag, so ``build_transform`` takes IMAGENET_INCEPTION_*) 0.5 / 0.5."""
+    mean, std = (INCEPTION_MEAN, INCEPTION_STD) if finetuned and not v2 else (IMAGENET_MEAN, IMAGENET_STD)
+    return list(mean), list(std)
 
 
 def _scan(root: Path, strict: bool) -> list[Path]:

@@ -28,7 +28,7 @@ from data2vec.data.audio import AudioDataset, AudioFiles, min_audio_samples, res
 from data2vec.data.builtin import resolve_image_source
 from data2vec.data.builtin_text import builtin_labelled_file
 from data2vec.data.dataset import StepDataset
-from data2vec.data.image import ImageDataset, ImageSource, ImageTransform, eval_image_transform
+from data2vec.data.image import ImageDataset, ImageSource, eval_image_transform, train_image_transform
 from data2vec.data.labelled_text import TextRow, read_text_rows, sort_labels
 from data2vec.data.subset import balanced_subset
 from data2vec.data.text import TextClassificationSet
@@ -204,8 +204,7 @@ def _image_set(cfg: Config, split: str, classes: list[str] | None, path: str | N
     relabelled = _Relabelled(source, classes or list(source.classes), where)
     relabelled.keep_only(_subset(examples, cfg, relabelled.labels, len(relabelled), where))
     if augment:
-        transform = ImageTransform(size=cfg.image.image_size, train=True, scale=(cfg.data.crop_scale_min, 1.0),
-                                   hflip=cfg.data.hflip)
+        transform = train_image_transform(cfg)
     else:
         transform = eval_image_transform(cfg)
     dataset = ImageDataset(relabelled, transform, seed=cfg.train.seed, strict=cfg.data.strict)

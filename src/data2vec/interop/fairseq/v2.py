@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from data2vec.config import Config
-from data2vec.data.image import meta_eval_crop_pct
+from data2vec.data.image import meta_eval_crop_pct, meta_normalization
 from data2vec.errors import Data2VecError
 from data2vec.interop.fairseq import v2_config
 from data2vec.interop.fairseq import weights as fm
@@ -86,8 +86,9 @@ def convert(ckpt: dict, out: Path, dictionary: Path | None = None) -> Path:
                  "max_positions": enc["local_encoder.embed_positions.weight"].shape[0]}
     ours = v2_config.build(model_cfg, task, sizes, dropped, train_overrides(cfg) if name == V2 else [])
     ours.name = f"fairseq-{modality}-v2{suffix}"
-    if modality == "image":  # fairseq's evaluation transform (mae_finetuning_image_dataset.py build_transform)
+    if modality == "image":  # fairseq's transforms (mae_image_dataset.py, mae_finetuning_image_dataset.py)
         ours.data.eval_crop_pct = meta_eval_crop_pct(ours.image.image_size, v2=True)
+        ours.data.image_mean, ours.data.image_std = meta_normalization(v2=True, finetuned=name == IMAGE_CLASSIFIER)
     prenet = int(model_cfg["modalities"][modality]["prenet_depth"])
     student = _encoder(weights, modality, prenet, ours.model.depth)
     if modality == "image" and ours.image.pos_embed == "sincos":

@@ -9,8 +9,9 @@ garbage. `--to-hf` therefore writes:
   and ``model_max_length`` = ``text.block_size`` (what our data code cuts to), so that ``AutoTokenizer`` gives
   our ids;
 - images: ``preprocessor_config.json`` for `BeitImageProcessor` with our evaluation transform (shorter side
-  to ``int(image.image_size / data.eval_crop_pct)``, bicubic, centre crop, ImageNet mean and std), which
-  :func:`eval_crop_pct_from_processor` reads back from an HF folder;
+  to ``int(image.image_size / data.eval_crop_pct)``, bicubic, centre crop, ``data.image_mean`` /
+  ``data.image_std``), which :func:`eval_crop_pct_from_processor` and :func:`normalization_from_processor` read
+  back from an HF folder;
 - a text classifier on the mean of the tokens (``finetune.head=linear``), which no `transformers` class
   computes: `Data2VecTextModel` with that head as model code in the folder
   (``data2vec/interop/hf_code/modeling_data2vec_text_mean.py``), loaded with ``trust_remote_code=True``.
@@ -118,7 +119,7 @@ def image_processor_config(cfg: Config) -> dict:
     """``preprocessor_config.json`` of a `BeitImageProcessor` doing our evaluation transform
     (:func:`data2vec.data.image.eval_image_transform`): the shorter side to ``int(image_size / eval_crop_pct)``
     (bicubic; the longer one ``int(short * long / short_before)``), the centred ``image_size`` square, /255,
-    ImageNet mean and std."""
+    the run's mean and std (``data.image_mean`` / ``data.image_std``)."""
     from data2vec.data.image import eval_image_transform
 
     transform = eval_image_transform(cfg)
@@ -130,20 +131,61 @@ def image_processor_config(cfg: Config) -> dict:
             "do_reduce_labels": False, "do_convert_rgb": True}
 
 
-def eval_crop_pct_from_processor(folder: Path, image_size: int) -> float | None:
-    """The ``data.eval_crop_pct`` of an HF image folder's ``preprocessor_config.json`` when its processor does what
-    our evaluation transform does (the shorter side to S, then the centred `image_size` square, as our exports
-    write it): the largest value whose ``int(image_size / value)`` is S. None (and why, in the log) when there is
-    no such file or it asks for something else, such as a resize to a square without a centre crop (the
-    processor of the released ``facebook/data2vec-vision-*-ft1k``), which our transform does not compute."""
+def _processor(folder: Path) -> dict | None:
+    """An HF folder's ``preprocessor_config.json`` as a dict; None (and why, in the log) when it has none or it
+    cannot be read."""
     path = folder / "preprocessor_config.json"
     if not path.is_file():
         return None
     try:
         proc = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        log.warning("cannot read %s (%s); its crop settings are not used", path, err)
+        log.warning("cannot read %s (%s); its settings are not used", path, err)
         return None
+    if not isinstance(proc, dict):
+        log.warning("%s is not a JSON object; its settings are not used", path)
+        return None
+    return proc
+
+
+def normalization_from_processor(folder: Path) -> tuple[list[float], list[float]] | None:
+    """(``data.image_mean``, ``data.image_std``) of an HF image folder's ``preprocessor_config.json``: its
+    ``image_mean`` / ``image_std`` (one number stands for all three channels; `BeitImageProcessor`'s 0.5 / 0.5
+    where it leaves them out), or 0 / 1 under ``do_normalize: false``. None (and why, in the log) when there is
+    no such file or it rescales other than /255, which our transform always does."""
+    proc = _processor(folder)
+    if proc is None:
+        return None
+    path = folder / "preprocessor_config.json"
+    if not proc.get("do_rescale", True) or not math.isclose(float(proc.get("rescale_factor", 1 / 255)), 1 / 255):
+        log.warning("%s rescales pixels by %s (do_rescale %s), not 1/255 as data2vec's image transform; its mean "
+                    "and std are not used", path, proc.get("rescale_factor"), proc.get("do_rescale"))
+        return None
+    if not proc.get("do_normalize", True):
+        return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    channels = []
+    for key in ("image_mean", "image_std"):
+        value = proc.get(key, [0.5, 0.5, 0.5])  # BeitImageProcessor's IMAGENET_STANDARD_MEAN / _STD
+        value = [value] * 3 if isinstance(value, (int, float)) else value
+        if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value)
+                and (key == "image_mean" or min(value) > 0)):
+            log.warning("%s has %s %r, not 3 numbers (R, G, B; a std above 0); its mean and std are not used", path,
+                        key, value)
+            return None
+        channels.append([float(v) for v in value])
+    return channels[0], channels[1]
+
+
+def eval_crop_pct_from_processor(folder: Path, image_size: int) -> float | None:
+    """The ``data.eval_crop_pct`` of an HF image folder's ``preprocessor_config.json`` when its processor does what
+    our evaluation transform does (the shorter side to S, then the centred `image_size` square, as our exports
+    write it): the largest value whose ``int(image_size / value)`` is S. None (and why, in the log) when there is
+    no such file or it asks for something else, such as a resize to a square without a centre crop (the
+    processor of the released ``facebook/data2vec-vision-*-ft1k``), which our transform does not compute."""
+    proc = _processor(folder)
+    if proc is None:
+        return None
+    path = folder / "preprocessor_config.json"
     size, crop = proc.get("size"), proc.get("crop_size")
     short = size.get("shortest_edge") if isinstance(size, dict) else None
     side = crop if isinstance(crop, int) else (crop.get("height") if isinstance(crop, dict) else None)

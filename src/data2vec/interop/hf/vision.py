@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from data2vec.config import Config, build_config
-from data2vec.data.image import meta_eval_crop_pct
+from data2vec.data.image import meta_eval_crop_pct, meta_normalization
 from data2vec.interop.hf.common import (
     VISION,
     cannot_export,
@@ -23,7 +23,7 @@ from data2vec.interop.hf.common import (
     weights_from_hf,
     with_head,
 )
-from data2vec.interop.hf.pipeline import eval_crop_pct_from_processor
+from data2vec.interop.hf.pipeline import eval_crop_pct_from_processor, normalization_from_processor
 
 # transformers' defaults (5.24) for the keys we read, for a config.json that leaves some out
 VISION_DEFAULTS = {
@@ -74,6 +74,11 @@ def config_from_hf(hf: dict, weights: dict[str, Tensor], folder: Path) -> Config
     # the folder's own resize + centre crop when it has one, else Meta's (data2vec_vision's evaluation)
     cfg.data.eval_crop_pct = (eval_crop_pct_from_processor(folder, img.image_size)
                               or meta_eval_crop_pct(img.image_size, v2=False))
+    # the pixels the folder's processor feeds it (0.5 / 0.5 in the released facebook/data2vec-vision-* ones),
+    # else Meta's: 0.5 / 0.5 for a classifier (v1 fine-tuning), ImageNet's for an encoder (v1 pretraining)
+    finetuned = "classifier.weight" in weights
+    cfg.data.image_mean, cfg.data.image_std = (normalization_from_processor(folder)
+                                               or meta_normalization(v2=False, finetuned=finetuned))
     return cfg
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from data2vec.config import Config, build_config
-from data2vec.data.image import meta_eval_crop_pct
+from data2vec.data.image import meta_eval_crop_pct, meta_normalization
 from data2vec.interop.hf.common import (
     VISION2,
     cannot_export,
@@ -29,7 +29,7 @@ from data2vec.interop.hf.common import (
     unsupported,
     with_head,
 )
-from data2vec.interop.hf.pipeline import eval_crop_pct_from_processor
+from data2vec.interop.hf.pipeline import eval_crop_pct_from_processor, normalization_from_processor
 from data2vec.interop.hf_code import code_files
 
 CONFIG_FILE, MODEL_FILE = "configuration_data2vec2_vision.py", "modeling_data2vec2_vision.py"
@@ -146,6 +146,8 @@ def config_from_hf(hf: dict, weights: dict[str, Tensor], folder: Path) -> Config
     # the folder's own resize + centre crop when it has one, else Meta's (fairseq data2vec 2.0's evaluation)
     cfg.data.eval_crop_pct = (eval_crop_pct_from_processor(folder, img.image_size)
                               or meta_eval_crop_pct(img.image_size, v2=True))
+    cfg.data.image_mean, cfg.data.image_std = (normalization_from_processor(folder)  # else fairseq's: ImageNet's
+                                               or meta_normalization(v2=True, finetuned=False))
     kind = get("position_embeddings")
     if kind not in ("fixed", "learned", "none"):
         raise unsupported("position_embeddings", kind, "is not one of fixed, learned, none")
