@@ -165,9 +165,11 @@ def test_classifier_labels(tmp_path):
 @pytest.mark.parametrize("name", ["v2_image", "v2_image_ft"])
 def test_converted_image_models_evaluate_with_fairseqs_crop(runs, name):
     """fairseq evaluates images up to 224 pixels (mae_finetuning_image_dataset.py build_transform) with the
-    shorter side to int(size / (224 / 256)) and the centred square: the converted run's evaluation transform."""
+    shorter side to int(size / (224 / 256)) and the centred square: the converted run's evaluation transform.
+    Both of its image datasets normalise with ImageNet's statistics (timm's IMAGENET_DEFAULT_MEAN / _STD)."""
     _, _, cfg = load_checkpoint(runs(name), with_state=False)
     assert cfg.image.image_size <= 224 and cfg.data.eval_crop_pct == 224 / 256
+    assert cfg.data.image_mean == [0.485, 0.456, 0.406] and cfg.data.image_std == [0.229, 0.224, 0.225]
 
 
 def _convert(tmp_path: Path, ckpt: dict | None = None, dictionary: Path | None = None) -> Path:

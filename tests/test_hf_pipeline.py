@@ -171,31 +171,39 @@ IMAGE = ["model.dim=32", "model.depth=2", "model.heads=4", "objective.top_k=2", 
 
 
 def _native(tmp_path, recipe: str, overrides: list[str], head):
-    """A checkpoint of ours with random weights and `head`, as fine-tuning writes it."""
+    """A checkpoint of ours with random weights and `head` (None: an encoder), as fine-tuning writes it."""
     cfg = build_config(recipe, overrides)
     torch.manual_seed(0)
     model = Data2Vec(cfg)
     randomise(model.student, seed=3)
     return save_checkpoint(tmp_path / "ours", 0, model.state_dict(), {"step": 0}, cfg,
-                           extra_files={HEAD_FILE: head_file(head)})
+                           extra_files={HEAD_FILE: head_file(head)} if head is not None else {})
 
 
-@pytest.mark.parametrize("crop_pct", [1.0, 0.875])
-def test_image_classifier_export_gives_our_pixels_and_scores_in_the_pipeline(tmp_path, crop_pct, one_thread):
+IMAGENET_NORM = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+INCEPTION_NORM = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])  # Meta's v1 fine-tuning (data2vec_vision without the ImageNet flag)
+
+
+@pytest.mark.parametrize("crop_pct,norm", [(1.0, IMAGENET_NORM), (0.875, INCEPTION_NORM)])
+def test_image_classifier_export_gives_our_pixels_and_scores_in_the_pipeline(tmp_path, crop_pct, norm, one_thread):
     """1.0: the shorter side to 32 (image-tiny's default); 0.875: Meta's evaluation crop, the shorter side to
-    int(32 / 0.875) = 36 and the centred 32 x 32, with odd margins (64 x 40 -> 57 x 36, 33 x 100 -> 36 x 109)."""
+    int(32 / 0.875) = 36 and the centred 32 x 32, with odd margins (64 x 40 -> 57 x 36, 33 x 100 -> 36 x 109). The
+    processor normalises with the run's data.image_mean / data.image_std (ImageNet's; 0.5 / 0.5)."""
     from PIL import Image
 
     head = LinearClassifier(32, 4, 0.0, ["cat", "dog", "eel", "fox"])
     randomise(head, seed=4)
-    path = _native(tmp_path, "image-tiny", [*IMAGE, f"data.eval_crop_pct={crop_pct}"], head)
+    mean, std = norm
+    path = _native(tmp_path, "image-tiny", [*IMAGE, f"data.eval_crop_pct={crop_pct}", f"data.image_mean={mean}",
+                                            f"data.image_std={std}"], head)
     out = to_hf(path, tmp_path / "hf")
     processor = json.loads((out / "preprocessor_config.json").read_text())
     assert processor["size"] == {"shortest_edge": int(32 / crop_pct)}
     assert processor["crop_size"] == {"height": 32, "width": 32} and processor["do_center_crop"]
+    assert (processor["image_mean"], processor["image_std"]) == (mean, std) and processor["do_normalize"]
     pipe = transformers.pipeline("image-classification", model=str(out), top_k=None)
     classifier = Classifier(data2vec.load(path), load_head(path)).eval()
-    transform = ImageTransform(size=32, train=False, crop_pct=crop_pct)
+    transform = ImageTransform(size=32, train=False, crop_pct=crop_pct, mean=tuple(mean), std=tuple(std))
     rng = np.random.default_rng(0)
     # at size, smaller (upscaled), landscape and portrait; 33 x 100: round() and int() of 32 * 100 / 33 differ
     for width, height, mode in [(32, 32, "RGB"), (20, 20, "RGB"), (50, 37, "RGB"), (37, 50, "L"), (64, 40, "RGBA"),
@@ -231,6 +239,45 @@ def test_from_hf_reads_the_evaluation_crop_back(tmp_path):
     assert data2vec.load(from_hf(out, tmp_path / "released")).cfg.data.eval_crop_pct == 224 / 256
     (out / "preprocessor_config.json").unlink()
     assert data2vec.load(from_hf(out, tmp_path / "none")).cfg.data.eval_crop_pct == 224 / 256
+
+
+def _norm(folder) -> tuple[list[float], list[float]]:
+    cfg = data2vec.load(folder).cfg
+    return cfg.data.image_mean, cfg.data.image_std
+
+
+@pytest.mark.parametrize("head", [True, False])
+def test_from_hf_reads_the_normalisation_back(tmp_path, head, caplog):
+    """Our export's data.image_mean / image_std come back from the config it keeps, else from its image processor;
+    the released facebook/data2vec-vision-* processors' 0.5 / 0.5 (BeitFeatureExtractor's defaults, also when left
+    out), a single number for all channels, do_normalize false (0 / 1); a processor that rescales other than /255,
+    or none, gets Meta's: 0.5 / 0.5 for a classifier (v1 fine-tuning), ImageNet's for an encoder (v1 pretraining)."""
+    classifier = LinearClassifier(32, 2, 0.0, ["cat", "dog"]) if head else None
+    ours = ([0.4, 0.5, 0.6], [0.3, 0.2, 0.1])
+    out = to_hf(_native(tmp_path, "image-tiny", [*IMAGE, f"data.image_mean={ours[0]}", f"data.image_std={ours[1]}"],
+                        classifier), tmp_path / "hf")
+    assert _norm(from_hf(out, tmp_path / "back")) == ours
+    config = json.loads((out / "config.json").read_text())
+    del config["data2vec"]
+    (out / "config.json").write_text(json.dumps(config))
+    assert _norm(from_hf(out, tmp_path / "bare")) == ours  # from the processor alone
+    processor = out / "preprocessor_config.json"
+    released = {"do_center_crop": False, "do_normalize": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.5, 0.5, 0.5], "resample": 2, "size": 32, "crop_size": 32,
+                "feature_extractor_type": "BeitFeatureExtractor"}
+    cases = [(released, INCEPTION_NORM), ({"do_resize": True, "size": 32}, INCEPTION_NORM),
+             ({"image_mean": 0.25, "image_std": 0.75}, ([0.25] * 3, [0.75] * 3)),
+             ({**released, "do_normalize": False}, ([0.0] * 3, [1.0] * 3))]
+    for i, (proc, want) in enumerate(cases):
+        processor.write_text(json.dumps(proc))
+        assert _norm(from_hf(out, tmp_path / f"case{i}")) == want, proc
+    meta = INCEPTION_NORM if head else IMAGENET_NORM
+    processor.write_text(json.dumps({**released, "rescale_factor": 1.0}))
+    with caplog.at_level(logging.WARNING, logger="data2vec"):
+        assert _norm(from_hf(out, tmp_path / "rescaled")) == meta
+    assert "not 1/255" in caplog.text
+    processor.unlink()
+    assert _norm(from_hf(out, tmp_path / "none")) == meta
 
 
 # ---------------------------------------------------------------------------------------------------- speech

@@ -183,6 +183,21 @@ def test_v2_image_exports_with_model_code_and_identical_outputs(tmp_path, overri
         {k: v for k, v in vars(c2.model).items() if k != "qkv_bias"}
 
 
+def test_v2_image_folder_normalisation_comes_from_its_processor_else_fairseqs(tmp_path):
+    """A data2vec2-vision folder without our config key: data.image_mean / image_std from its image processor
+    (here 0.5 / 0.5), and without one fairseq's ImageNet statistics (mae_image_dataset.py)."""
+    to_hf(_checkpoint(tmp_path, "image-base-v2", [*IMAGE, "data.image_mean=[0.5,0.5,0.5]",
+                                                  "data.image_std=[0.5,0.5,0.5]"]), tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    del config["data2vec"]
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    cfg = data2vec.load(from_hf(tmp_path / "hf", tmp_path / "back")).cfg
+    assert (cfg.data.image_mean, cfg.data.image_std) == ([0.5] * 3, [0.5] * 3)
+    (tmp_path / "hf" / "preprocessor_config.json").unlink()
+    cfg = data2vec.load(from_hf(tmp_path / "hf", tmp_path / "bare")).cfg
+    assert (cfg.data.image_mean, cfg.data.image_std) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
 def test_pre_ln_v2_image_still_exports_as_data2vec_vision(tmp_path):
     path = _checkpoint(tmp_path, "image-tiny-v2", ["model.dim=32", "model.depth=2", "model.heads=4", *DECODER])
     to_hf(path, tmp_path / "hf")
