@@ -167,12 +167,12 @@ def load_results(out: Path) -> dict[str, dict]:
     return {r["key"]: r for r in json.loads(path.read_text())} if path.exists() else {}
 
 
-def add_result(out: Path, record: dict) -> None:
-    """Add one record to results.json under a lock (two sweeps may share the file), written atomically."""
+def add_result(out: Path, record: dict, runs: Path) -> None:
+    """Add one record to results.json under a lock in `runs` (two sweeps may share the file), written atomically."""
     import fcntl
 
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "results.lock", "w") as lock:
+    with open(runs / "results.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         results = load_results(out)
         results[record["key"]] = record
@@ -211,7 +211,7 @@ def sweep(names: list[str], seeds: list[int], out: Path, runs: Path) -> None:
             continue
         finally:
             claim.unlink()
-        add_result(out, record)
+        add_result(out, record, runs)
         print(f"[{i}/{len(queue)}] {record['key']}: linear {record['linear']:.3f} kNN {record['knn']:.3f} "
               f"({record['cpu_s']:.0f} CPU s)", flush=True)
 
