@@ -380,7 +380,8 @@ def plot(name: str, results: dict[str, dict], seeds: list[int], out: Path) -> No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("claim", nargs="?", choices=["topk", "tap", "context", "norm", "clones", "all"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="seeds to run (default 0 1 2); a claim's table and plot use the seeds all its points have")
     parser.add_argument("--out", type=Path, default=OUT, help="results.json, tables and plots (default docs/ablations)")
     parser.add_argument("--runs", type=Path, default=RUNS, help="run folders (default runs/paper-ablations)")
     parser.add_argument("--plot-only", action="store_true", help="tables and plots from results.json; no runs")
@@ -396,13 +397,16 @@ def main() -> None:
         parser.error("name a claim or all")
     names = ["topk", "tap", "context", "norm", "clones"] if args.claim == "all" else [args.claim]
     if not args.plot_only:
-        sweep(names, args.seeds, args.out, args.runs)
+        sweep(names, args.seeds or list(SEEDS), args.out, args.runs)
     results = load_results(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     tables = []
     for name in names:
-        plot(name, results, args.seeds, args.out)
-        tables.append(f"### {name}\n\n{summary(name, results, args.seeds)}\n\n![{name}]({name}.png)\n")
+        points = [p for _, p in claims()[name]["1"] + claims()[name]["2"]]
+        seeds = [s for s in sorted({r["seed"] for r in results.values()})  # the seeds every point of the claim has
+                 if all(key(p, s) in results for p in points)] or list(SEEDS)
+        plot(name, results, seeds, args.out)
+        tables.append(f"### {name}\n\n{summary(name, results, seeds)}\n\n![{name}]({name}.png)\n")
     (args.out / ("tables.md" if args.claim == "all" else f"tables-{args.claim}.md")).write_text("\n".join(tables))
     print("\n".join(tables))
 
