@@ -120,34 +120,3 @@ def test_what_the_objective_asks_of_the_model_is_checked_before_pretraining(reci
         check_pretraining(cfg)
     assert main(["pretrain", recipe, *overrides, f"out={tmp_path / 'run'}", "--no-progress"]) == 2
     assert not (tmp_path / "run").exists()
-
-
-def test_an_older_saved_config_loads_quietly_unless_a_default_would_change_its_meaning(caplog):
-    """A key added since a checkpoint was saved takes its default, which is the behaviour from before the key
-    (no warning); a key whose default would change an old run's meaning takes its LEGACY_VALUES value, with a
-    warning naming it."""
-    import logging
-
-    import yaml
-
-    from data2vec.config import LEGACY_VALUES, config_from_yaml_text, flatten, to_dict
-
-    data = to_dict(build_config("image-tiny"))
-    del data["data"]["eval_crop_pct"]  # added later; its default (1.0) is the old behaviour
-    with caplog.at_level(logging.INFO, logger="data2vec"):
-        old = config_from_yaml_text(yaml.safe_dump(data), "old.yaml")
-    assert old.data.eval_crop_pct == 1.0
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert any("data.eval_crop_pct" in r.getMessage() for r in caplog.records)
-
-    legacy = next(iter(LEGACY_VALUES))
-    section, leaf = legacy.rsplit(".", 1)
-    node = data
-    for part in section.split("."):
-        node = node[part]
-    del node[leaf]
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="data2vec"):
-        old = config_from_yaml_text(yaml.safe_dump(data), "old.yaml")
-    assert flatten(to_dict(old))[legacy] == LEGACY_VALUES[legacy]
-    assert any(legacy in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)

@@ -637,7 +637,6 @@ def config_from_yaml_text(text: str, source: str = "saved config") -> Config:
         log.warning("%s predates config keys %s; using the values that keep its meaning: %s", source,
                     ", ".join(legacy), ", ".join(f"{k}={LEGACY_VALUES[k]}" for k in legacy))
     missing = [key for key in missing if key not in LEGACY_VALUES]
-    if missing:  # a new key's default is the behaviour from before the key (else it is in LEGACY_VALUES): no news
-        log.info("%s predates config keys %s; using their defaults, which keep its meaning", source,
-                 ", ".join(missing))
+    if missing:
+        log.warning("%s predates config keys %s; using their defaults", source, ", ".join(missing))
     return from_dict(Config, nested)
