@@ -185,6 +185,34 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     assert not MARKER.exists()
 
 
+class ObjectArray:
+    def __reduce__(self):  # an object array over the file's bytes: numpy would dereference 0x4141414141414141
+        return (np.ndarray, ((1,), np.dtype(object), b"A" * 8))
+
+
+def test_a_pickle_that_would_forge_numpy_objects_is_refused(tmp_path):
+    torch.save({"model": {"w": torch.zeros(1)}, "x": ObjectArray()}, tmp_path / "evil.pt", pickle_protocol=4)
+    with pytest.raises(Data2VecError, match=r"global 'numpy\.ndarray'"):
+        read_checkpoint(tmp_path / "evil.pt")
+
+
+def test_a_pickle_that_would_set_attributes_of_torchs_functions_is_refused(tmp_path):
+    """BUILD on an allowed function would set its attributes (`__defaults__`, `_get_layout.cache`) for the whole
+    process; written in torch's legacy (not zip) layout: magic, protocol, system info, the object, storage keys."""
+    import pickle
+
+    with open(tmp_path / "evil.pt", "wb") as f:
+        for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True,
+                                                      "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+            pickle.dump(header, f, protocol=2)
+        name = b"data2vec_was_here"  # the state (None, {name: 1}), BUILD on the global
+        f.write(b"\x80\x02ctorch.serialization\n_get_layout\nN}X" + len(name).to_bytes(4, "little") + name + b"K\x01s\x86b.")
+        pickle.dump([], f, protocol=2)
+    with pytest.raises(Data2VecError, match=r"attributes of the function 'torch\.serialization\._get_layout'"):
+        read_checkpoint(tmp_path / "evil.pt")
+    assert not hasattr(torch.serialization._get_layout, "data2vec_was_here")
+
+
 def test_reader_gives_plain_data_without_omegaconf():
     ckpt = read_checkpoint(FIXTURES / "v1_audio.pt")
     assert type(ckpt["cfg"]) is dict and type(ckpt["cfg"]["model"]) is dict

@@ -5,12 +5,16 @@ older files ``args``, an ``argparse.Namespace``), ``optimizer_history``, ``extra
 ... Unpickling it the ordinary way imports fairseq and omegaconf, and a pickle may name any callable to run.
 Here every global the pickle names goes through one allow-list (:func:`_resolve_global`):
 
-- torch's tensor rebuild functions, storages, dtypes and sizes, ``collections.OrderedDict`` / ``defaultdict``,
-  a few inert builtin types and numpy's scalar / array reconstruction: the real objects;
+- torch's tensor rebuild functions, storages, dtypes and sizes, ``collections.OrderedDict`` / ``defaultdict``
+  and a few inert builtin types: the real objects, each function behind a guard (:class:`_Guarded`) that refuses a
+  pickle's BUILD on it, which would otherwise set attributes (``__defaults__``, ``_get_layout.cache``) of torch's
+  own function for the whole process;
 - the classes of omegaconf, fairseq, hydra, ``argparse.Namespace``, ``typing`` and enums (whatever a config
   holds): inert stand-ins (:class:`_Record`) that only remember their constructor arguments and state;
 - anything else (``os.system``, ``builtins.eval``, ``subprocess.Popen``, ...): a :class:`Data2VecError` naming
-  the global, before anything is called.
+  the global, before anything is called. numpy's ``ndarray`` / ``_reconstruct`` / ``scalar`` are refused too: an
+  object dtype over bytes from the file dereferences pointers the file chose (fairseq's protocol-2 files could not
+  hold numpy values anyway: their bytes need ``_codecs.encode``, never allowed).
 
 :func:`read_checkpoint` then turns the stand-ins into plain data: a ``DictConfig`` becomes a dict, a ``ListConfig``
 a list, an omegaconf node its value, a ``Namespace`` or dataclass its fields, an enum member its value (its name
@@ -44,9 +48,6 @@ _TORCH = {
 _COLLECTIONS = {("collections", "OrderedDict"), ("collections", "defaultdict")}
 _BUILTIN_TYPES = {"dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "str", "bytes",
                   "bytearray", "bool", "slice", "object"}
-_NUMPY = {("numpy", "dtype"), ("numpy", "ndarray"), ("numpy.core.multiarray", "scalar"),
-          ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "_reconstruct"),
-          ("numpy._core.multiarray", "_reconstruct")}
 # packages whose classes a config holds: read as inert records, never imported
 _RECORD_PACKAGES = ("omegaconf", "fairseq", "examples", "hydra", "typing", "enum", "pathlib")
 _RECORD_GLOBALS = {("argparse", "Namespace")}
@@ -99,6 +100,20 @@ def _record_class(module: str, name: str) -> type[_Record]:
     return _RECORD_CLASSES[key]
 
 
+class _Guarded:
+    """An allowed function as the pickle sees it: calls the function, refuses a BUILD (`__setstate__`) on it."""
+
+    def __init__(self, fn: Any, qualname: str) -> None:
+        self.fn, self.qualname = fn, qualname
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __setstate__(self, state: Any) -> None:
+        raise Data2VecError(f"the checkpoint sets attributes of the function '{self.qualname}'; data2vec reads only "
+                            "config objects and tensors from it")
+
+
 def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
     """`copyreg._reconstructor` (protocol 0 / 1 objects), for record classes only."""
     if isinstance(cls, type) and issubclass(cls, _Record):
@@ -113,19 +128,15 @@ def _resolve_global(module: str, name: str, source: str) -> Any:
         obj: Any = torch
         for part in module.split(".")[1:] + [name]:
             obj = getattr(obj, part)
-        return obj
+        return _Guarded(obj, f"{module}.{name}") if isinstance(obj, types.FunctionType) else obj
     if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
         return getattr(torch, name)
     if (module, name) in _COLLECTIONS:
         return getattr(collections, name)
     if module == "builtins" and name in _BUILTIN_TYPES:
         return getattr(builtins, name)
-    if (module, name) in _NUMPY:
-        import importlib
-
-        return getattr(importlib.import_module(module), name)
     if (module, name) == ("copyreg", "_reconstructor"):
-        return _reconstructor
+        return _Guarded(_reconstructor, "copyreg._reconstructor")
     if module.split(".")[0] in _RECORD_PACKAGES or (module, name) in _RECORD_GLOBALS:
         return _record_class(module, name)
     raise Data2VecError(f"'{source}' asks to load the global '{module}.{name}', which a fairseq checkpoint does not "
@@ -186,8 +197,6 @@ def to_plain(obj: Any) -> Any:
         return [to_plain(v) for v in obj]
     if isinstance(obj, tuple):
         return tuple(to_plain(v) for v in obj)
-    if type(obj).__module__ == "numpy":
-        return obj.item() if getattr(obj, "ndim", 1) == 0 else obj.tolist()
     return obj
 
 
