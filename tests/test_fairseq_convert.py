@@ -213,6 +213,19 @@ def test_a_pickle_that_would_set_attributes_of_torchs_functions_is_refused(tmp_p
     assert not hasattr(torch.serialization._get_layout, "data2vec_was_here")
 
 
+def test_torchs_tar_layout_is_refused_before_its_links_are_followed(tmp_path):
+    import pickle
+    import tarfile
+
+    (tmp_path / "elsewhere.pkl").write_bytes(pickle.dumps(1, protocol=2))  # torch would read it as the storages
+    with tarfile.open(tmp_path / "evil.pt", "w", format=tarfile.PAX_FORMAT) as tar:
+        link = tarfile.TarInfo("storages")
+        link.type, link.linkname = tarfile.SYMTYPE, str(tmp_path / "elsewhere.pkl")
+        tar.addfile(link)
+    with pytest.raises(Data2VecError, match="tar layout"):
+        read_checkpoint(tmp_path / "evil.pt")
+
+
 def test_reader_gives_plain_data_without_omegaconf():
     ckpt = read_checkpoint(FIXTURES / "v1_audio.pt")
     assert type(ckpt["cfg"]) is dict and type(ckpt["cfg"]["model"]) is dict

@@ -29,6 +29,7 @@ import builtins
 import collections
 import pickle
 import re
+import tarfile
 import types
 import zipfile
 from pathlib import Path
@@ -171,6 +172,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             if any(n.endswith("constants.pkl") for n in zf.namelist()):
                 raise Data2VecError(f"'{path}' is a TorchScript archive, not a fairseq checkpoint; give the .pt file "
                                     "fairseq's training wrote")
+    if tarfile.is_tarfile(path):  # torch would extract its members, links to any file included, and read them
+        raise Data2VecError(f"'{path}' is in torch's pre-0.4 tar layout, which fairseq never wrote and data2vec does "
+                            "not read; give the .pt file fairseq's training wrote")
     try:
         raw = torch.load(path, map_location="cpu", pickle_module=_unpickler_module(str(path)), weights_only=False)
     except Data2VecError:
