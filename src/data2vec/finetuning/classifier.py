@@ -93,17 +93,18 @@ def load_pretrained(encoder: Data2VecEncoder, weights: dict[str, Tensor], source
                  ", ".join(sorted(unused)) or "none")
 
 
-def frozen(name: str, step: int, depth: int, ft: FinetuneConfig, feature_encoder: bool = False) -> bool:
+def frozen(name: str, step: int, depth: int, ft: FinetuneConfig, feature_encoder: str | None = None) -> bool:
     """Whether encoder parameter `name` (encoder-relative) gets no update at update `step` (0-based): all of
     them during the first `freeze_encoder_steps`; during `freeze_frontend_steps` (always when -1) the
-    front-end's feature encoder when it has one (speech: ``frontend.feature_extractor``, the convolutions
-    wav2vec 2.0 and data2vec keep fixed), else the whole front-end (layer 0: patch or token embeddings)."""
+    front-end's `feature_encoder` sub-module when it has one (`Frontend.feature_encoder`; speech:
+    ``frontend.feature_extractor``, the convolutions wav2vec 2.0 and data2vec keep fixed), else the whole
+    front-end (layer 0: patch or token embeddings)."""
     if step < ft.freeze_encoder_steps:
         return True
     if not (ft.freeze_frontend_steps < 0 or step < ft.freeze_frontend_steps):
         return False
-    if feature_encoder:
-        return name.startswith("frontend.feature_extractor.")
+    if feature_encoder is not None:
+        return name.startswith(f"frontend.{feature_encoder}.")
     return layer_id(name, depth) == 0
 
 
@@ -111,6 +112,6 @@ def apply_freezing(model: Classifier, step: int, ft: FinetuneConfig) -> None:
     """Set `requires_grad` of the encoder's parameters for update `step`. A frozen parameter gets no gradient,
     so AdamW skips it entirely: no moment update and no weight decay."""
     depth = len(model.encoder.encoder.blocks)
-    features = model.encoder.frontend.feature_encoder is not None
+    features = model.encoder.frontend.feature_encoder
     for name, p in model.encoder.named_parameters():
         p.requires_grad_(name not in NOT_TRAINED and not frozen(name, step, depth, ft, features))
