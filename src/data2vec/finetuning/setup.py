@@ -6,6 +6,8 @@ import copy
 from pathlib import Path
 
 from data2vec.config import Config
+from data2vec.data.text import load_tokenizer
+from data2vec.data.text_source import text_source
 from data2vec.errors import Data2VecError
 
 ARCH_SECTIONS = ("model", "image", "text", "audio")  # what the weights fix; the recipe cannot change them
@@ -49,9 +51,6 @@ def tokenizer_json(given: str, source: Config, source_dir: Path) -> str:
     """The content of the tokenizer a text model was pretrained with: `given` (text.tokenizer of the
     fine-tuning command), else the one stored in the checkpoint folder, else the checkpoint config's
     text.tokenizer, else the one beside its pretraining data."""
-    from data2vec.data.text import load_tokenizer
-    from data2vec.data.text_source import text_source
-
     if given:
         return load_tokenizer(given).to_str()
     if (source_dir / "tokenizer.json").is_file():

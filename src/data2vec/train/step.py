@@ -1,6 +1,6 @@
 """The mechanics of one update that pretraining and fine-tuning share, written once.
 
-Each loop (`train.loop.train`, `finetune.loop.finetune_loop`) reads top to bottom and keeps only what is its
+Each loop (`train.loop.train`, `finetuning.loop.finetune_loop`) reads top to bottom and keeps only what is its
 own (the objective, EMA, mixing, freezing, validation); around it, the same steps in the same order:
 
     lr = schedule(optimizer, step, cfg)               # the learning rate of this update
