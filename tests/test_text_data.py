@@ -15,7 +15,8 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
 from data2vec.cli import main
-from data2vec.data.text import (SPECIAL_TOKENS, LabelledTextDataset, TextBlockDataset, TokenShards, binarize,
+from data2vec.data.labelled_text import read_text_rows, sort_labels
+from data2vec.data.text import (SPECIAL_TOKENS, TextBlockDataset, TextClassificationSet, TokenShards, binarize,
                                 document_blocks, load_tokenizer, make_collate, special_ids, token_dtype,
                                 train_tokenizer)
 from data2vec.errors import Data2VecError
@@ -201,14 +202,22 @@ def test_collate_pads_and_never_masks_padding(dataset):
     assert batch["label"].tolist() == [-1] * len(items)
 
 
+def _labelled_text(path, tok_dir) -> TextClassificationSet:
+    """A labelled text file as the labelled-data entry point reads it: rows, the file's own labels sorted."""
+    rows = read_text_rows(path)
+    tokenizer = load_tokenizer(tok_dir)
+    return TextClassificationSet(rows, sort_labels({r.label for r in rows}), tokenizer, 16, special_ids(tokenizer),
+                                 str(path))
+
+
 def test_labelled_lines_read_with_fixed_classes(tok_dir, tmp_path):
     (tmp_path / "train.tsv").write_text("b\tsecond document\na\tthe quick fox\n\n")
-    data = LabelledTextDataset(tmp_path / "train.tsv", load_tokenizer(tok_dir), 16, special_ids(load_tokenizer(tok_dir)))
+    data = _labelled_text(tmp_path / "train.tsv", tok_dir)
     assert data.classes == ["a", "b"] and data.labels == [1, 0]
     assert data[0]["ids"][0] == 0 and data[0]["ids"][-1] == 2
     (tmp_path / "bad.tsv").write_text("no tab here\n")
     with pytest.raises(Data2VecError, match="label<TAB>text"):
-        LabelledTextDataset(tmp_path / "bad.tsv", load_tokenizer(tok_dir), 16, special_ids(load_tokenizer(tok_dir)))
+        _labelled_text(tmp_path / "bad.tsv", tok_dir)
 
 
 def test_word_order_probe_swaps_one_adjacent_pair_and_keeps_the_words():

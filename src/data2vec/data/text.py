@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from data2vec.data.dataset import StepDataset
-from data2vec.data.labelled_text import TextRow, read_text_rows, sort_labels
+from data2vec.data.labelled_text import TextRow
 from data2vec.data.seeding import sample_generator
 from data2vec.errors import Data2VecError
 from data2vec.masking import token_choice, token_mask
@@ -345,17 +345,6 @@ def _truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], 
     while len(a) + len(b) > budget:
         (a if len(a) >= len(b) else b).pop()
     return a, b
-
-
-class LabelledTextDataset(TextClassificationSet):
-    """The labelled sentences of one file (any format :func:`read_text_rows` reads), numbered by `classes`
-    (default: the file's own labels, sorted)."""
-
-    def __init__(self, path: str | Path, tokenizer, block_size: int, ids: dict[str, int],
-                 classes: list[str] | None = None) -> None:
-        rows = read_text_rows(path)
-        super().__init__(rows, classes or sort_labels({row.label for row in rows}), tokenizer, block_size, ids,
-                         str(path))
 
 
 def make_collate(pad_id: int):
