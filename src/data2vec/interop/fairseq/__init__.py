@@ -9,7 +9,6 @@ name mapping, :mod:`.common` what the converters share.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from data2vec.errors import Data2VecError
@@ -22,7 +21,7 @@ def from_fairseq(checkpoint: str | Path, out: str | Path, dictionary: str | Path
     GPT-2's ``encoder.json`` / ``vocab.bpe`` (the tokenizer); for CTC fine-tunes the letter dictionary
     ``dict.ltr.txt`` (LibriSpeech's when left out and the head has its 32 outputs); for an image classifier the
     class names (a file, one per line)."""
-    from data2vec.interop.fairseq import v1
+    from data2vec.interop.fairseq import v1, v2
     from data2vec.interop.fairseq.reader import read_checkpoint
 
     path, out = Path(checkpoint), Path(out)
@@ -42,11 +41,8 @@ def from_fairseq(checkpoint: str | Path, out: str | Path, dictionary: str | Path
         return v1.convert_audio_ctc(ckpt, out, dictionary)
     if kind == "text":
         return v1.convert_text(ckpt, out, dictionary)
-    if importlib.util.find_spec("data2vec.interop.fairseq.v2") is not None:  # data2vec 2.0 (helper module)
-        from data2vec.interop.fairseq import v2
-
-        if v2.matches(cfg):
-            return v2.convert(ckpt, out, dictionary)
+    if v2.matches(cfg):
+        return v2.convert(ckpt, out, dictionary)
     name = cfg["model"].get("_name")
     raise Data2VecError(f"'{path}' holds a fairseq '{name}' model; data2vec converts data2vec_audio (and its "
                         "wav2vec_ctc fine-tunes), data2vec_text and data2vec 2.0 (data2vec_multi) checkpoints")
