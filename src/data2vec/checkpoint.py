@@ -31,7 +31,8 @@ FILES = ("model.safetensors", "state.pt", "config.yaml")
 log = logging.getLogger("data2vec")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of file `path` (hex), read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -68,7 +69,8 @@ def save_checkpoint(out: str | Path, step: int, weights: dict[str, torch.Tensor]
         (tmp / name).write_bytes(content)
     names = (*(f for f in FILES if state is not None or f != "state.pt"), *(extra_files or {}))
     manifest = {"format_version": FORMAT_VERSION, "step": step,
-                "files": {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in names}}
+                "files": {name: {"bytes": (tmp / name).stat().st_size, "sha256": file_sha256(tmp / name)}
+                          for name in names}}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     for name in (*names, "manifest.json"):
         _fsync(tmp / name)
@@ -87,7 +89,7 @@ def is_complete(path: Path, verify_hashes: bool = False) -> bool:
         for name, meta in manifest["files"].items():
             if (path / name).stat().st_size != meta["bytes"]:
                 return False
-            if verify_hashes and _sha256(path / name) != meta["sha256"]:
+            if verify_hashes and file_sha256(path / name) != meta["sha256"]:
                 return False
         return True
     except (OSError, ValueError, KeyError, TypeError):

@@ -284,25 +284,21 @@ def _offline_error(url: str, reason: object) -> Data2VecError:
 
 
 def _recorded_sha(path: Path) -> str:
+    from data2vec.checkpoint import file_sha256
+
     record = path.with_name(path.name + ".sha256")
     if not record.is_file():  # put there by hand: record it now, as the first download would have
-        record.write_text(f"{_sha256(path)}  {path.name}\n")
+        record.write_text(f"{file_sha256(path)}  {path.name}\n")
     return record.read_text().split()[0]
 
 
 def _check_sha(path: Path) -> None:
-    actual, recorded = _sha256(path), _recorded_sha(path)
+    from data2vec.checkpoint import file_sha256
+
+    actual, recorded = file_sha256(path), _recorded_sha(path)
     if actual != recorded:
         raise Data2VecError(f"'{path}' does not match its recorded SHA-256 (damaged since it was downloaded); "
                             "delete it and its .sha256 and run again to download it anew")
-
-
-def _sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 # --- converting once ---------------------------------------------------------------------------------------
@@ -335,11 +331,8 @@ def _from_hf(folder: Path, out: Path) -> None:
 
 
 def _from_fairseq(path: Path, out: Path, dictionary: Path | None) -> None:
-    try:
-        from data2vec.interop.fairseq import from_fairseq
-    except ImportError:
-        raise Data2VecError(f"'{path}' is a fairseq checkpoint and this data2vec cannot convert fairseq "
-                            "checkpoints yet; upgrade data2vec") from None
+    from data2vec.interop.fairseq import from_fairseq
+
     from_fairseq(path, out, dictionary)
 
 
