@@ -188,6 +188,7 @@ def ctc_labels(dictionary: Path | None, n: int) -> list[str]:
     fairseq checkpoints do not hold the dictionary; without one, a head of 32 outputs gets LibriSpeech's letter
     dictionary (what every released data2vec CTC fine-tune used), with a warning."""
     from data2vec.ctc import BLANK
+    from data2vec.interop.fairseq.tokenizer import read_dictionary
 
     specials = [BLANK, "<pad>", "</s>", "<unk>"]
     if dictionary is None:
@@ -200,7 +201,7 @@ def ctc_labels(dictionary: Path | None, n: int) -> list[str]:
     path = dictionary / "dict.ltr.txt" if dictionary.is_dir() else dictionary
     if not path.is_file():
         raise Data2VecError(f"--dict '{dictionary}' is neither a dict.ltr.txt nor a folder holding one")
-    symbols = [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    symbols = read_dictionary(path)
     labels = specials + symbols
     if len(labels) != n:
         raise Data2VecError(f"--dict '{path}' lists {len(symbols)} symbols, so the CTC head would have "

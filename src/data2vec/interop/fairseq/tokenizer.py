@@ -20,7 +20,8 @@ SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 
 
 def read_dictionary(path: Path) -> list[str]:
-    """The symbols of a fairseq ``dict.txt`` in order (``symbol count [#fairseq:overwrite]`` lines)."""
+    """The symbols of a fairseq dictionary (``dict.txt``, ``dict.ltr.txt``) in order (``symbol count
+    [#fairseq:overwrite]`` lines, read as fairseq's ``Dictionary.add_from_file`` reads them)."""
     symbols = []
     for line in path.read_text(encoding="utf-8").splitlines():
         line = line.rstrip()
