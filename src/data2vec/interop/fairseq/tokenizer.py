@@ -12,10 +12,12 @@ a ``tokenizer.json`` vocabulary cannot express, so such a dictionary is refused.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from data2vec.errors import Data2VecError
 
+log = logging.getLogger("data2vec")
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 
 
@@ -30,6 +32,17 @@ def read_dictionary(path: Path) -> list[str]:
         if line:
             symbols.append(line.rsplit(" ", 1)[0])
     return symbols
+
+
+def tokenizer_files(dictionary: Path | None, vocab_size: int) -> dict[str, bytes]:
+    """A converted text model's ``tokenizer.json`` (stored in its checkpoint folder) from `dictionary` (``--dict``);
+    {} with a warning where none was given."""
+    if dictionary is None:
+        log.warning("no --dict given: the converted text model has no tokenizer; embedding or fine-tuning text "
+                    "needs one (convert again with --dict FOLDER holding fairseq's dict.txt, encoder.json and "
+                    "vocab.bpe, or set text.tokenizer)")
+        return {}
+    return {"tokenizer.json": fairseq_tokenizer_json(dictionary, vocab_size)}
 
 
 def fairseq_tokenizer_json(dictionary: Path, vocab_size: int) -> bytes:

@@ -340,7 +340,7 @@ def convert_audio_ctc(ckpt: dict[str, Any], out: Path, dictionary: Path | None) 
 def convert_text(ckpt: dict[str, Any], out: Path, dictionary: Path | None) -> Path:
     """A ``data2vec_text`` pretraining checkpoint: student, EMA teacher and regression head; the tokenizer is
     built from fairseq's dictionary and GPT-2 BPE files when `dictionary` names them (:mod:`.tokenizer`)."""
-    from data2vec.interop.fairseq.tokenizer import fairseq_tokenizer_json
+    from data2vec.interop.fairseq.tokenizer import tokenizer_files
 
     cfg_in, state = ckpt["cfg"], ckpt["model"]
     m, dropped = cfg_in["model"], []
@@ -381,14 +381,7 @@ def convert_text(ckpt: dict[str, Any], out: Path, dictionary: Path | None) -> Pa
             overrides.append(f"{ours}={task[key]!r}")
     overrides += train_overrides(cfg_in, dropped)
     cfg = _config("text-base", overrides, "fairseq-data2vec-text")
-    extra = {}
-    if dictionary is not None:
-        extra["tokenizer.json"] = fairseq_tokenizer_json(dictionary, vocab)
-        cfg.text.tokenizer = str((out / "checkpoints" / "step_00000000" / "tokenizer.json").resolve())
-    else:
-        log.warning("no --dict given: the converted text model has no tokenizer; embedding or fine-tuning text "
-                    "needs one (convert again with --dict FOLDER holding fairseq's dict.txt, encoder.json and "
-                    "vocab.bpe, or set text.tokenizer)")
+    extra = tokenizer_files(dictionary, vocab)
     student = fm.v1_text_encoder(fs, depth)
     ema = state.get("encoder._ema")
     teacher = fm.v1_text_encoder({**fs, **ema}, depth) if isinstance(ema, dict) and ema else None

@@ -35,6 +35,7 @@ from data2vec.interop.fairseq.common import (
     unsupported,
     write_run,
 )
+from data2vec.interop.fairseq.tokenizer import tokenizer_files
 from data2vec.nn.heads import CTCHead, LinearClassifier
 from data2vec.nn.image import sincos_pos_embed
 
@@ -109,7 +110,7 @@ def convert(ckpt: dict, out: Path, dictionary: Path | None = None) -> Path:
     report_dropped(dropped)
     files = {FAIRSEQ_JSON: fairseq_json(ckpt, kind, dropped)}
     if modality == "text":
-        files.update(_tokenizer(ours, out, dictionary))
+        files.update(tokenizer_files(dictionary, ours.text.vocab_size))
     return write_run(ours, out, student, teacher, extra or None, head, files)
 
 
@@ -172,20 +173,6 @@ def _check_all_placed(state: dict[str, Any], ema: Any, placed: list[Tensor]) -> 
         raise Data2VecError(f"cannot convert: the fairseq checkpoint holds {len(left)} tensor(s) data2vec's model has "
                             f"no place for ({shown}), a layout this converter does not know; docs/checkpoints.md "
                             "lists what converts")
-
-
-def _tokenizer(cfg: Config, out: Path, dictionary: Path | None) -> dict[str, bytes]:
-    """The text model's tokenizer.json from fairseq's dict.txt and GPT-2 BPE files (`dictionary`), stored in the
-    checkpoint folder, as v1 text conversions do."""
-    from data2vec.interop.fairseq.tokenizer import fairseq_tokenizer_json
-
-    if dictionary is None:
-        log.warning("no --dict given: the converted text model has no tokenizer; embedding or fine-tuning text "
-                    "needs one (convert again with --dict FOLDER holding fairseq's dict.txt, encoder.json and "
-                    "vocab.bpe, or set text.tokenizer)")
-        return {}
-    cfg.text.tokenizer = str((out / "checkpoints" / "step_00000000" / "tokenizer.json").resolve())
-    return {"tokenizer.json": fairseq_tokenizer_json(dictionary, cfg.text.vocab_size)}
 
 
 # ----------------------------------------------------------------------------------------------- image classifier

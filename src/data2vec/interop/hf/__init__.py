@@ -84,7 +84,6 @@ def from_hf(folder: str | Path, out: str | Path) -> Path:
     extra = {HEAD_FILE: head_file(head)} if head is not None else {}
     if (folder / "tokenizer.json").is_file() and modality is text:
         extra["tokenizer.json"] = (folder / "tokenizer.json").read_bytes()
-        cfg.text.tokenizer = str((out / "checkpoints" / "step_00000000" / "tokenizer.json").resolve())
     return write_checkpoint(cfg, ours, out, extra)
 
 

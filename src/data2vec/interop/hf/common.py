@@ -209,7 +209,7 @@ def write_checkpoint(cfg: Config, encoder_state: dict[str, Tensor], out: Path, e
     head. A converted file that holds more (fairseq's:
     an EMA teacher, the regression head, a v2 decoder) gives the teacher's encoder tensors as `teacher_state`
     (what it lacks is the student's) and other tensors of the full model (``head.*``, ``decoder.*``) as
-    `model_state`."""
+    `model_state`. A ``tokenizer.json`` in `extra` becomes the run's ``text.tokenizer``."""
     from data2vec.model import Data2Vec
     from data2vec.checkpoint import save_checkpoint
 
@@ -238,6 +238,8 @@ def write_checkpoint(cfg: Config, encoder_state: dict[str, Tensor], out: Path, e
         if set(model_state) - set(full):
             raise RuntimeError(f"conversion mapped model tensors {sorted(set(model_state) - set(full))}")
         model.load_state_dict({**full, **model_state})
+    if "tokenizer.json" in extra:  # where save_checkpoint stores it: step 0's folder
+        cfg.text.tokenizer = str((out / "checkpoints" / "step_00000000" / "tokenizer.json").resolve())
     path = save_checkpoint(out, 0, model.state_dict(), None, cfg, extra_files=extra)
     save_config(cfg, out / "config.yaml")
     return path
