@@ -226,6 +226,11 @@ def test_torchs_tar_layout_is_refused_before_its_links_are_followed(tmp_path):
         read_checkpoint(tmp_path / "evil.pt")
 
 
+def test_a_folder_given_as_the_fairseq_file_is_named_as_one(tmp_path):
+    with pytest.raises(Data2VecError, match="is a folder"):
+        read_checkpoint(tmp_path)
+
+
 def test_reader_gives_plain_data_without_omegaconf():
     ckpt = read_checkpoint(FIXTURES / "v1_audio.pt")
     assert type(ckpt["cfg"]) is dict and type(ckpt["cfg"]["model"]) is dict

@@ -165,6 +165,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A fairseq checkpoint as plain data: dicts, lists, strings, numbers, None and tensors (on the CPU). ``cfg``
     (or ``args``) is a dict with interpolations resolved; ``model`` maps parameter names to tensors."""
     path = Path(path)
+    if path.is_dir():
+        raise Data2VecError(f"fairseq checkpoint '{path}' is a folder; give the .pt file fairseq's training wrote (a "
+                            "Hugging Face model folder converts with --from-hf)")
     if not path.is_file():
         raise Data2VecError(f"fairseq checkpoint '{path}' does not exist; give the path of a .pt file")
     if zipfile.is_zipfile(path):
