@@ -19,7 +19,7 @@ from data2vec.config import Config, check_ema_scope
 from data2vec.ema import ema_update
 from data2vec.losses import regression_loss
 from data2vec.nn.audio import AudioFrontend
-from data2vec.nn.decoder import ConvDecoder
+from data2vec.nn.decoder import ConvDecoder, projection
 from data2vec.nn.frontend import Frontend
 from data2vec.nn.image import ImageFrontend
 from data2vec.nn.init import init_linear_and_norm
@@ -340,14 +340,7 @@ def regression_head(dim: int, layers: int) -> nn.Module:
     lets the encoder's last layer keep features the targets do not need."""
     if layers < 1:
         raise ValueError(f"objective.head_layers={layers} must be at least 1")
-    if layers == 1:
-        return nn.Linear(dim, dim)
-    modules: list[nn.Module] = []
-    width = dim
-    for _ in range(layers - 1):
-        modules += [nn.Linear(width, 2 * dim), nn.GELU()]
-        width = 2 * dim
-    return nn.Sequential(*modules, nn.Linear(width, dim))
+    return projection(dim, dim, layers)  # the v2 decoder's projection back to D, at width D
 
 
 def _spread(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
