@@ -14,8 +14,8 @@ from data2vec.data.audio import (AudioCollate, AudioDataset, load_audio, read_ma
 from data2vec.data.build import eval_dataset, eval_loader, pretrain_loader
 from data2vec.data.sampler import LengthBucketSampler
 from data2vec.errors import Data2VecError
+from data2vec.frames import conv_output_length
 from data2vec.masking import span_mask
-from data2vec.nn.audio import conv_output_length
 
 KERNELS, STRIDES = [10, 3, 3, 3, 3, 2, 2], [5, 2, 2, 2, 2, 2, 2]
 
