@@ -162,19 +162,15 @@ def run(args: argparse.Namespace) -> int:
               f"{meta['dtype']}; {meta['bad_utf8_lines']} lines with bad UTF-8, {meta['empty_lines']} empty lines, "
               f"{meta['empty_files']} empty files: {args.out}")
     elif args.command == "convert":
-        from data2vec.interop.hf import from_hf, to_hf
-        from data2vec.interop.hub import fairseq_dictionary, fairseq_file, hf_folder, resolve
+        from data2vec import from_fairseq, from_hf, to_hf  # names resolved (hub) as in the Python API
 
         if args.from_fairseq:
-            from data2vec.interop.fairseq import from_fairseq
-
-            dictionary = args.dict or fairseq_dictionary(args.from_fairseq)
-            print(f"checkpoint: {from_fairseq(fairseq_file(args.from_fairseq), args.out, dictionary)}")
+            print(f"checkpoint: {from_fairseq(args.from_fairseq, args.out, args.dict)}")
         elif args.from_hf:
-            print(f"checkpoint: {from_hf(hf_folder(args.from_hf), args.out)}")
+            print(f"checkpoint: {from_hf(args.from_hf, args.out)}")
         else:
             which = "teacher" if args.teacher else "student"
-            print(f"Hugging Face folder: {to_hf(resolve(args.to_hf), args.out, which)}")
+            print(f"Hugging Face folder: {to_hf(args.to_hf, args.out, which)}")
     elif args.command == "finetune":
         from data2vec.config import build_config
         from data2vec.interop.hub import resolve_overrides
