@@ -231,6 +231,14 @@ def test_a_folder_given_as_the_fairseq_file_is_named_as_one(tmp_path):
         read_checkpoint(tmp_path)
 
 
+def test_a_pickle_holding_a_cycle_is_one_line(tmp_path):
+    cycle: dict = {}
+    cycle["self"] = cycle
+    torch.save({"model": {"w": torch.zeros(1)}, "x": cycle}, tmp_path / "cycle.pt")
+    with pytest.raises(Data2VecError, match="RecursionError"):
+        read_checkpoint(tmp_path / "cycle.pt")
+
+
 def test_reader_gives_plain_data_without_omegaconf():
     ckpt = read_checkpoint(FIXTURES / "v1_audio.pt")
     assert type(ckpt["cfg"]) is dict and type(ckpt["cfg"]["model"]) is dict

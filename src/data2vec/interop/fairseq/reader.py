@@ -180,12 +180,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                             "not read; give the .pt file fairseq's training wrote")
     try:
         raw = torch.load(path, map_location="cpu", pickle_module=_unpickler_module(str(path)), weights_only=False)
+        plain = to_plain(raw)  # RecursionError (a RuntimeError) where the pickle built a cycle
     except Data2VecError:
         raise
     except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as err:
         raise Data2VecError(f"'{path}' is not a readable torch checkpoint ({type(err).__name__}: "
                             f"{str(err).splitlines()[0][:200] if str(err) else ''}); give a fairseq .pt file") from None
-    plain = to_plain(raw)
     if not isinstance(plain, dict) or "model" not in plain:
         raise Data2VecError(f"'{path}' holds no 'model' state dict; it is not a fairseq training checkpoint")
     for key in ("cfg", "args"):
