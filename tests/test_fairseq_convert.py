@@ -239,6 +239,17 @@ def test_a_pickle_holding_a_cycle_is_one_line(tmp_path):
         read_checkpoint(tmp_path / "cycle.pt")
 
 
+class BadSize:
+    def __reduce__(self):  # torch.Size of a string: the allowed callable raises TypeError
+        return (torch.Size, ("not sizes",))
+
+
+def test_a_pickle_whose_allowed_calls_fail_is_one_line(tmp_path):
+    torch.save({"model": {"w": torch.zeros(1)}, "x": BadSize()}, tmp_path / "bad.pt")
+    with pytest.raises(Data2VecError, match="not a readable torch checkpoint \\(TypeError"):
+        read_checkpoint(tmp_path / "bad.pt")
+
+
 def test_reader_gives_plain_data_without_omegaconf():
     ckpt = read_checkpoint(FIXTURES / "v1_audio.pt")
     assert type(ckpt["cfg"]) is dict and type(ckpt["cfg"]["model"]) is dict

@@ -183,7 +183,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         plain = to_plain(raw)  # RecursionError (a RuntimeError) where the pickle built a cycle
     except Data2VecError:
         raise
-    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as err:
+    except Exception as err:  # whatever a damaged or crafted file makes torch, pickle or an allowed callable raise
         raise Data2VecError(f"'{path}' is not a readable torch checkpoint ({type(err).__name__}: "
                             f"{str(err).splitlines()[0][:200] if str(err) else ''}); give a fairseq .pt file") from None
     if not isinstance(plain, dict) or "model" not in plain:
