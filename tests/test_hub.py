@@ -281,3 +281,16 @@ def test_released_text_name_brings_its_dictionary(caches, monkeypatch):
     tokenizer = Path(load_config(run).text.tokenizer)
     assert tokenizer.is_file() and tokenizer.is_relative_to(run)
     assert tokenizer.read_bytes() == Path(load_config(caches / "by-path").text.tokenizer).read_bytes()
+
+
+def test_built_in_sets_and_downloads_share_one_cache_folder(monkeypatch, tmp_path):
+    """One cache for everything data2vec fetches or makes: the rule (DATA2VEC_CACHE, else XDG_CACHE_HOME, else
+    ~/.cache) lives in data/cache.py and the hub uses it."""
+    from data2vec.data import cache
+
+    monkeypatch.delenv("DATA2VEC_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.cache_dir() == tmp_path / "xdg" / "data2vec"
+    assert hub.cache_dir is cache.cache_dir
+    monkeypatch.setenv("DATA2VEC_CACHE", "~/d2v")
+    assert cache.cache_dir() == Path("~/d2v").expanduser()

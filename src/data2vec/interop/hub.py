@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from data2vec.data.cache import cache_dir
 from data2vec.errors import Data2VecError
 
 _FAIR = "https://dl.fbaipublicfiles.com/fairseq"
@@ -59,14 +60,6 @@ HF_RELEASED: tuple[str, ...] = tuple(  # Hugging Face's conversions of the v1 mo
 HF_IGNORE = ["*.h5", "*.msgpack", "*.onnx", "*.ot", "*.tflite", "tf_*", "flax_*", "rust_*"]  # other frameworks' weights
 _HF_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 CHUNK = 1 << 20
-
-
-def cache_dir() -> Path:
-    """Where downloads and converted models go: `$DATA2VEC_CACHE`, else `$XDG_CACHE_HOME/data2vec`, else
-    `~/.cache/data2vec`."""
-    if os.environ.get("DATA2VEC_CACHE"):
-        return Path(os.environ["DATA2VEC_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "data2vec"
 
 
 def resolve(name: str | Path) -> Path:
