@@ -20,10 +20,10 @@ from data2vec.interop.hf.common import (
     labels,
     layer_pairs,
     log,
-    split_qkv,
     take,
     unsupported,
     weights_from_hf,
+    weights_to_hf,
     with_head,
 )
 
@@ -259,12 +259,7 @@ def _export_data2vec_audio(cfg: Config, ours: dict[str, Tensor],
           "num_conv_pos_embeddings": a.pos_conv_layers, "conv_pos_kernel_size": a.pos_conv_kernel,
           "num_conv_pos_embedding_groups": a.pos_conv_groups, "mask_time_prob": 0.05,  # HF keeps masked_spec_embed
           "initializer_range": 0.02, "use_weighted_layer_sum": False, "add_adapter": False}
-    tensors = {theirs: ours[mine] for theirs, mine in pairs(cfg)}
-    q, k, v = QKV
-    for h, o in attention(cfg):
-        (wq, wk, wv), (bq, bk, bv) = split_qkv(cfg, ours, o)
-        tensors.update({f"{h}{q}.weight": wq, f"{h}{k}.weight": wk, f"{h}{v}.weight": wv,
-                        f"{h}{q}.bias": bq, f"{h}{k}.bias": bk, f"{h}{v}.bias": bv})
+    tensors = weights_to_hf(cfg, ours, pairs(cfg), attention(cfg), QKV)
     files = {"preprocessor_config.json": {
         "feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1, "sampling_rate": a.sample_rate,
         "padding_value": 0.0, "padding_side": "right", "do_normalize": a.normalize, "return_attention_mask": True}}

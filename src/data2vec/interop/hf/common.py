@@ -172,6 +172,23 @@ def weights_from_hf(cfg: Config, weights: dict[str, Tensor], pairs: list[tuple[s
     return ours
 
 
+def weights_to_hf(cfg: Config, ours: dict[str, Tensor], pairs: list[tuple[str, str]],
+                  attention: list[tuple[str, str]], qkv_names: tuple[str, str, str],
+                  key_bias: bool = True) -> dict[str, Tensor]:
+    """HF's tensors from our encoder's, the inverse of :func:`weights_from_hf`: renamed by `pairs`, and our fused
+    projection split into query / key / value (named `qkv_names` under each HF prefix of `attention`). BEiT's
+    layout (`key_bias=False`) has no key bias: the softmax cancels it."""
+    tensors = {theirs: ours[mine] for theirs, mine in pairs}
+    q, k, v = qkv_names
+    for h, o in attention:
+        (wq, wk, wv), (bq, bk, bv) = split_qkv(cfg, ours, o)
+        tensors.update({f"{h}{q}.weight": wq, f"{h}{k}.weight": wk, f"{h}{v}.weight": wv,
+                        f"{h}{q}.bias": bq, f"{h}{v}.bias": bv})
+        if key_bias:
+            tensors[f"{h}{k}.bias"] = bk
+    return tensors
+
+
 def with_head(hf: dict, tensors: dict[str, Tensor], model_type: str, head, head_tensors: dict[str, Tensor],
               arch: str) -> tuple[dict, dict[str, Tensor]]:
     """A task model: base weights under the base-model prefix, the head's beside them, labels in the config."""

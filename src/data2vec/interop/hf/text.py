@@ -17,10 +17,10 @@ from data2vec.interop.hf.common import (
     labels,
     layer_pairs,
     log,
-    split_qkv,
     take,
     unsupported,
     weights_from_hf,
+    weights_to_hf,
     with_head,
 )
 from data2vec.interop.hf.pipeline import mean_pooled_classifier
@@ -148,12 +148,8 @@ def export(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dict[str, 
           "max_position_embeddings": t.max_positions, "type_vocab_size": 1, "layer_norm_eps": m.norm_eps,
           "pad_token_id": t.pad_id, "bos_token_id": t.bos_id, "eos_token_id": t.eos_id, "initializer_range": 0.02,
           "classifier_dropout": head.dropout.p if head is not None else None}
-    tensors = {theirs: ours[mine] for theirs, mine in pairs(cfg)}
+    tensors = weights_to_hf(cfg, ours, pairs(cfg), attention(cfg), QKV)
     tensors["embeddings.token_type_embeddings.weight"] = ours["frontend.token_type_embeddings.weight"]
-    for h, o in attention(cfg):
-        (wq, wk, wv), (bq, bk, bv) = split_qkv(cfg, ours, o)
-        tensors.update({f"{h}query.weight": wq, f"{h}key.weight": wk, f"{h}value.weight": wv,
-                        f"{h}query.bias": bq, f"{h}key.bias": bk, f"{h}value.bias": bv})
     if head is None:  # AutoModel builds RoBERTa's CLS pooler, which data2vec does not have: HF's initialisation
         generator = torch.Generator().manual_seed(0)
         tensors["pooler.dense.weight"] = torch.randn(m.dim, m.dim, generator=generator) * 0.02

@@ -17,10 +17,10 @@ from data2vec.interop.hf.common import (
     labels,
     layer_pairs,
     log,
-    split_qkv,
     take,
     unsupported,
     weights_from_hf,
+    weights_to_hf,
     with_head,
 )
 from data2vec.interop.hf.pipeline import eval_crop_pct_from_processor, normalization_from_processor
@@ -198,16 +198,12 @@ def export(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dict[str, 
           "use_relative_position_bias": img.rel_pos_bias == "per_layer",
           "use_shared_relative_position_bias": img.rel_pos_bias == "shared", "layer_scale_init_value": m.layer_scale,
           "drop_path_rate": m.drop_path, "use_mean_pooling": mean, "initializer_range": 0.02}
-    tensors = {theirs: ours[mine] for theirs, mine in pairs(cfg, with_pooler=head is not None)}
+    tensors = weights_to_hf(cfg, ours, pairs(cfg, with_pooler=head is not None), attention(cfg), QKV, key_bias=False)
     if img.pos_embed == "sincos":  # fixed positions become HF's learned ones, initialised to the same values
         side = img.image_size // img.patch_size
         tensors["embeddings.position_embeddings"] = torch.cat(
             [torch.zeros(1, m.dim), sincos_pos_embed(m.dim, (side, side), img.sincos_order)]).unsqueeze(0)
         log.info("image.pos_embed=sincos exported as HF absolute position embeddings holding the sin-cos values")
-    for h, o in attention(cfg):
-        (wq, wk, wv), (bq, bk, bv) = split_qkv(cfg, ours, o)
-        tensors.update({f"{h}query.weight": wq, f"{h}key.weight": wk, f"{h}value.weight": wv,
-                        f"{h}query.bias": bq, f"{h}value.bias": bv})  # no key bias in BEiT: softmax cancels it
     head_tensors = {"classifier.weight": head.fc.weight, "classifier.bias": head.fc.bias} if head is not None else {}
     hf, tensors = with_head(hf, tensors, VISION, head, head_tensors, "Data2VecVisionForImageClassification")
     return hf, tensors, {}
