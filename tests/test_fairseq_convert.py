@@ -250,6 +250,12 @@ def test_a_pickle_whose_allowed_calls_fail_is_one_line(tmp_path):
         read_checkpoint(tmp_path / "bad.pt")
 
 
+def test_an_out_folder_holding_checkpoints_stops_before_the_file_is_read(converted, tmp_path):
+    (tmp_path / "not_a_checkpoint.pt").write_text("x")
+    with pytest.raises(Data2VecError, match="already holds checkpoints"):
+        from_fairseq(tmp_path / "not_a_checkpoint.pt", converted["v1_audio"])
+
+
 def test_reader_gives_plain_data_without_omegaconf():
     ckpt = read_checkpoint(FIXTURES / "v1_audio.pt")
     assert type(ckpt["cfg"]) is dict and type(ckpt["cfg"]["model"]) is dict

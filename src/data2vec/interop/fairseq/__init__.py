@@ -23,12 +23,14 @@ def from_fairseq(checkpoint: str | Path, out: str | Path, dictionary: str | Path
     class names (a file, one per line)."""
     from data2vec.interop.fairseq import v1, v2
     from data2vec.interop.fairseq.reader import read_checkpoint
+    from data2vec.interop.hf.common import refuse_existing_run
 
     path, out = Path(checkpoint), Path(out)
     dictionary = Path(dictionary) if dictionary is not None else None
     if dictionary is not None and not dictionary.exists():
         raise Data2VecError(f"--dict '{dictionary}' does not exist; give fairseq's dict.txt / dict.ltr.txt or the "
                             "folder holding it")
+    refuse_existing_run(out)
     ckpt = read_checkpoint(path)
     cfg = ckpt.get("cfg")
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):

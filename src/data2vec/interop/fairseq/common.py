@@ -234,10 +234,7 @@ def write_run(cfg: Config, out: Path, student: dict[str, Tensor], teacher: dict[
     our full model (`model_extra`: ``head.*``, ``decoder.*``) and a fine-tuning head; returns the checkpoint."""
     from data2vec.interop.hf.common import write_checkpoint
     from data2vec.nn.heads import HEAD_FILE, head_file
-    from data2vec.checkpoint import list_checkpoints
 
-    if list_checkpoints(out):
-        raise Data2VecError(f"'{out}' already holds checkpoints; give a new --out folder for the converted model")
     cfg.out = str(out)
     extra = dict(extra_files or {})
     if head is not None:

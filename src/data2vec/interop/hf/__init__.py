@@ -36,6 +36,7 @@ from data2vec.interop.hf.common import (
     cannot_export,
     log,
     read_hf_folder,
+    refuse_existing_run,
     warn_dropped,
     write_checkpoint,
     write_hf_folder,
@@ -58,11 +59,9 @@ def from_hf(folder: str | Path, out: str | Path) -> Path:
     folder's
     ``config.yaml`` continues pretraining with ``data2vec pretrain OUT/config.yaml resume=auto``."""
     from data2vec.nn.heads import HEAD_FILE, head_file
-    from data2vec.checkpoint import list_checkpoints
 
     folder, out = Path(folder), Path(out)
-    if list_checkpoints(out):
-        raise Data2VecError(f"'{out}' already holds checkpoints; give a new --out folder for the converted model")
+    refuse_existing_run(out)
     hf, raw = read_hf_folder(folder)
     model_type = hf.get("model_type")
     if model_type not in BY_MODEL_TYPE:

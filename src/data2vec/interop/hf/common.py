@@ -218,6 +218,14 @@ def warn_dropped(names: set[str]) -> None:
     log.warning("not converted, data2vec has no place for: %s", described)
 
 
+def refuse_existing_run(out: Path) -> None:
+    """A conversion writes a new run folder: one that already holds checkpoints stops it before anything is read."""
+    from data2vec.checkpoint import list_checkpoints
+
+    if list_checkpoints(out):
+        raise Data2VecError(f"'{out}' already holds checkpoints; give a new --out folder for the converted model")
+
+
 def write_checkpoint(cfg: Config, encoder_state: dict[str, Tensor], out: Path, extra: dict[str, bytes],
                      teacher_state: dict[str, Tensor] | None = None,
                      model_state: dict[str, Tensor] | None = None) -> Path:
