@@ -179,8 +179,8 @@ def v2_audio_frontend(local: dict[str, Tensor], context: dict[str, Tensor]) -> d
 def v2_image_encoder(model: dict[str, Tensor], prenet: int, depth: int) -> dict[str, Tensor]:
     """fairseq's image model (student, or the teacher, which holds the whole model) -> our image encoder:
     patch embedding, CLS token (`extra_tokens`), the prenet blocks (`context_encoder.blocks`) then the main
-    blocks as one stack. The LayerNorm fairseq applies before the prenet (`context_encoder.norm`) maps to
-    `frontend.embed_norm` (issue 19 item 2: ours has none yet)."""
+    blocks as one stack. The LayerNorm fairseq applies before the prenet (`context_encoder.norm`) is our
+    `frontend.embed_norm` (`image.embed_norm`)."""
     enc = sub(model, "modality_encoders.IMAGE.")
     out = {"frontend.patch_embed.weight": enc["local_encoder.proj.weight"],
            "frontend.patch_embed.bias": enc["local_encoder.proj.bias"],
