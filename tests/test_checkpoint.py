@@ -47,6 +47,18 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(tmp_path)
 
 
+def test_a_file_or_a_hugging_face_folder_given_as_checkpoint_is_named(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"x")
+    with pytest.raises(Data2VecError, match="is a file; .*--from-fairseq"):
+        load_checkpoint(tmp_path / "model.pt")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    (hf / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(Data2VecError, match="Hugging Face model folder.*--from-hf"):
+        load_checkpoint(hf)
+
+
 def test_leftover_temp_folder_is_ignored(tmp_path):
     _save(tmp_path, 1)
     (tmp_path / "checkpoints" / ".step_00000002.tmp").mkdir()

@@ -124,6 +124,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise Data2VecError(f"checkpoint '{path}' does not exist; give a checkpoint folder or a run folder")
+    if path.is_file():
+        raise Data2VecError(f"checkpoint '{path}' is a file; a data2vec checkpoint is a folder (give it or its run "
+                            "folder; a fairseq .pt file converts with data2vec convert --from-fairseq)")
+    if (path / "config.json").is_file() and not (path / "manifest.json").exists():
+        raise Data2VecError(f"'{path}' is a Hugging Face model folder, not a data2vec checkpoint; convert it with "
+                            f"data2vec convert --from-hf {path} --out RUN and give RUN")
     if (path / "manifest.json").exists() or (path / "model.safetensors").exists():
         try:
             version = json.loads((path / "manifest.json").read_text()).get("format_version", 0)
