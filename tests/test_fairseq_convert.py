@@ -226,9 +226,14 @@ def test_torchs_tar_layout_is_refused_before_its_links_are_followed(tmp_path):
         read_checkpoint(tmp_path / "evil.pt")
 
 
-def test_a_folder_given_as_the_fairseq_file_is_named_as_one(tmp_path):
+def test_a_folder_or_safetensors_given_as_the_fairseq_file_is_named_as_one(tmp_path):
     with pytest.raises(Data2VecError, match="is a folder"):
         read_checkpoint(tmp_path)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(Data2VecError, match="is a safetensors file"):
+        read_checkpoint(tmp_path / "model.safetensors")
 
 
 def test_a_pickle_holding_a_cycle_is_one_line(tmp_path):

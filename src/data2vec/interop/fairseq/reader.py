@@ -175,6 +175,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             if any(n.endswith("constants.pkl") for n in zf.namelist()):
                 raise Data2VecError(f"'{path}' is a TorchScript archive, not a fairseq checkpoint; give the .pt file "
                                     "fairseq's training wrote")
+    if path.suffix == ".safetensors":
+        raise Data2VecError(f"'{path}' is a safetensors file (data2vec's or Hugging Face's weights), not a fairseq "
+                            "checkpoint; give the .pt file fairseq's training wrote (a Hugging Face model folder "
+                            "converts with --from-hf)")
     if tarfile.is_tarfile(path):  # torch would extract its members, links to any file included, and read them
         raise Data2VecError(f"'{path}' is in torch's pre-0.4 tar layout, which fairseq never wrote and data2vec does "
                             "not read; give the .pt file fairseq's training wrote")
