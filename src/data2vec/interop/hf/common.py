@@ -109,6 +109,16 @@ def encoder_fields(hf: dict, defaults: dict) -> dict:
             "attn_dropout": float(get("attention_probs_dropout_prob"))}
 
 
+def fixed_positions(cfg: Config, order: str) -> Tensor:
+    """Our fixed sin-cos positions `[1, P + N, D]` of sin-cos `order` (zeros at the CLS token), as the image
+    front-end's buffer holds them: what an HF folder stores as position embeddings."""
+    from data2vec.nn.image import sincos_pos_embed
+
+    side, prefix = cfg.image.image_size // cfg.image.patch_size, int(cfg.image.cls_token)
+    return torch.cat([torch.zeros(prefix, cfg.model.dim),
+                      sincos_pos_embed(cfg.model.dim, (side, side), order)]).unsqueeze(0)
+
+
 def fit_decoder(cfg: Config) -> None:
     """The v2 recipe's decoder made to fit a model of another width (for continued pretraining of a converted
     model): no wider than the model, its groups dividing both widths."""

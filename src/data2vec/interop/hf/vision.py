@@ -14,6 +14,7 @@ from data2vec.interop.hf.common import (
     VISION,
     cannot_export,
     encoder_fields,
+    fixed_positions,
     labels,
     layer_pairs,
     log,
@@ -134,16 +135,11 @@ def head_from_hf(hf: dict, weights: dict[str, Tensor], dim: int, used: set[str],
 
 def restore(cfg: Config, saved: Config, ours: dict[str, Tensor], headless: bool) -> None:
     """The pooling choice (free without HF's pooler) and fixed sin-cos positions, where the weights agree."""
-    from data2vec.nn.image import sincos_pos_embed
-
     if headless:  # HF's base model has no pooler, so our choice of pooling is free
         cfg.image.pool = saved.image.pool
-    side = cfg.image.image_size // cfg.image.patch_size
     if saved.image.pos_embed == "sincos" and cfg.image.pos_embed == "learned":
         order = saved.image.sincos_order
-        fixed = torch.cat([torch.zeros(1, cfg.model.dim),
-                           sincos_pos_embed(cfg.model.dim, (side, side), order)]).unsqueeze(0)
-        if torch.equal(ours["frontend.pos_embed"], fixed):
+        if torch.equal(ours["frontend.pos_embed"], fixed_positions(cfg, order)):
             cfg.image.pos_embed, cfg.image.sincos_order = "sincos", order
             del ours["frontend.pos_embed"]
 
@@ -173,8 +169,6 @@ def _not_data2vec_vision(cfg: Config, head) -> tuple[str, object, str] | None:
 def export(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dict[str, Tensor], dict[str, dict]]:
     """(config.json, tensors, other files) of `Data2VecVisionModel`, or `...ForImageClassification` with a head;
     a model they cannot compute goes to :func:`data2vec.interop.hf.vision2.export` (model code in the folder)."""
-    from data2vec.nn.image import sincos_pos_embed
-
     m, img = cfg.model, cfg.image
     blocker = _not_data2vec_vision(cfg, head)
     if blocker is not None:  # data2vec 2.0's post-LN encoder, among others: our model code in the folder
@@ -200,9 +194,7 @@ def export(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dict[str, 
           "drop_path_rate": m.drop_path, "use_mean_pooling": mean, "initializer_range": 0.02}
     tensors = weights_to_hf(cfg, ours, pairs(cfg, with_pooler=head is not None), attention(cfg), QKV, key_bias=False)
     if img.pos_embed == "sincos":  # fixed positions become HF's learned ones, initialised to the same values
-        side = img.image_size // img.patch_size
-        tensors["embeddings.position_embeddings"] = torch.cat(
-            [torch.zeros(1, m.dim), sincos_pos_embed(m.dim, (side, side), img.sincos_order)]).unsqueeze(0)
+        tensors["embeddings.position_embeddings"] = fixed_positions(cfg, img.sincos_order)
         log.info("image.pos_embed=sincos exported as HF absolute position embeddings holding the sin-cos values")
     head_tensors = {"classifier.weight": head.fc.weight, "classifier.bias": head.fc.bias} if head is not None else {}
     hf, tensors = with_head(hf, tensors, VISION, head, head_tensors, "Data2VecVisionForImageClassification")

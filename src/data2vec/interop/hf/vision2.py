@@ -20,6 +20,7 @@ from data2vec.interop.hf.common import (
     VISION2,
     cannot_export,
     encoder_fields,
+    fixed_positions,
     fit_decoder,
     labels,
     layer_pairs,
@@ -70,15 +71,6 @@ def pairs(cfg: Config) -> list[tuple[str, str]]:
     return out
 
 
-def _sincos(cfg: Config, order: str) -> Tensor:
-    """Our fixed positions `[1, P + N, D]` (zeros at the CLS token), as the front-end's buffer holds them."""
-    from data2vec.nn.image import sincos_pos_embed
-
-    side, prefix = cfg.image.image_size // cfg.image.patch_size, int(cfg.image.cls_token)
-    return torch.cat([torch.zeros(prefix, cfg.model.dim),
-                      sincos_pos_embed(cfg.model.dim, (side, side), order)]).unsqueeze(0)
-
-
 # ---------------------------------------------------------------------------------------------- ours -> HF
 
 def export(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dict[str, Tensor], dict[str, str]]:
@@ -104,7 +96,7 @@ def export(cfg: Config, ours: dict[str, Tensor], head) -> tuple[dict, dict[str, 
                        "AutoModelForImageClassification": f"{Path(MODEL_FILE).stem}.{CLASSIFIER_ARCH}"}}
     tensors = {theirs: ours[mine] for theirs, mine in pairs(cfg)}
     if img.pos_embed == "sincos":
-        tensors["embeddings.position_embeddings"] = _sincos(cfg, img.sincos_order)
+        tensors["embeddings.position_embeddings"] = fixed_positions(cfg, img.sincos_order)
     for i in range(m.depth):
         _, (bq, bk, bv) = split_qkv(cfg, ours, f"encoder.blocks.{i}.attn.")
         tensors[f"encoder.layer.{i}.attention.qkv.bias"] = torch.cat([bq, bk, bv])  # absent biases are zeros
@@ -155,7 +147,8 @@ def config_from_hf(hf: dict, weights: dict[str, Tensor], folder: Path) -> Config
     stored = weights.get("embeddings.position_embeddings")
     if kind == "fixed" and stored is not None:
         for order in ("xy", "yx"):
-            if stored.shape == _sincos(cfg, order).shape and torch.equal(stored, _sincos(cfg, order)):
+            fixed = fixed_positions(cfg, order)
+            if stored.shape == fixed.shape and torch.equal(stored, fixed):
                 img.pos_embed, img.sincos_order = "sincos", order
                 break
         else:
