@@ -81,7 +81,8 @@ def _hf_audio(cfg: Config) -> nn.Module:
 
 
 class Reference(nn.Module):
-    """HF student, deep-copied HF teacher, linear head: the user's data2vec v1 on `transformers`."""
+    """HF student, deep-copied HF teacher, the recipe's regression head (one Linear, or fairseq's 2-layer text
+    head): the user's data2vec v1 on `transformers`."""
 
     def __init__(self, cfg: Config, student: nn.Module) -> None:
         super().__init__()
@@ -89,7 +90,9 @@ class Reference(nn.Module):
         self.student = student
         self.teacher = copy.deepcopy(student)
         self.teacher.requires_grad_(False)
-        self.head = nn.Linear(cfg.model.dim, cfg.model.dim)
+        d, layers = cfg.model.dim, cfg.objective.head_layers  # fairseq's text head: d -> 2d, GELU, ..., -> d
+        hidden = [m for i in range(layers - 1) for m in (nn.Linear(d if i == 0 else 2 * d, 2 * d), nn.GELU())]
+        self.head = nn.Sequential(*hidden, nn.Linear(2 * d, d)) if layers > 1 else nn.Linear(d, d)
         self.prefix = 1 if cfg.modality == "image" else 0  # CLS token of Data2VecVision
 
     def train(self, mode: bool = True) -> "Reference":
